@@ -1,0 +1,197 @@
+"""Python clients of the control plane.
+
+``M99Client`` is the seed SDK an agent uses (``register``, background heartbeats,
+``check_status`` raising ``M99KillSwitchTriggered``); ``OperatorClient`` is what the CLI and
+scripts use to arm, execute, disarm, restore and read the audit chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from .config import resolve_token, resolve_url
+from .errors import M99Error, M99KillSwitchTriggered, NotAuthorised
+from .link import ControlLink, request
+
+log = logging.getLogger("m99.client")
+
+
+class OperatorClient:
+    """The operator's side of the REST API (token from --token, M99_TOKEN or the admin token file)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, data_dir: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url = resolve_url(url)
+        self.token = resolve_token(token, data_dir)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return request(self.http, method, path, **kwargs)
+        except NotAuthorised as exc:
+            if not self.token:
+                raise NotAuthorised(
+                    f"{exc.message}. No token found: pass --token, set M99_TOKEN, or point M99_DATA_DIR at "
+                    "the data directory of `m99 serve`", status_code=exc.status_code,
+                ) from None
+            raise
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/health")
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/status")
+        return result
+
+    def agents(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/api/agents")
+        return result
+
+    def agent(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/api/agents/{name}")
+        return result
+
+    def arm(self, by: str, reason: str, *, level: int = 3, scope: str = "global", window: float = 300) -> dict[str, Any]:
+        body = {"by": by, "reason": reason, "level": level, "scope": scope, "window": window}
+        result: dict[str, Any] = self._call("POST", "/api/arm", json=body)
+        return result
+
+    def authorization(self, auth_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/api/authorizations/{auth_id}")
+        return result
+
+    def execute(self, auth_id: str, *, confirm: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"authorization_id": auth_id}
+        if confirm is not None:
+            body["confirm"] = confirm
+        result: dict[str, Any] = self._call("POST", "/api/execute", json=body)
+        return result
+
+    def disarm(self, auth_id: str | None = None, *, by: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in {"authorization_id": auth_id, "by": by, "reason": reason}.items() if v}
+        result: dict[str, Any] = self._call("POST", "/api/disarm", json=body)
+        return result
+
+    def restore(self, scope: str, *, by: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/restore", json={"scope": scope, "by": by, "reason": reason})
+        return result
+
+    def lift(self, scope: str, *, by: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/lift", json={"scope": scope, "by": by, "reason": reason})
+        return result
+
+    def execution(self, execution_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/api/executions/{execution_id}")
+        return result
+
+    def audit_verify(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/audit/verify")
+        return result
+
+    def audit_export(self) -> Iterator[str]:
+        with self.http.stream("GET", "/api/audit/export") as response:
+            if not response.is_success:
+                response.read()
+                self._call("GET", "/api/audit/verify")  # raises the same error with its message
+            yield from response.iter_lines()
+
+    def create_token(self, name: str, role: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/tokens", json={"name": name, "role": role})
+        return result
+
+    def tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/api/tokens")
+        return result
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/api/tokens/{token_id}")
+        return result
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class M99Client:
+    """The seed SDK: register an agent, heartbeat in the background, ``check_status()``.
+
+    >>> client = M99Client("http://localhost:8099")
+    >>> client.register("my-agent", "autonomous")
+    >>> client.check_status()      # raises M99KillSwitchTriggered once the switch fires
+    """
+
+    def __init__(self, url: str | None = None, *, heartbeat: bool = True, key_file: str | None = None) -> None:
+        self.url = resolve_url(url)
+        self.link = ControlLink(self.url, key_file=key_file)
+        self._heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.state: dict[str, Any] = {}
+        self.name: str | None = None
+
+    @property
+    def agent_id(self) -> str | None:
+        return self.link.agent_id
+
+    def register(self, name: str, kind: str = "agent", **options: Any) -> dict[str, Any]:
+        answer = self.link.register(name, kind, **options)
+        self.name = name
+        self.state = self.link.verify_state(answer["state"])
+        if self._heartbeat and self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name=f"m99-heartbeat-{name}", daemon=True)
+            self._thread.start()
+        return answer
+
+    def heartbeat(self) -> dict[str, Any]:
+        self.state = self.link.heartbeat()
+        return self.state
+
+    def _beat(self) -> None:
+        interval = float(self.link.registration.get("heartbeat_interval", 30.0))
+        while not self._stop.wait(interval):
+            try:
+                self.heartbeat()
+            except M99Error as exc:  # observation must never crash the agent; the server notices silence
+                log.warning("m99 heartbeat failed: %s", exc)
+
+    def check_status(self) -> dict[str, Any]:
+        """Raise ``M99KillSwitchTriggered`` if the switch holds this agent at L3 or above."""
+        self.state = self.link.fetch_state()
+        level = int(self.state.get("level", 0))
+        if level >= 3 or self.state.get("tombstoned"):
+            raise M99KillSwitchTriggered(
+                f"M99 kill switch: agent {self.name!r} is held at L{level}", level=level, agent=self.name or "",
+                reason=",".join(d["id"] for d in self.state.get("directives", [])),
+            )
+        return self.state
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.link.agent_id is not None:
+            try:
+                self.link.deregister()
+            except M99Error as exc:
+                log.warning("m99 deregister failed: %s", exc)
+        self.link.close()
+
+    def __enter__(self) -> M99Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,401 @@
+"""The REST API, push stream and dashboard of ``m99 serve``: a thin FastAPI layer over
+``ControlPlane``.  Every error is a JSON body ``{"error": {"code", "message"}}`` with a 4xx
+status for bad input, never a stack trace.
+"""
+
+# Annotations are evaluated eagerly here: FastAPI resolves the local `Who` dependency from them.
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..control import ControlPlane, Principal
+from ..crypto import canonical_json
+from ..errors import ControlPlaneError, M99Error
+
+log = logging.getLogger("m99.server")
+
+MAX_BODY = 64 * 1024
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CredentialIn(Strict):
+    label: str = Field(min_length=1, max_length=128)
+    fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    kind: str = Field(default="secret", pattern=r"^(env|secret|attribute)$")
+
+
+class RegisterIn(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    kind: str = Field(default="agent", min_length=1, max_length=128)
+    framework: str | None = Field(default=None, max_length=128)
+    pid: int | None = Field(default=None, ge=0)
+    host: str | None = Field(default=None, max_length=255)
+    public_key: str = Field(min_length=40, max_length=64)
+    read_only_tools: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=1000)
+    credentials: list[CredentialIn] = Field(default_factory=list, max_length=1000)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignedIn(Strict):
+    seq: int = Field(ge=1)
+    ts: float
+    signature: str = Field(min_length=1, max_length=200)
+
+
+class AckIn(SignedIn):
+    version: int = Field(ge=0)
+    applied_at: float | None = None
+
+
+class ArmIn(Strict):
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=2000)
+    level: int = Field(default=3, ge=1, le=6)
+    scope: str = Field(default="global", max_length=200)
+    window: float = Field(default=300.0)
+
+
+class ExecuteIn(Strict):
+    authorization_id: str = Field(min_length=1, max_length=100)
+    confirm: str | None = Field(default=None, max_length=300)
+    force: bool = True
+
+
+class DisarmIn(Strict):
+    authorization_id: str | None = Field(default=None, max_length=100)
+    by: str | None = Field(default=None, max_length=320)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ScopeActIn(Strict):
+    scope: str = Field(max_length=200)
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class TokenIn(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    role: str = Field(max_length=20)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _error(413, "too_large", f"request body over {self.limit} bytes")(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _error(413, "too_large", f"request body over {self.limit} bytes")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class PushHub:
+    """Per-agent queues of signed events for the Server-Sent Events stream."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, name: str) -> asyncio.Queue[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
+        self.queues.setdefault(name, set()).add(queue)
+        return queue
+
+    def remove(self, name: str, queue: asyncio.Queue[bytes]) -> None:
+        group = self.queues.get(name)
+        if group is not None:
+            group.discard(queue)
+            if not group:
+                del self.queues[name]
+
+    def publish(self, payload: bytes, names: list[str]) -> None:
+        for name in names:
+            for queue in self.queues.get(name, ()):
+                with contextlib.suppress(asyncio.QueueFull):  # a stuck client repairs at its next heartbeat
+                    queue.put_nowait(payload)
+
+    @property
+    def connections(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+
+def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> FastAPI:
+    hub = PushHub()
+    cp.subscribe(hub.publish)
+    counters = {"heartbeats": 0, "heartbeats_rejected": 0, "requests_refused": 0}
+    period = deadman_period or max(0.05, min(1.0, cp.settings.heartbeat_interval / 4))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.loop = asyncio.get_running_loop()
+
+        async def deadman() -> None:
+            while True:
+                await asyncio.sleep(period)
+                try:
+                    cp.check_deadman()
+                except Exception:  # keep watching: one failed round must not disable the switch
+                    log.exception("dead man's switch check failed")
+
+        task = asyncio.create_task(deadman())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="M99 control plane", version=__version__, lifespan=lifespan,
+                  description="An emergency stop for AI agents: two-phase ARM/EXECUTE, six levels, audit chain.")
+    app.state.cp = cp
+    app.state.hub = hub
+    app.state.counters = counters
+
+    @app.exception_handler(M99Error)
+    async def m99_error(request: Request, exc: M99Error) -> JSONResponse:
+        status = exc.status_code if isinstance(exc, ControlPlaneError) and exc.status_code else 500
+        code = exc.code if isinstance(exc, ControlPlaneError) and exc.code else type(exc).__name__
+        if 400 <= status < 500:
+            counters["requests_refused"] += 1
+        return _error(status, code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            if err.get("type") == "json_invalid":
+                return _error(400, "malformed_json", f"the request body is not valid JSON: {err.get('msg')}")
+            if err.get("type") == "extra_forbidden":
+                problems.append(f"{where}: unknown field")
+            else:
+                problems.append(f"{where}: {err.get('msg')}")
+        return _error(422, "invalid", "; ".join(problems) or "invalid request", fields=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal", "internal error: see the server log")
+
+    app.add_middleware(BodyLimit)  # type: ignore[arg-type]
+
+    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        return cp.authenticate(token)
+
+    Who = Annotated[Principal, Depends(principal)]
+
+    def viewer(who: Who) -> Principal:
+        return who
+
+    # ---------------------------------------------------------------- operator API
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/status")
+    async def status(who: Who) -> dict[str, Any]:
+        return cp.status()
+
+    @app.post("/api/arm")
+    async def arm(body: ArmIn, who: Who) -> dict[str, Any]:
+        return cp.arm(who, body.model_dump())
+
+    @app.post("/api/execute")
+    async def execute(body: ExecuteIn, who: Who) -> dict[str, Any]:
+        return cp.execute(who, body.authorization_id, body.confirm)
+
+    @app.post("/api/disarm")
+    async def disarm(who: Who, body: DisarmIn | None = None) -> dict[str, Any]:
+        return cp.disarm(who, (body or DisarmIn()).model_dump())
+
+    @app.post("/api/restore")
+    async def restore(body: ScopeActIn, who: Who) -> dict[str, Any]:
+        return cp.restore(who, body.model_dump())
+
+    @app.post("/api/lift")
+    async def lift(body: ScopeActIn, who: Who) -> dict[str, Any]:
+        return cp.lift(who, body.model_dump())
+
+    @app.get("/api/authorizations")
+    async def authorizations(who: Who, status: str | None = None) -> list[dict[str, Any]]:
+        return cp.list_authorizations(status)
+
+    @app.get("/api/authorizations/{auth_id}")
+    async def authorization(auth_id: str, who: Who) -> dict[str, Any]:
+        return cp.get_authorization(auth_id)
+
+    @app.get("/api/executions")
+    async def executions(who: Who) -> list[dict[str, Any]]:
+        return cp.list_executions()
+
+    @app.get("/api/executions/{execution_id}")
+    async def execution(execution_id: str, who: Who) -> dict[str, Any]:
+        return cp.get_execution(execution_id)
+
+    @app.get("/api/agents")
+    async def agents(who: Who) -> list[dict[str, Any]]:
+        return cp.list_agents()
+
+    @app.get("/api/agents/{name}")
+    async def agent(name: str, who: Who) -> dict[str, Any]:
+        return cp.get_agent(name)
+
+    @app.get("/api/audit")
+    async def audit_entries(who: Who, after: int = -1, limit: int = 100) -> list[dict[str, Any]]:
+        rows = cp.store.audit_page(after, max(1, min(limit, 1000)))
+        return [{"seq": r["seq"], "hash": r["hash"], **json.loads(r["body"])} for r in rows]
+
+    @app.get("/api/audit/verify")
+    async def audit_verify(who: Who) -> dict[str, Any]:
+        return cp.verify_audit().to_dict()
+
+    @app.get("/api/audit/export")
+    async def audit_export(who: Who) -> StreamingResponse:
+        from .. import audit
+
+        checkpoints = [audit.Checkpoint(r["seq"], r["hash"], r["ts"], r["signature"])
+                       for r in cp.store.list_checkpoints()]
+        lines = audit.export_jsonl(cp.store.iter_audit(), checkpoints, cp.key.public_b64)
+        return StreamingResponse((line + "\n" for line in lines), media_type="application/x-ndjson")
+
+    @app.post("/api/tokens")
+    async def token_create(body: TokenIn, who: Who) -> dict[str, Any]:
+        return cp.create_token(who, body.name, body.role)
+
+    @app.get("/api/tokens")
+    async def token_list(who: Who) -> list[dict[str, Any]]:
+        return cp.list_tokens(who)
+
+    @app.delete("/api/tokens/{token_id}")
+    async def token_revoke(token_id: str, who: Who) -> dict[str, Any]:
+        return cp.revoke_token(who, token_id)
+
+    # ---------------------------------------------------------------- agent API (signed, no operator token)
+    @app.post("/api/agents/register")
+    async def register(body: RegisterIn) -> dict[str, Any]:
+        return cp.register(body.model_dump())
+
+    @app.post("/api/agents/{agent_id}/heartbeat")
+    async def heartbeat(agent_id: str, body: SignedIn) -> dict[str, Any]:
+        try:
+            out = cp.heartbeat(agent_id, body.model_dump())
+        except ControlPlaneError:
+            counters["heartbeats_rejected"] += 1
+            raise
+        counters["heartbeats"] += 1
+        return out
+
+    @app.post("/api/agents/{agent_id}/deregister")
+    async def deregister(agent_id: str, body: SignedIn) -> dict[str, Any]:
+        return cp.deregister(agent_id, body.model_dump())
+
+    @app.post("/api/agents/{agent_id}/ack")
+    async def ack(agent_id: str, body: AckIn) -> dict[str, Any]:
+        return cp.acknowledge(agent_id, body.model_dump())
+
+    @app.get("/api/agents/{agent_id}/state")
+    async def agent_state(agent_id: str) -> dict[str, Any]:
+        return cp.agent_state(agent_id)
+
+    @app.get("/api/agents/{agent_id}/events")
+    async def events(agent_id: str, request: Request) -> StreamingResponse:
+        agent = cp.agent_by_id(agent_id)
+        queue = hub.add(agent.name)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b"event: state\ndata: " + canonical_json(cp.signed_state(agent)) + b"\n\n"
+                while True:
+                    try:
+                        payload = await asyncio.wait_for(queue.get(), timeout=15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield b"event: directive\ndata: " + payload + b"\n\n"
+            finally:
+                hub.remove(agent.name, queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # ---------------------------------------------------------------- metrics and dashboard
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        agents = cp.list_agents()
+        lines = [
+            "# TYPE m99_agents gauge",
+            *(f'm99_agents{{status="{s}"}} {sum(1 for a in agents if a["status"] == s)}'
+              for s in ("active", "stopped", "silent", "tombstoned")),
+            "# TYPE m99_agents_held gauge", f"m99_agents_held {sum(1 for a in agents if a['level'] > 0)}",
+            "# TYPE m99_state_version gauge", f"m99_state_version {cp.version}",
+            "# TYPE m99_active_directives gauge", f"m99_active_directives {len(cp.directives)}",
+            "# TYPE m99_heartbeats_total counter", f"m99_heartbeats_total {counters['heartbeats']}",
+            "# TYPE m99_heartbeats_rejected_total counter",
+            f"m99_heartbeats_rejected_total {counters['heartbeats_rejected']}",
+            "# TYPE m99_requests_refused_total counter", f"m99_requests_refused_total {counters['requests_refused']}",
+            "# TYPE m99_push_connections gauge", f"m99_push_connections {hub.connections}",
+            "# TYPE m99_audit_head_seq gauge", f"m99_audit_head_seq {cp.status()['audit_head']['seq']}",
+            "# TYPE m99_uptime_seconds gauge", f"m99_uptime_seconds {time.time() - cp.started_at:.1f}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> Response:
+        page = resources.files("m99.server").joinpath("static/dashboard.html").read_text()
+        return HTMLResponse(page)
+
+    return app
