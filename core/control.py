@@ -109,6 +109,8 @@ class ControlPlane:
         self._in_txn = False
         self._listeners: list[Callable[[bytes, list[str]], None]] = []
         self._state_cache: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._answer_cache: dict[str, tuple[int, bytes]] = {}
+        self._dirty: set[str] = set()
         self.admin_token: str | None = None
         self._load()
 
@@ -309,9 +311,10 @@ class ControlPlane:
     def check_signed(self, agent: Agent, kind: str, body: dict[str, Any], fields: tuple[str, ...]) -> None:
         """Check an agent's signed request: signature, strictly increasing seq, clock skew."""
         message = canonical_json({"type": kind, "agent_id": agent.agent_id, **{f: body[f] for f in fields}})
+        signature_ok = agent.verify_key.verify(message, body["signature"])
         reason = None
         code = ""
-        if not agent.verify_key.verify(message, body["signature"]):
+        if not signature_ok:
             reason, code = "bad signature", "bad_signature"
         elif body["seq"] <= agent.last_seq:
             reason, code = f"replayed or out-of-order sequence {body['seq']} (last {agent.last_seq})", "replayed"
@@ -327,18 +330,30 @@ class ControlPlane:
             f"{kind} rejected: {reason}", status_code=401 if code == "bad_signature" else 409, code=code
         )
 
-    def heartbeat(self, agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def heartbeat(self, agent_id: str, body: dict[str, Any]) -> Agent:
+        """Accept a signed heartbeat.  It is kept in memory and written by ``flush_heartbeats``
+        in one transaction for many agents (a crash loses at most one flush period of
+        liveness data; nothing that was audited)."""
         agent = self.agent_by_id(agent_id)
         self.check_signed(agent, "heartbeat", body, ("seq", "ts"))
-        now = time.time()
         agent.last_seq = body["seq"]
-        agent.last_seen = now
+        agent.last_seen = time.time()
+        self._dirty.add(agent.name)
+        if agent.status == "silent":
+            agent.status = "active"
+            self.store.set_agent_status([agent.name], "active")
+        return agent
+
+    def flush_heartbeats(self) -> int:
+        if not self._dirty:
+            return 0
+        names, self._dirty = self._dirty, set()
         with self.store.transaction():
-            self.store.record_heartbeat(agent.name, agent.last_seq, now)
-            if agent.status == "silent":
-                agent.status = "active"
-                self.store.set_agent_status([agent.name], "active")
-        return {"ok": True, "state": self.signed_state(agent)}
+            for name in names:
+                agent = self.agents.get(name)
+                if agent is not None:
+                    self.store.record_heartbeat(name, agent.last_seq, agent.last_seen)
+        return len(names)
 
     def deregister(self, agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
         agent = self.agent_by_id(agent_id)
@@ -411,6 +426,15 @@ class ControlPlane:
         signed = {"document": doc, "signature": self.key.sign(canonical_json(doc))}
         self._state_cache[agent.agent_id] = (self.version, signed)
         return signed
+
+    def heartbeat_answer(self, agent: Agent) -> bytes:
+        """The heartbeat response as bytes, serialised once per agent and state version."""
+        cached = self._answer_cache.get(agent.agent_id)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        raw = canonical_json({"ok": True, "state": self.signed_state(agent)})
+        self._answer_cache[agent.agent_id] = (self.version, raw)
+        return raw
 
     def agent_state(self, agent_id: str) -> dict[str, Any]:
         agent = self.agent_by_id(agent_id)

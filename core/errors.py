@@ -51,30 +51,36 @@ class AdapterUnavailable(M99Error):
 
 class ControlPlaneError(M99Error):
     exit_code = 3
+    status = 500  # the HTTP status the server answers with when none is given
 
     def __init__(self, message: str, *, status_code: int = 0, code: str = "", detail: Any = None) -> None:
         super().__init__(message, detail=detail)
-        self.status_code = status_code
+        self.status_code = status_code or self.status
         self.code = code
 
 
 class ControlPlaneUnreachable(ControlPlaneError):
     exit_code = 4
+    status = 503
 
 
 class BadRequest(ControlPlaneError):
+    status = 400
     exit_code = 5
 
 
 class NotAuthorised(ControlPlaneError):
+    status = 403
     exit_code = 6
 
 
 class NotFound(ControlPlaneError):
+    status = 404
     exit_code = 7
 
 
 class Conflict(ControlPlaneError):
+    status = 409
     exit_code = 8
 
 

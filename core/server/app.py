@@ -10,14 +10,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -100,8 +100,71 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
+FLUSH_PERIOD = 0.1
+
+
+def validation_response(errors: Sequence[Any]) -> JSONResponse:
+    """One readable 4xx for a body that failed its model: 400 for bad JSON, 422 otherwise."""
+    problems = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        if err.get("type") == "json_invalid":
+            return _error(400, "malformed_json", f"the request body is not valid JSON: {err.get('msg')}")
+        problems.append(f"{where}: unknown field" if err.get("type") == "extra_forbidden" else f"{where}: {err.get('msg')}")
+    return _error(422, "invalid", "; ".join(problems) or "invalid request", fields=problems)
+
+
+def error_response(exc: M99Error) -> JSONResponse:
+    status = exc.status_code if isinstance(exc, ControlPlaneError) else 500
+    code = exc.code if isinstance(exc, ControlPlaneError) and exc.code else type(exc).__name__
+    return _error(status, code, exc.message)
+
+
+class HeartbeatFastPath:
+    """``POST /api/agents/{id}/heartbeat`` without the framework's routing and dependency
+    machinery: the same model validates the body and the same errors come back, at a third of
+    the cost, because every agent sends one of these every interval."""
+
+    PREFIX, SUFFIX = "/api/agents/", "/heartbeat"
+
+    def __init__(self, app: ASGIApp, cp: ControlPlane, counters: dict[str, int]) -> None:
+        self.app, self.cp, self.counters = app, cp, counters
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith(self.PREFIX) \
+                or not path.endswith(self.SUFFIX):
+            await self.app(scope, receive, send)
+            return
+        agent_id = path[len(self.PREFIX):-len(self.SUFFIX)]
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        response: Response
+        try:
+            body = SignedIn.model_validate_json(b"".join(chunks))
+            agent = self.cp.heartbeat(agent_id, body.model_dump())
+            response = Response(self.cp.heartbeat_answer(agent), media_type="application/json")
+            self.counters["heartbeats"] += 1
+        except ValidationError as exc:
+            response = validation_response(exc.errors())
+            self.counters["heartbeats_rejected"] += 1
+        except M99Error as exc:
+            response = error_response(exc)
+            self.counters["heartbeats_rejected"] += 1
+        await response(scope, receive, send)
+
+
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, before anything parses them."""
+    """Refuse request bodies over ``limit`` bytes with 413 before anything parses them.
+
+    Bodies are small here, so the whole body is read first (chunked ones too) and handed to
+    the app in one piece; a refusal can then never be mistaken for a parse error inside it.
+    """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app = app
@@ -109,31 +172,35 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        too_large = _error(413, "too_large", f"request body over {self.limit} bytes")
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _error(413, "too_large", f"request body over {self.limit} bytes")(scope, receive, send)
+                await too_large(scope, receive, send)
                 return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await _error(413, "too_large", f"request body over {self.limit} bytes")(scope, receive, send)
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class PushHub:
@@ -177,12 +244,16 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         hub.loop = asyncio.get_running_loop()
 
         async def deadman() -> None:
+            next_check = time.monotonic() + period
             while True:
-                await asyncio.sleep(period)
+                await asyncio.sleep(FLUSH_PERIOD)
                 try:
-                    cp.check_deadman()
+                    cp.flush_heartbeats()
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + period
+                        cp.check_deadman()
                 except Exception:  # keep watching: one failed round must not disable the switch
-                    log.exception("dead man's switch check failed")
+                    log.exception("heartbeat flush or dead man's switch check failed")
 
         task = asyncio.create_task(deadman())
         try:
@@ -200,24 +271,14 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
 
     @app.exception_handler(M99Error)
     async def m99_error(request: Request, exc: M99Error) -> JSONResponse:
-        status = exc.status_code if isinstance(exc, ControlPlaneError) and exc.status_code else 500
-        code = exc.code if isinstance(exc, ControlPlaneError) and exc.code else type(exc).__name__
-        if 400 <= status < 500:
+        response = error_response(exc)
+        if 400 <= response.status_code < 500:
             counters["requests_refused"] += 1
-        return _error(status, code, exc.message)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            if err.get("type") == "json_invalid":
-                return _error(400, "malformed_json", f"the request body is not valid JSON: {err.get('msg')}")
-            if err.get("type") == "extra_forbidden":
-                problems.append(f"{where}: unknown field")
-            else:
-                problems.append(f"{where}: {err.get('msg')}")
-        return _error(422, "invalid", "; ".join(problems) or "invalid request", fields=problems)
+        return validation_response(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -228,6 +289,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, "internal", "internal error: see the server log")
 
+    app.add_middleware(HeartbeatFastPath, cp=cp, counters=counters)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit)  # type: ignore[arg-type]
 
     def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -330,14 +392,9 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         return cp.register(body.model_dump())
 
     @app.post("/api/agents/{agent_id}/heartbeat")
-    async def heartbeat(agent_id: str, body: SignedIn) -> dict[str, Any]:
-        try:
-            out = cp.heartbeat(agent_id, body.model_dump())
-        except ControlPlaneError:
-            counters["heartbeats_rejected"] += 1
-            raise
-        counters["heartbeats"] += 1
-        return out
+    async def heartbeat(agent_id: str, body: SignedIn) -> Response:
+        # Served by HeartbeatFastPath; this route documents it in the OpenAPI schema.
+        return Response(cp.heartbeat_answer(cp.heartbeat(agent_id, body.model_dump())), media_type="application/json")
 
     @app.post("/api/agents/{agent_id}/deregister")
     async def deregister(agent_id: str, body: SignedIn) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""Shared fixtures: control planes that really run, on loopback and temporary databases."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from m99.control import Settings
+from m99.server import EmbeddedControlPlane
+
+from .servers import ServeProcess
+
+# Agent frameworks must never phone home from tests.
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+os.environ.setdefault("CREWAI_TESTING", "true")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    """A real `m99 serve` subprocess (the seed quick start's terminal 1)."""
+    server = ServeProcess(tmp_path / "data").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[EmbeddedControlPlane]:
+    """The same server on a background thread: fast to start, real HTTP."""
+    with EmbeddedControlPlane(tmp_path / "data", settings=Settings(heartbeat_interval=30)) as cp:
+        yield cp
+
+
+@pytest.fixture
+def admin(embedded: EmbeddedControlPlane) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=embedded.url, timeout=30,
+                      headers={"Authorization": f"Bearer {embedded.token}"}) as client:
+        yield client
