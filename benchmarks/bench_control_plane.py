@@ -31,7 +31,9 @@ def start_server(data_dir: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "M99_DATA_DIR": data_dir}
     proc = subprocess.Popen(
         [sys.executable, "-m", "m99.cli", "serve", "--port", str(port), "--heartbeat-interval", "3600"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -49,8 +51,14 @@ def register_agents(url: str, count: int) -> list[tuple[str, SigningKey]]:
     with httpx.Client(base_url=url, timeout=30) as http:
         for i in range(count):
             key = SigningKey.generate()
-            body = {"name": f"bench-{i:05d}", "kind": "worker" if i % 2 else "researcher", "framework": "none",
-                    "pid": 1, "host": "bench", "public_key": key.public_b64}
+            body = {
+                "name": f"bench-{i:05d}",
+                "kind": "worker" if i % 2 else "researcher",
+                "framework": "none",
+                "pid": 1,
+                "host": "bench",
+                "public_key": key.public_b64,
+            }
             answer = http.post("/api/agents/register", json=body).json()
             out.append((answer["agent_id"], key))
     return out
@@ -60,8 +68,10 @@ def signed_heartbeat(agent_id: str, key: SigningKey, seq: int) -> bytes:
     body = {"seq": seq, "ts": time.time()}
     body["signature"] = key.sign(canonical_json({"type": "heartbeat", "agent_id": agent_id, **body}))
     payload = json.dumps(body).encode()
-    return (f"POST /api/agents/{agent_id}/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+    return (
+        f"POST /api/agents/{agent_id}/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
 
 
 async def blast(port: int, requests_per_conn: list[list[bytes]]) -> tuple[list[float], int, float]:
@@ -103,9 +113,11 @@ def bench_heartbeats(url: str, port: int, agents: list[tuple[str, SigningKey]], 
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     rate = sent / elapsed
-    print(f"heartbeats: {sent} signed heartbeats over {conns} connections from {len(agents)} agents in "
-          f"{elapsed:.2f} s = {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, rejected {failures} "
-          f"(target >= 2,500/s, p99 <= 50 ms: {'met' if rate >= 2500 and p99 <= 50 and not failures else 'NOT met'})")
+    print(
+        f"heartbeats: {sent} signed heartbeats over {conns} connections from {len(agents)} agents in "
+        f"{elapsed:.2f} s = {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, rejected {failures} "
+        f"(target >= 2,500/s, p99 <= 50 ms: {'met' if rate >= 2500 and p99 <= 50 and not failures else 'NOT met'})"
+    )
 
 
 def bench_execute(url: str, token: str, runs: int) -> None:
@@ -113,16 +125,20 @@ def bench_execute(url: str, token: str, runs: int) -> None:
     with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
         in_scope = 0
         for i in range(runs):
-            auth = http.post("/api/arm", json={"by": "bench@example.com", "reason": f"benchmark {i}",
-                                               "level": 3, "scope": "global"}).json()
+            auth = http.post(
+                "/api/arm",
+                json={"by": "bench@example.com", "reason": f"benchmark {i}", "level": 3, "scope": "global"},
+            ).json()
             t0 = time.perf_counter()
             result = http.post("/api/execute", json={"authorization_id": auth["id"]}).json()
             times.append((time.perf_counter() - t0) * 1000)
             in_scope = result["agents_terminated"]
             http.post("/api/restore", json={"scope": "global", "by": "bench@example.com", "reason": "reset"})
-    print(f"execute: {in_scope} agents in scope, L1-L3, median {statistics.median(times):.1f} ms, "
-          f"max {max(times):.1f} ms over {runs} runs, measured at the client over HTTP "
-          f"(target <= 200 ms: {'met' if max(times) <= 200 else 'NOT met'})")
+    print(
+        f"execute: {in_scope} agents in scope, L1-L3, median {statistics.median(times):.1f} ms, "
+        f"max {max(times):.1f} ms over {runs} runs, measured at the client over HTTP "
+        f"(target <= 200 ms: {'met' if max(times) <= 200 else 'NOT met'})"
+    )
 
 
 def main() -> None:

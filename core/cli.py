@@ -57,11 +57,25 @@ def _scope(value: str) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--url", envvar="M99_URL", default=None, help="Control plane URL (env M99_URL; default http://localhost:8099).")
-@click.option("--token", envvar="M99_TOKEN", default=None,
-              help="Operator token (env M99_TOKEN; default: the admin token `m99 serve` wrote in the data dir).")
-@click.option("--data-dir", envvar="M99_DATA_DIR", default=None, type=click.Path(file_okay=False),
-              help="Data directory (env M99_DATA_DIR; default ~/.m99).")
+@click.option(
+    "--url",
+    envvar="M99_URL",
+    default=None,
+    help="Control plane URL (env M99_URL; default http://localhost:8099).",
+)
+@click.option(
+    "--token",
+    envvar="M99_TOKEN",
+    default=None,
+    help="Operator token (env M99_TOKEN; default: the admin token `m99 serve` wrote in the data dir).",
+)
+@click.option(
+    "--data-dir",
+    envvar="M99_DATA_DIR",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Data directory (env M99_DATA_DIR; default ~/.m99).",
+)
 @click.version_option(package_name="m99", prog_name="m99")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, token: str | None, data_dir: str | None) -> None:
@@ -84,30 +98,78 @@ def main(ctx: click.Context, url: str | None, token: str | None, data_dir: str |
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--database-url", envvar="M99_DATABASE_URL", default=None,
-              help="postgresql://… to share one database between replicas (default: SQLite in the data dir).")
-@click.option("--heartbeat-interval", default=30.0, show_default=True, type=click.FloatRange(0.05, 3600),
-              help="Seconds between agent heartbeats.")
-@click.option("--missed", default=3, show_default=True, type=click.IntRange(1, 100),
-              help="Missed heartbeats before the dead man's switch fires.")
-@click.option("--deadman-level", default=3, show_default=True, type=click.IntRange(1, 6),
-              help="Level the dead man's switch executes on a silent agent.")
-@click.option("--clock-skew", default=60.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              help="Seconds a signed heartbeat's timestamp may differ from the server clock.")
-@click.option("--lease", default=0.0, show_default=True, type=click.FloatRange(0, 86400),
-              help="Seconds an agent keeps acting without contact (0: interval x missed).")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--database-url",
+    envvar="M99_DATABASE_URL",
+    default=None,
+    help="postgresql://… to share one database between replicas (default: SQLite in the data dir).",
+)
+@click.option(
+    "--heartbeat-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 3600),
+    help="Seconds between agent heartbeats.",
+)
+@click.option(
+    "--missed",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Missed heartbeats before the dead man's switch fires.",
+)
+@click.option(
+    "--deadman-level",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 6),
+    help="Level the dead man's switch executes on a silent agent.",
+)
+@click.option(
+    "--clock-skew",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a signed heartbeat's timestamp may differ from the server clock.",
+)
+@click.option(
+    "--lease",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 86400),
+    help="Seconds an agent keeps acting without contact (0: interval x missed).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @click.pass_context
 @handled
-def serve(ctx: click.Context, host: str, port: int, database_url: str | None, heartbeat_interval: float,
-          missed: int, deadman_level: int, clock_skew: float, lease: float, log_level: str) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    database_url: str | None,
+    heartbeat_interval: float,
+    missed: int,
+    deadman_level: int,
+    clock_skew: float,
+    lease: float,
+    log_level: str,
+) -> None:
     """Run the control plane: REST API, push stream and dashboard."""
     from .control import Settings
     from .server import serve as run_server
 
-    settings = Settings(heartbeat_interval=heartbeat_interval, missed_heartbeats=missed,
-                        deadman_level=deadman_level, clock_skew=clock_skew, lease_seconds=lease)
+    settings = Settings(
+        heartbeat_interval=heartbeat_interval,
+        missed_heartbeats=missed,
+        deadman_level=deadman_level,
+        clock_skew=clock_skew,
+        lease_seconds=lease,
+    )
     run_server(host, port, ctx.find_root().obj["data_dir"], settings, database_url, log_level)
 
 
@@ -118,8 +180,10 @@ def _agents_table(agents: list[dict[str, Any]]) -> None:
     click.echo(f"{'NAME':24} {'KIND':14} {'FRAMEWORK':10} {'STATUS':10} {'LEVEL':5} {'PID':>7}  LAST HEARTBEAT")
     for a in agents:
         level = f"L{a['level']}" if a["level"] else "-"
-        click.echo(f"{a['name']:24} {a['kind']:14} {a['framework']:10} {a['status']:10} {level:5} "
-                   f"{a['pid'] or '':>7}  {a['seconds_since_heartbeat']:.1f}s ago")
+        click.echo(
+            f"{a['name']:24} {a['kind']:14} {a['framework']:10} {a['status']:10} {level:5} "
+            f"{a['pid'] or '':>7}  {a['seconds_since_heartbeat']:.1f}s ago"
+        )
 
 
 @main.command()
@@ -133,11 +197,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json(data)
         return
-    click.echo(f"M99 at {op.url}: {data['status']}  ({data['agents_total']} agents, {data['agents_held']} held, "
-               f"audit head #{data['audit_head']['seq']})")
+    click.echo(
+        f"M99 at {op.url}: {data['status']}  ({data['agents_total']} agents, {data['agents_held']} held, "
+        f"audit head #{data['audit_head']['seq']})"
+    )
     for auth in data["armed"]:
-        click.echo(f"ARMED {auth['id']}: L{auth['level']} on {auth['scope']} by {auth['by']} "
-                   f"until {auth['expires_at']} — {auth['reason']}")
+        click.echo(
+            f"ARMED {auth['id']}: L{auth['level']} on {auth['scope']} by {auth['by']} "
+            f"until {auth['expires_at']} — {auth['reason']}"
+        )
     for d in data["directives"]:
         click.echo(f"ACTIVE {d['id']}: L{d['level']} on {d['scope']} ({d['origin']}, {d['execution_id']})")
     _agents_table(data["agents"])
@@ -157,11 +225,23 @@ def agents(ctx: click.Context, as_json: bool) -> None:
 @main.command()
 @click.option("--by", required=True, help="The named human taking responsibility (e-mail).")
 @click.option("--reason", required=True, help="Why — recorded in the audit chain.")
-@click.option("--level", default=3, show_default=True, type=click.IntRange(1, 6), help="Level to fire (L1…LN all fire).")
-@click.option("--scope", default="global", show_default=True, callback=lambda c, p, v: _scope(v),
-              help="global | agent:NAME | class:KIND | framework:NAME")
-@click.option("--window", default=300.0, show_default=True, type=click.FloatRange(1, 3600),
-              help="Seconds the authorisation stays valid.")
+@click.option(
+    "--level", default=3, show_default=True, type=click.IntRange(1, 6), help="Level to fire (L1…LN all fire)."
+)
+@click.option(
+    "--scope",
+    default="global",
+    show_default=True,
+    callback=lambda c, p, v: _scope(v),
+    help="global | agent:NAME | class:KIND | framework:NAME",
+)
+@click.option(
+    "--window",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds the authorisation stays valid.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @click.pass_context
 @handled
@@ -173,8 +253,10 @@ def arm(ctx: click.Context, by: str, reason: str, level: int, scope: str, window
         _print_json(data)
         return
     click.echo(f"armed: {data['id']}")
-    click.echo(f"  L{data['level']} ({data['level_name']}) on {data['scope']}, {len(data['agents_in_scope'])} agents "
-               f"in scope, expires {data['expires_at']}")
+    click.echo(
+        f"  L{data['level']} ({data['level_name']}) on {data['scope']}, {len(data['agents_in_scope'])} agents "
+        f"in scope, expires {data['expires_at']}"
+    )
     extra = f" --confirm '{data['confirmation_phrase']}'" if data.get("requires_confirmation") else ""
     click.echo(f"  execute with: m99 execute --auth {data['id']} --force{extra}")
 
@@ -191,13 +273,16 @@ def execute(ctx: click.Context, auth_id: str, force: bool, confirm: str | None, 
     with _operator(ctx) as op:
         if not force:
             auth = op.authorization(auth_id)
-            click.echo(f"About to fire on {auth['scope']} ({len(auth.get('agents_in_scope', []))} agents: "
-                       f"{', '.join(auth.get('agents_in_scope', [])) or 'none yet'}):")
+            click.echo(
+                f"About to fire on {auth['scope']} ({len(auth.get('agents_in_scope', []))} agents: "
+                f"{', '.join(auth.get('agents_in_scope', [])) or 'none yet'}):"
+            )
             for step in auth["levels_to_fire"]:
                 click.echo(f"  {step}")
             if auth.get("requires_confirmation") and confirm is None:
-                confirm = click.prompt(f"Type '{auth['confirmation_phrase']}' to confirm", default="",
-                                       show_default=False)
+                confirm = click.prompt(
+                    f"Type '{auth['confirmation_phrase']}' to confirm", default="", show_default=False
+                )
             elif not sys.stdin.isatty() and not force:
                 raise BadRequest("not a terminal: pass --force to execute without a prompt")
             elif not click.confirm("Execute?", default=False):
@@ -207,8 +292,10 @@ def execute(ctx: click.Context, auth_id: str, force: bool, confirm: str | None, 
     if as_json:
         _print_json(data)
         return
-    click.echo(f"executed {data['execution_id']}: {', '.join(data['levels_fired'])} on {data['scope']} — "
-               f"{data['agents_terminated']} agents ({data['duration_ms']:.1f} ms)")
+    click.echo(
+        f"executed {data['execution_id']}: {', '.join(data['levels_fired'])} on {data['scope']} — "
+        f"{data['agents_terminated']} agents ({data['duration_ms']:.1f} ms)"
+    )
 
 
 @main.command()
@@ -228,8 +315,12 @@ def _scope_act(verb: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         fn = click.option("--reason", required=True, help="Why — recorded in the audit chain.")(fn)
         fn = click.option("--by", required=True, help="The named human (e-mail).")(fn)
-        fn = click.option("--scope", required=True, callback=lambda c, p, v: _scope(v),
-                          help="global | agent:NAME | class:KIND | framework:NAME")(fn)
+        fn = click.option(
+            "--scope",
+            required=True,
+            callback=lambda c, p, v: _scope(v),
+            help="global | agent:NAME | class:KIND | framework:NAME",
+        )(fn)
         return fn
 
     return deco
@@ -256,8 +347,10 @@ def lift(ctx: click.Context, scope: str, by: str, reason: str) -> None:
     """Lift L4–L6 and tombstones on a scope (authority role; fleet for L6)."""
     with _operator(ctx) as op:
         data = op.lift(scope, by=by, reason=reason)
-    click.echo(f"lifted {scope}: {len(data['lifted'])} directives, tombstones lifted: "
-               f"{', '.join(data['tombstones_lifted']) or '-'}")
+    click.echo(
+        f"lifted {scope}: {len(data['lifted'])} directives, tombstones lifted: "
+        f"{', '.join(data['tombstones_lifted']) or '-'}"
+    )
 
 
 @main.group()
@@ -266,10 +359,20 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--db", "db", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Verify a database file offline (its audit-head.json beside it is used if present).")
-@click.option("--jsonl", "jsonl", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Verify a JSONL export offline.")
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Verify a database file offline (its audit-head.json beside it is used if present).",
+)
+@click.option(
+    "--jsonl",
+    "jsonl",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Verify a JSONL export offline.",
+)
 @click.option("--public-key", default=None, help="Pin the server's public key (base64).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @click.pass_context
@@ -351,7 +454,6 @@ def token_revoke(ctx: click.Context, token_id: str) -> None:
     with _operator(ctx) as op:
         op.revoke_token(token_id)
     click.echo(f"revoked {token_id}")
-
 
 
 if __name__ == "__main__":

@@ -25,8 +25,14 @@ log = logging.getLogger("m99.client")
 class OperatorClient:
     """The operator's side of the REST API (token from --token, M99_TOKEN or the admin token file)."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, data_dir: str | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        data_dir: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.url = resolve_url(url)
         self.token = resolve_token(token, data_dir)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -39,7 +45,8 @@ class OperatorClient:
             if not self.token:
                 raise NotAuthorised(
                     f"{exc.message}. No token found: pass --token, set M99_TOKEN, or point M99_DATA_DIR at "
-                    "the data directory of `m99 serve`", status_code=exc.status_code,
+                    "the data directory of `m99 serve`",
+                    status_code=exc.status_code,
                 ) from None
             raise
 
@@ -59,7 +66,9 @@ class OperatorClient:
         result: dict[str, Any] = self._call("GET", f"/api/agents/{name}")
         return result
 
-    def arm(self, by: str, reason: str, *, level: int = 3, scope: str = "global", window: float = 300) -> dict[str, Any]:
+    def arm(
+        self, by: str, reason: str, *, level: int = 3, scope: str = "global", window: float = 300
+    ) -> dict[str, Any]:
         body = {"by": by, "reason": reason, "level": level, "scope": scope, "window": window}
         result: dict[str, Any] = self._call("POST", "/api/arm", json=body)
         return result
@@ -173,7 +182,9 @@ class M99Client:
         level = int(self.state.get("level", 0))
         if level >= 3 or self.state.get("tombstoned"):
             raise M99KillSwitchTriggered(
-                f"M99 kill switch: agent {self.name!r} is held at L{level}", level=level, agent=self.name or "",
+                f"M99 kill switch: agent {self.name!r} is held at L{level}",
+                level=level,
+                agent=self.name or "",
                 reason=",".join(d["id"] for d in self.state.get("directives", [])),
             )
         return self.state
@@ -192,6 +203,7 @@ class M99Client:
     def __enter__(self) -> M99Client:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

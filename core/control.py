@@ -82,8 +82,20 @@ class Agent:
 
 
 _AGENT_COLUMNS = (
-    "name", "agent_id", "kind", "framework", "pid", "host", "public_key", "incarnation", "registered_at",
-    "last_seen", "last_seq", "status", "read_only_tools", "metadata",
+    "name",
+    "agent_id",
+    "kind",
+    "framework",
+    "pid",
+    "host",
+    "public_key",
+    "incarnation",
+    "registered_at",
+    "last_seen",
+    "last_seq",
+    "status",
+    "read_only_tools",
+    "metadata",
 )
 
 
@@ -202,17 +214,26 @@ class ControlPlane:
         token = "m99_" + secrets.token_urlsafe(32)
         with self._txn():
             token_id = _new_id("tok")
-            self.store.insert_token({
-                "id": token_id, "name": name, "role": int(role), "token_hash": sha256_hex(token),
-                "created_at": time.time(), "created_by": created_by,
-            })
+            self.store.insert_token(
+                {
+                    "id": token_id,
+                    "name": name,
+                    "role": int(role),
+                    "token_hash": sha256_hex(token),
+                    "created_at": time.time(),
+                    "created_by": created_by,
+                }
+            )
             self._audit("token.created", {"by": created_by}, {"token_id": token_id, "name": name, "role": role.label})
         return token
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
-            raise NotAuthorised("a token is required: pass --token, set M99_TOKEN, or run on the "
-                                "machine where `m99 serve` wrote its admin token", status_code=401)
+            raise NotAuthorised(
+                "a token is required: pass --token, set M99_TOKEN, or run on the "
+                "machine where `m99 serve` wrote its admin token",
+                status_code=401,
+            )
         row = self.store.token_by_hash(sha256_hex(token))
         if row is None or row["revoked_at"] is not None:
             raise NotAuthorised("unknown or revoked token", status_code=401)
@@ -222,9 +243,15 @@ class ControlPlane:
         """Refuse, and audit as an authority-misuse signal, a call outside the token's role."""
         if who.role >= role:
             return
-        self.record_refusal("authority.refused", who.actor(by), {
-            "action": action, "required_role": role.label, "token_role": who.role.label,
-        })
+        self.record_refusal(
+            "authority.refused",
+            who.actor(by),
+            {
+                "action": action,
+                "required_role": role.label,
+                "token_role": who.role.label,
+            },
+        )
         raise NotAuthorised(
             f"{action} needs the {role.label} role; token {who.name!r} has {who.role.label}", status_code=403
         )
@@ -267,17 +294,35 @@ class ControlPlane:
         now = time.time()
         old = self.agents.get(name)
         if old is not None and old.status == "tombstoned":
-            self.record_refusal("agent.resurrection_refused", {"agent": name}, {
-                "pid": body.get("pid"), "host": body.get("host"), "public_key": fingerprint(verify_key.raw),
-            })
-            raise Conflict(f"agent {name!r} was terminated and is tombstoned: an authority must lift it "
-                           "(m99 lift --scope agent:NAME) before it may register again", status_code=409,
-                           code="tombstoned")
+            self.record_refusal(
+                "agent.resurrection_refused",
+                {"agent": name},
+                {
+                    "pid": body.get("pid"),
+                    "host": body.get("host"),
+                    "public_key": fingerprint(verify_key.raw),
+                },
+            )
+            raise Conflict(
+                f"agent {name!r} was terminated and is tombstoned: an authority must lift it "
+                "(m99 lift --scope agent:NAME) before it may register again",
+                status_code=409,
+                code="tombstoned",
+            )
         agent = Agent(
-            name=name, agent_id=_new_id("agt"), kind=kind, framework=framework, pid=body.get("pid"),
-            host=body.get("host") or "", public_key=body["public_key"],
-            incarnation=(old.incarnation + 1) if old else 1, registered_at=now, last_seen=now, last_seq=0,
-            status="active", read_only_tools=sorted(set(body.get("read_only_tools") or ())),
+            name=name,
+            agent_id=_new_id("agt"),
+            kind=kind,
+            framework=framework,
+            pid=body.get("pid"),
+            host=body.get("host") or "",
+            public_key=body["public_key"],
+            incarnation=(old.incarnation + 1) if old else 1,
+            registered_at=now,
+            last_seen=now,
+            last_seq=0,
+            status="active",
+            read_only_tools=sorted(set(body.get("read_only_tools") or ())),
             metadata=body.get("metadata") or {},
         )
         agent.verify_key = verify_key
@@ -288,17 +333,30 @@ class ControlPlane:
                 self.store.add_credentials(name, creds)
                 if self.effective_level(agent) >= Level.CREDENTIAL_REVOCATION:
                     self.store.set_credentials_revoked([name], 1, now)
-            self._audit("agent.registered", {"agent": name}, {
-                "agent_id": agent.agent_id, "kind": kind, "framework": framework, "pid": agent.pid,
-                "host": agent.host, "incarnation": agent.incarnation,
-                "public_key": fingerprint(verify_key.raw), "credentials": [c["fingerprint"] for c in creds],
-                "replaces": old.agent_id if old else None,
-            })
+            self._audit(
+                "agent.registered",
+                {"agent": name},
+                {
+                    "agent_id": agent.agent_id,
+                    "kind": kind,
+                    "framework": framework,
+                    "pid": agent.pid,
+                    "host": agent.host,
+                    "incarnation": agent.incarnation,
+                    "public_key": fingerprint(verify_key.raw),
+                    "credentials": [c["fingerprint"] for c in creds],
+                    "replaces": old.agent_id if old else None,
+                },
+            )
         self._index(agent)
         return {
-            "agent_id": agent.agent_id, "name": name, "incarnation": agent.incarnation,
-            "heartbeat_interval": self.settings.heartbeat_interval, "lease_seconds": self.settings.lease,
-            "clock_skew": self.settings.clock_skew, "server_public_key": self.key.public_b64,
+            "agent_id": agent.agent_id,
+            "name": name,
+            "incarnation": agent.incarnation,
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "lease_seconds": self.settings.lease,
+            "clock_skew": self.settings.clock_skew,
+            "server_public_key": self.key.public_b64,
             "state": self.signed_state(agent),
         }
 
@@ -317,15 +375,26 @@ class ControlPlane:
         if not signature_ok:
             reason, code = "bad signature", "bad_signature"
         elif body["seq"] <= agent.last_seq:
-            reason, code = f"replayed or out-of-order sequence {body['seq']} (last {agent.last_seq})", "replayed"
+            reason, code = (
+                f"replayed or out-of-order sequence {body['seq']} (last {agent.last_seq})",
+                "replayed",
+            )
         elif abs(body["ts"] - time.time()) > self.settings.clock_skew:
-            reason, code = f"timestamp {body['ts']:.3f} outside the allowed skew of {self.settings.clock_skew:g} s", \
-                "stale"
+            reason, code = (
+                f"timestamp {body['ts']:.3f} outside the allowed skew of {self.settings.clock_skew:g} s",
+                "stale",
+            )
         if reason is None:
             return
-        self.record_refusal(f"{kind}.rejected", {"agent": agent.name}, {
-            "agent_id": agent.agent_id, "seq": body["seq"], "reason": reason,
-        })
+        self.record_refusal(
+            f"{kind}.rejected",
+            {"agent": agent.name},
+            {
+                "agent_id": agent.agent_id,
+                "seq": body["seq"],
+                "reason": reason,
+            },
+        )
         raise (NotAuthorised if code == "bad_signature" else Conflict)(
             f"{kind} rejected: {reason}", status_code=401 if code == "bad_signature" else 409, code=code
         )
@@ -375,10 +444,18 @@ class ControlPlane:
     def describe_agent(self, agent: Agent, now: float | None = None) -> dict[str, Any]:
         now = now or time.time()
         return {
-            "name": agent.name, "agent_id": agent.agent_id, "kind": agent.kind, "framework": agent.framework,
-            "pid": agent.pid, "host": agent.host, "status": agent.status, "level": self.effective_level(agent),
-            "incarnation": agent.incarnation, "last_seen": _iso(agent.last_seen),
-            "seconds_since_heartbeat": round(now - agent.last_seen, 3), "last_seq": agent.last_seq,
+            "name": agent.name,
+            "agent_id": agent.agent_id,
+            "kind": agent.kind,
+            "framework": agent.framework,
+            "pid": agent.pid,
+            "host": agent.host,
+            "status": agent.status,
+            "level": self.effective_level(agent),
+            "incarnation": agent.incarnation,
+            "last_seen": _iso(agent.last_seen),
+            "seconds_since_heartbeat": round(now - agent.last_seen, 3),
+            "last_seq": agent.last_seq,
             "read_only_tools": agent.read_only_tools,
         }
 
@@ -388,8 +465,12 @@ class ControlPlane:
             raise NotFound(f"unknown agent {name!r}", status_code=404)
         out = self.describe_agent(agent)
         out["credentials"] = [
-            {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"],
-             "revoked": {0: "no", 1: "revoked", 2: "revoked for good"}[c["revoked"]]}
+            {
+                "label": c["label"],
+                "fingerprint": c["fingerprint"],
+                "kind": c["kind"],
+                "revoked": {0: "no", 1: "revoked", 2: "revoked for good"}[c["revoked"]],
+            }
             for c in self.store.list_credentials(name)
         ]
         out["directives"] = [self._directive_view(d) for d in self.directives_for(agent)]
@@ -406,15 +487,26 @@ class ControlPlane:
 
     @staticmethod
     def _directive_view(d: dict[str, Any]) -> dict[str, Any]:
-        return {"id": d["id"], "level": d["level"], "scope": d["scope"], "execution_id": d["execution_id"],
-                "origin": d["origin"], "version": d["version"]}
+        return {
+            "id": d["id"],
+            "level": d["level"],
+            "scope": d["scope"],
+            "execution_id": d["execution_id"],
+            "origin": d["origin"],
+            "version": d["version"],
+        }
 
     def state_document(self, agent: Agent) -> dict[str, Any]:
         directives = [self._directive_view(d) for d in self.directives_for(agent)]
         return {
-            "type": "state", "agent": agent.name, "agent_id": agent.agent_id, "version": self.version,
-            "level": self.effective_level(agent), "tombstoned": agent.status == "tombstoned",
-            "directives": directives, "issued_at": time.time(),
+            "type": "state",
+            "agent": agent.name,
+            "agent_id": agent.agent_id,
+            "version": self.version,
+            "level": self.effective_level(agent),
+            "tombstoned": agent.status == "tombstoned",
+            "directives": directives,
+            "issued_at": time.time(),
         }
 
     def signed_state(self, agent: Agent) -> dict[str, Any]:
@@ -473,26 +565,51 @@ class ControlPlane:
         self.require(who, level.required_role, f"arming L{int(level)} ({level.title})", by)
         now = time.time()
         row = {
-            "id": _new_id("auth"), "level": int(level), "scope": str(scope), "by_email": by, "reason": reason,
-            "token_id": who.token_id, "token_name": who.name, "role": int(who.role), "created_at": now,
-            "expires_at": now + window, "status": "armed",
+            "id": _new_id("auth"),
+            "level": int(level),
+            "scope": str(scope),
+            "by_email": by,
+            "reason": reason,
+            "token_id": who.token_id,
+            "token_name": who.name,
+            "role": int(who.role),
+            "created_at": now,
+            "expires_at": now + window,
+            "status": "armed",
         }
-        in_scope = [a.name for a in self.agents.values()
-                    if scope.matches(a.name, a.kind, a.framework) and a.status != "tombstoned"]
+        in_scope = [
+            a.name
+            for a in self.agents.values()
+            if scope.matches(a.name, a.kind, a.framework) and a.status != "tombstoned"
+        ]
         with self._txn():
             self.store.insert_authorization(row)
-            self._audit("authorization.armed", who.actor(by), {
-                "authorization_id": row["id"], "level": int(level), "scope": str(scope), "reason": reason,
-                "expires_at": _iso(row["expires_at"]), "agents_in_scope": len(in_scope),
-            })
+            self._audit(
+                "authorization.armed",
+                who.actor(by),
+                {
+                    "authorization_id": row["id"],
+                    "level": int(level),
+                    "scope": str(scope),
+                    "reason": reason,
+                    "expires_at": _iso(row["expires_at"]),
+                    "agents_in_scope": len(in_scope),
+                },
+            )
         return self._authorization_view(row, in_scope)
 
     def _authorization_view(self, row: dict[str, Any], in_scope: list[str] | None = None) -> dict[str, Any]:
         level = Level(row["level"])
         out = {
-            "id": row["id"], "status": row["status"], "expires_at": _iso(row["expires_at"]),
-            "level": row["level"], "level_name": level.title, "scope": row["scope"], "by": row["by_email"],
-            "reason": row["reason"], "created_at": _iso(row["created_at"]),
+            "id": row["id"],
+            "status": row["status"],
+            "expires_at": _iso(row["expires_at"]),
+            "level": row["level"],
+            "level_name": level.title,
+            "scope": row["scope"],
+            "by": row["by_email"],
+            "reason": row["reason"],
+            "created_at": _iso(row["created_at"]),
             "levels_to_fire": [f"L{n} {Level(n).title}" for n in range(1, level + 1)],
             "requires_confirmation": level == Level.FLEET_KILL,
         }
@@ -508,8 +625,11 @@ class ControlPlane:
             raise NotFound(f"unknown authorisation {auth_id!r}", status_code=404)
         self._expire(row)
         scope = Scope.parse(row["scope"])
-        in_scope = [a.name for a in self.agents.values()
-                    if scope.matches(a.name, a.kind, a.framework) and a.status != "tombstoned"]
+        in_scope = [
+            a.name
+            for a in self.agents.values()
+            if scope.matches(a.name, a.kind, a.framework) and a.status != "tombstoned"
+        ]
         return self._authorization_view(row, in_scope)
 
     def _expire(self, row: dict[str, Any]) -> None:
@@ -529,9 +649,15 @@ class ControlPlane:
         try:
             return self._execute(who, auth_id, confirm)
         except (BadRequest, Conflict, NotFound) as exc:
-            self.record_refusal("execution.refused", who.actor(), {
-                "authorization_id": auth_id, "reason": exc.message, "code": exc.code,
-            })
+            self.record_refusal(
+                "execution.refused",
+                who.actor(),
+                {
+                    "authorization_id": auth_id,
+                    "reason": exc.message,
+                    "code": exc.code,
+                },
+            )
             raise
 
     def _execute(self, who: Principal, auth_id: str, confirm: str | None) -> dict[str, Any]:
@@ -540,8 +666,11 @@ class ControlPlane:
             raise NotFound(f"unknown authorisation {auth_id!r}: arm first", status_code=404, code="unknown")
         self._expire(row)
         if row["status"] != "armed":
-            verb = {"executed": "already executed (an authorisation is single-use)", "disarmed": "disarmed",
-                    "expired": "expired: arm again"}.get(row["status"], row["status"])
+            verb = {
+                "executed": "already executed (an authorisation is single-use)",
+                "disarmed": "disarmed",
+                "expired": "expired: arm again",
+            }.get(row["status"], row["status"])
             raise Conflict(f"authorisation {auth_id} is {verb}", status_code=409, code=row["status"])
         level, scope = Level(row["level"]), Scope.parse(row["scope"])
         self.require(who, level.required_role, f"executing L{int(level)} ({level.title})", row["by_email"])
@@ -550,35 +679,71 @@ class ControlPlane:
             if (confirm or "").strip() != phrase:
                 raise BadRequest(f"L6 needs the typed confirmation {phrase!r}", status_code=400, code="confirm")
         return self._fire(
-            origin="execute", level=level, scope=scope, by=row["by_email"], reason=row["reason"],
-            actor=who.actor(row["by_email"]), token_name=who.name, auth_id=auth_id,
+            origin="execute",
+            level=level,
+            scope=scope,
+            by=row["by_email"],
+            reason=row["reason"],
+            actor=who.actor(row["by_email"]),
+            token_name=who.name,
+            auth_id=auth_id,
         )
 
-    def _fire(self, *, origin: str, level: Level, scope: Scope, by: str, reason: str, actor: dict[str, Any],
-              token_name: str, auth_id: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _fire(
+        self,
+        *,
+        origin: str,
+        level: Level,
+        scope: Scope,
+        by: str,
+        reason: str,
+        actor: dict[str, Any],
+        token_name: str,
+        auth_id: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Fire L1…level on every agent in scope, in one transaction, one audit entry a step."""
         started = time.time()
         execution_id = _new_id("exe")
-        targets = [a for a in self.agents.values()
-                   if scope.matches(a.name, a.kind, a.framework) and a.status != "tombstoned"]
+        targets = [
+            a for a in self.agents.values() if scope.matches(a.name, a.kind, a.framework) and a.status != "tombstoned"
+        ]
         names = sorted(a.name for a in targets)
         fired: list[str] = []
         directive = {
-            "id": _new_id("dir"), "execution_id": execution_id, "level": int(level), "scope": str(scope),
-            "origin": origin, "created_at": started,
+            "id": _new_id("dir"),
+            "execution_id": execution_id,
+            "level": int(level),
+            "scope": str(scope),
+            "origin": origin,
+            "created_at": started,
         }
         with self._txn():
             if auth_id is not None and not self.store.close_authorization(
                 auth_id, "armed", "executed", started, execution_id
             ):
                 raise Conflict(f"authorisation {auth_id} was used concurrently", status_code=409, code="executed")
-            self._audit("execution.started", actor, {
-                "execution_id": execution_id, "authorization_id": auth_id, "origin": origin, "level": int(level),
-                "scope": str(scope), "reason": reason, "agents": names, **(extra or {}),
-            })
+            self._audit(
+                "execution.started",
+                actor,
+                {
+                    "execution_id": execution_id,
+                    "authorization_id": auth_id,
+                    "origin": origin,
+                    "level": int(level),
+                    "scope": str(scope),
+                    "reason": reason,
+                    "agents": names,
+                    **(extra or {}),
+                },
+            )
             for step in range(1, int(level) + 1):
-                data: dict[str, Any] = {"execution_id": execution_id, "level": step,
-                                        "name": Level(step).title, "agents": len(names)}
+                data: dict[str, Any] = {
+                    "execution_id": execution_id,
+                    "level": step,
+                    "name": Level(step).title,
+                    "agents": len(names),
+                }
                 if step == Level.CREDENTIAL_REVOCATION:
                     data["credentials_revoked"] = self.store.set_credentials_revoked(names, 1, started)
                 if step >= Level.TARGETED_TERMINATION:
@@ -590,27 +755,60 @@ class ControlPlane:
             directive["version"] = self._bump_version()
             self.store.insert_directive(directive)
             finished = time.time()
-            self.store.insert_execution({
-                "id": execution_id, "authorization_id": auth_id, "origin": origin, "level": int(level),
-                "scope": str(scope), "by_email": by, "reason": reason, "token_name": token_name,
-                "started_at": started, "finished_at": finished, "agents": names, "levels_fired": fired,
-                "directive_id": directive["id"], "version": directive["version"],
-            })
-            self._audit("execution.completed", actor, {
-                "execution_id": execution_id, "levels_fired": fired, "agents_terminated": len(names),
-                "directive_id": directive["id"],
-            })
+            self.store.insert_execution(
+                {
+                    "id": execution_id,
+                    "authorization_id": auth_id,
+                    "origin": origin,
+                    "level": int(level),
+                    "scope": str(scope),
+                    "by_email": by,
+                    "reason": reason,
+                    "token_name": token_name,
+                    "started_at": started,
+                    "finished_at": finished,
+                    "agents": names,
+                    "levels_fired": fired,
+                    "directive_id": directive["id"],
+                    "version": directive["version"],
+                }
+            )
+            self._audit(
+                "execution.completed",
+                actor,
+                {
+                    "execution_id": execution_id,
+                    "levels_fired": fired,
+                    "agents_terminated": len(names),
+                    "directive_id": directive["id"],
+                },
+            )
         directive["active"] = 1
         self.directives.append(directive)
         if level >= Level.TARGETED_TERMINATION:
             for agent in targets:
                 agent.status = "tombstoned"
-        self._publish({"type": "directive", "op": "add", "version": self.version,
-                       "directive": self._directive_view(directive), "issued_at": time.time()}, names)
+        self._publish(
+            {
+                "type": "directive",
+                "op": "add",
+                "version": self.version,
+                "directive": self._directive_view(directive),
+                "issued_at": time.time(),
+            },
+            names,
+        )
         return {
-            "success": True, "agents_terminated": len(names), "execution_id": execution_id,
-            "authorization_id": auth_id, "level": int(level), "scope": str(scope), "levels_fired": fired,
-            "agents": names, "directive_id": directive["id"], "version": directive["version"],
+            "success": True,
+            "agents_terminated": len(names),
+            "execution_id": execution_id,
+            "authorization_id": auth_id,
+            "level": int(level),
+            "scope": str(scope),
+            "levels_fired": fired,
+            "agents": names,
+            "directive_id": directive["id"],
+            "version": directive["version"],
             "duration_ms": round((finished - started) * 1000, 3),
         }
 
@@ -627,9 +825,14 @@ class ControlPlane:
                 assert row is not None
                 if self.store.close_authorization(row["id"], "armed", "disarmed", time.time()):
                     disarmed.append(row["id"])
-                    self._audit("authorization.disarmed", who.actor(by), {
-                        "authorization_id": row["id"], "reason": body.get("reason") or "",
-                    })
+                    self._audit(
+                        "authorization.disarmed",
+                        who.actor(by),
+                        {
+                            "authorization_id": row["id"],
+                            "reason": body.get("reason") or "",
+                        },
+                    )
         if auth_id and not disarmed:
             assert rows[0] is not None
             raise Conflict(f"authorisation {auth_id} is {rows[0]['status']}, not armed", status_code=409)
@@ -659,8 +862,15 @@ class ControlPlane:
         chosen = [d for d in covered if (d["level"] <= Level.TOOL_CALL_FREEZE) == reversible]
         if not reversible and any(d["level"] == Level.FLEET_KILL for d in chosen):
             self.require(who, Role.FLEET, "lifting L6", by)
-        tomb = [] if reversible else [a for a in self.agents.values()
-                                      if a.status == "tombstoned" and scope.matches(a.name, a.kind, a.framework)]
+        tomb = (
+            []
+            if reversible
+            else [
+                a
+                for a in self.agents.values()
+                if a.status == "tombstoned" and scope.matches(a.name, a.kind, a.framework)
+            ]
+        )
         if not chosen and not tomb:
             held = [d for d in covered if d not in chosen]
             hint = ""
@@ -670,30 +880,58 @@ class ControlPlane:
         now = time.time()
         ids = [d["id"] for d in chosen]
         remaining = [d for d in self.directives if d["id"] not in ids]
-        affected = sorted(a.name for a in self.agents.values()
-                          if any(Scope.parse(d["scope"]).matches(a.name, a.kind, a.framework) for d in chosen)
-                          or a in tomb)
+        affected = sorted(
+            a.name
+            for a in self.agents.values()
+            if any(Scope.parse(d["scope"]).matches(a.name, a.kind, a.framework) for d in chosen) or a in tomb
+        )
         with self._txn():
             self.store.lift_directives(ids, now, by)
-            still_l1 = {a.name for a in self.agents.values()
-                        if any(Scope.parse(d["scope"]).matches(a.name, a.kind, a.framework) for d in remaining)}
+            still_l1 = {
+                a.name
+                for a in self.agents.values()
+                if any(Scope.parse(d["scope"]).matches(a.name, a.kind, a.framework) for d in remaining)
+            }
             unrevoked = self.store.set_credentials_revoked([n for n in affected if n not in still_l1], 0, now)
             if tomb:
                 self.store.set_agent_status([a.name for a in tomb], "stopped")
             version = self._bump_version()
-            self._audit(f"directive.{'restored' if reversible else 'lifted'}", who.actor(by), {
-                "scope": str(scope), "reason": reason, "directives": ids, "agents": affected,
-                "credentials_restored": unrevoked, "tombstones_lifted": [a.name for a in tomb],
-            })
+            self._audit(
+                f"directive.{'restored' if reversible else 'lifted'}",
+                who.actor(by),
+                {
+                    "scope": str(scope),
+                    "reason": reason,
+                    "directives": ids,
+                    "agents": affected,
+                    "credentials_restored": unrevoked,
+                    "tombstones_lifted": [a.name for a in tomb],
+                },
+            )
         self.directives = remaining
         for agent in tomb:
             agent.status = "stopped"
         for d in chosen:
-            self._publish({"type": "directive", "op": "lift", "version": version,
-                           "directive": self._directive_view(d), "issued_at": time.time()}, affected)
+            self._publish(
+                {
+                    "type": "directive",
+                    "op": "lift",
+                    "version": version,
+                    "directive": self._directive_view(d),
+                    "issued_at": time.time(),
+                },
+                affected,
+            )
         still_held = [n for n in affected if n in still_l1]
-        return {"success": True, "scope": str(scope), "lifted": ids, "agents": affected, "version": version,
-                "still_held": still_held, "tombstones_lifted": [a.name for a in tomb]}
+        return {
+            "success": True,
+            "scope": str(scope),
+            "lifted": ids,
+            "agents": affected,
+            "version": version,
+            "still_held": still_held,
+            "tombstones_lifted": [a.name for a in tomb],
+        }
 
     # ------------------------------------------------------------------ dead man's switch
     def check_deadman(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -707,18 +945,27 @@ class ControlPlane:
             if agent.status != "active" or now - seen <= window:
                 continue
             evidence = {
-                "last_heartbeat_at": _iso(agent.last_seen), "last_seq": agent.last_seq,
-                "silent_seconds": round(now - agent.last_seen, 3), "pid": agent.pid, "host": agent.host,
-                "incarnation": agent.incarnation, "threshold_seconds": window,
+                "last_heartbeat_at": _iso(agent.last_seen),
+                "last_seq": agent.last_seq,
+                "silent_seconds": round(now - agent.last_seen, 3),
+                "pid": agent.pid,
+                "host": agent.host,
+                "incarnation": agent.incarnation,
+                "threshold_seconds": window,
             }
             with self._txn():
                 agent.status = "silent"
                 self.store.set_agent_status([agent.name], "silent")
                 self._audit("deadman.evidence", SYSTEM_ACTOR, {"agent": agent.name, **evidence})
             result = self._fire(
-                origin="deadman", level=Level(self.settings.deadman_level), scope=Scope("agent", agent.name),
-                by="dead-mans-switch", reason=f"{self.settings.missed_heartbeats} heartbeats missed",
-                actor={"by": "dead-mans-switch", "role": "system"}, token_name="system", auth_id=None,
+                origin="deadman",
+                level=Level(self.settings.deadman_level),
+                scope=Scope("agent", agent.name),
+                by="dead-mans-switch",
+                reason=f"{self.settings.missed_heartbeats} heartbeats missed",
+                actor={"by": "dead-mans-switch", "role": "system"},
+                token_name="system",
+                auth_id=None,
                 extra={"last_heartbeat": evidence},
             )
             fired.append(result)
@@ -749,15 +996,19 @@ class ControlPlane:
         times = sorted(a["time_to_halt_ms"] for a in acks)
         row["started_at"], row["finished_at"] = _iso(row["started_at"]), _iso(row["finished_at"])
         row["time_to_halt"] = {
-            "acknowledged": len(acks), "in_scope": len(row["agents"]),
-            "p50_ms": times[len(times) // 2] if times else None, "max_ms": times[-1] if times else None,
+            "acknowledged": len(acks),
+            "in_scope": len(row["agents"]),
+            "p50_ms": times[len(times) // 2] if times else None,
+            "max_ms": times[-1] if times else None,
             "per_agent": {a["agent"]: round(a["time_to_halt_ms"], 3) for a in acks},
         }
         return row
 
     def list_executions(self) -> list[dict[str, Any]]:
-        return [{**r, "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"])}
-                for r in self.store.list_executions()]
+        return [
+            {**r, "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"])}
+            for r in self.store.list_executions()
+        ]
 
     # ------------------------------------------------------------------ status and audit
     def status(self) -> dict[str, Any]:
@@ -766,22 +1017,30 @@ class ControlPlane:
         held = [a for a in agents if a["level"] > 0]
         return {
             "status": "armed" if armed else ("engaged" if self.directives else "idle"),
-            "version": self.version, "agents_total": len(agents), "agents_held": len(held), "agents": agents,
-            "armed": armed, "directives": [self._directive_view(d) for d in self.directives],
+            "version": self.version,
+            "agents_total": len(agents),
+            "agents_held": len(held),
+            "agents": agents,
+            "armed": armed,
+            "directives": [self._directive_view(d) for d in self.directives],
             "audit_head": {"seq": self._head[0], "hash": self._head[1]},
-            "settings": {"heartbeat_interval": self.settings.heartbeat_interval,
-                         "missed_heartbeats": self.settings.missed_heartbeats,
-                         "deadman_level": self.settings.deadman_level},
+            "settings": {
+                "heartbeat_interval": self.settings.heartbeat_interval,
+                "missed_heartbeats": self.settings.missed_heartbeats,
+                "deadman_level": self.settings.deadman_level,
+            },
         }
 
     def verify_audit(self) -> audit.VerifyResult:
-        checkpoints = [audit.Checkpoint(r["seq"], r["hash"], r["ts"], r["signature"])
-                       for r in self.store.list_checkpoints()]
+        checkpoints = [
+            audit.Checkpoint(r["seq"], r["hash"], r["ts"], r["signature"]) for r in self.store.list_checkpoints()
+        ]
         head = audit.read_head_file(self.head_file) if self.head_file.exists() else None
         if head is not None:
             checkpoints.append(head[0])
         # The head this process committed last is held in memory, out of an attacker's reach
         # in the database: deleting the newest entries and their checkpoints is still caught.
         checkpoints.append(audit.sign_checkpoint(self.key, self._head[0], self._head[1], audit.utc_now_iso()))
-        return audit.verify_entries(self.store.iter_audit(), checkpoints=checkpoints,
-                                    public_key_b64=self.key.public_b64)
+        return audit.verify_entries(
+            self.store.iter_audit(), checkpoints=checkpoints, public_key_b64=self.key.public_b64
+        )

@@ -115,9 +115,7 @@ class Scope:
             return cls("global")
         kind, sep, value = text.partition(":")
         if not sep or kind not in cls.KINDS:
-            raise ValueError(
-                f"bad scope {text!r}: expected global, agent:NAME, class:KIND or framework:NAME"
-            )
+            raise ValueError(f"bad scope {text!r}: expected global, agent:NAME, class:KIND or framework:NAME")
         if not _NAME.match(value):
             raise ValueError(f"bad scope {text!r}: the name after {kind}: must be 1-128 letters, digits or ._:@/+-")
         return cls(kind, value)

@@ -48,8 +48,15 @@ def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
 class ControlLink:
     """One agent identity talking to one control plane."""
 
-    def __init__(self, url: str, *, key: SigningKey | None = None, key_file: str | Path | None = None,
-                 timeout: float = 10.0, server_public_key: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: SigningKey | None = None,
+        key_file: str | Path | None = None,
+        timeout: float = 10.0,
+        server_public_key: str | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         if key is None and key_file is not None:
             key = SigningKey.load_or_create(Path(key_file))
@@ -68,13 +75,26 @@ class ControlLink:
         parsed = httpx.URL(self.url)
         return parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
 
-    def register(self, name: str, kind: str = "agent", *, framework: str | None = None,
-                 read_only_tools: list[str] | None = None, credentials: list[dict[str, str]] | None = None,
-                 metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def register(
+        self,
+        name: str,
+        kind: str = "agent",
+        *,
+        framework: str | None = None,
+        read_only_tools: list[str] | None = None,
+        credentials: list[dict[str, str]] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         body = {
-            "name": name, "kind": kind, "framework": framework, "pid": os.getpid(), "host": socket.gethostname(),
-            "public_key": self.key.public_b64, "read_only_tools": sorted(read_only_tools or ()),
-            "credentials": credentials or [], "metadata": metadata or {},
+            "name": name,
+            "kind": kind,
+            "framework": framework,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "public_key": self.key.public_b64,
+            "read_only_tools": sorted(read_only_tools or ()),
+            "credentials": credentials or [],
+            "metadata": metadata or {},
         }
         answer: dict[str, Any] = request(self.http, "POST", "/api/agents/register", json=body)
         server_key = VerifyKey.from_b64(answer["server_public_key"])
@@ -94,8 +114,13 @@ class ControlLink:
         body["signature"] = self.key.sign(message)
         return body
 
-    def send_signed(self, kind: str, path: str, extra: dict[str, Any] | None = None,
-                    unsigned: dict[str, Any] | None = None) -> Any:
+    def send_signed(
+        self,
+        kind: str,
+        path: str,
+        extra: dict[str, Any] | None = None,
+        unsigned: dict[str, Any] | None = None,
+    ) -> Any:
         # One signed request at a time, so sequence numbers reach the server in order.
         with self._send_lock:
             body = self._signed(kind, extra)

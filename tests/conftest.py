@@ -37,6 +37,7 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedControlPlane]:
 
 @pytest.fixture
 def admin(embedded: EmbeddedControlPlane) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=embedded.url, timeout=30,
-                      headers={"Authorization": f"Bearer {embedded.token}"}) as client:
+    with httpx.Client(
+        base_url=embedded.url, timeout=30, headers={"Authorization": f"Bearer {embedded.token}"}
+    ) as client:
         yield client

@@ -36,7 +36,10 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "m99.cli", "serve", "--port", str(self.port), *self.args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -55,15 +58,20 @@ class ServeProcess:
             self.proc.wait(timeout=15)
 
     def cli(self, *args: str, input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([sys.executable, "-m", "m99.cli", *args], env=self.env, capture_output=True,
-                             text=True, input=input, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "m99.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
+        )
         if check and out.returncode != 0:
             raise AssertionError(f"m99 {' '.join(args)} failed ({out.returncode}): {out.stdout}{out.stderr}")
         return out
 
     def api(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30,
-                            headers={"Authorization": f"Bearer {token or self.token}"})
+        return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token or self.token}"})
 
 
 def json_of(response: httpx.Response) -> Any:

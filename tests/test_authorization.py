@@ -13,8 +13,9 @@ from m99.link import ControlLink
 from m99.server import EmbeddedControlPlane
 
 
-def agent(cp: EmbeddedControlPlane, name: str, kind: str = "autonomous", framework: str = "none",
-          **options: object) -> ControlLink:
+def agent(
+    cp: EmbeddedControlPlane, name: str, kind: str = "autonomous", framework: str = "none", **options: object
+) -> ControlLink:
     link = ControlLink(cp.url)
     link.register(name, kind, framework=framework, **options)  # type: ignore[arg-type]
     return link
@@ -120,8 +121,9 @@ def test_restore_reverses_l1_to_l3_only(embedded: EmbeddedControlPlane, admin: h
     assert lifted.status_code == 200 and a.fetch_state()["level"] == 0
 
 
-def test_restore_of_a_narrower_scope_reports_what_still_holds(embedded: EmbeddedControlPlane,
-                                                                admin: httpx.Client) -> None:
+def test_restore_of_a_narrower_scope_reports_what_still_holds(
+    embedded: EmbeddedControlPlane, admin: httpx.Client
+) -> None:
     a = agent(embedded, "a", kind="researcher")
     execute(admin, arm(admin, scope="global")["id"])
     execute(admin, arm(admin, scope="class:researcher", level=2)["id"])
@@ -129,8 +131,9 @@ def test_restore_of_a_narrower_scope_reports_what_still_holds(embedded: Embedded
     assert out["still_held"] == ["a"] and a.fetch_state()["level"] == 3
 
 
-def test_l5_tombstones_and_refuses_resurrection_until_lifted(embedded: EmbeddedControlPlane,
-                                                             admin: httpx.Client) -> None:
+def test_l5_tombstones_and_refuses_resurrection_until_lifted(
+    embedded: EmbeddedControlPlane, admin: httpx.Client
+) -> None:
     agent(embedded, "bad")
     execute(admin, arm(admin, level=5, scope="agent:bad")["id"])
     with pytest.raises(Exception, match="tombstoned"):
@@ -150,10 +153,17 @@ def test_l6_needs_the_typed_confirmation(embedded: EmbeddedControlPlane, admin: 
     assert ok.status_code == 200 and ok.json()["levels_fired"] == ["L1", "L2", "L3", "L4", "L5", "L6"]
 
 
-@pytest.mark.parametrize(("role", "level", "allowed"), [
-    ("viewer", 1, False), ("operator", 3, True), ("operator", 4, False),
-    ("authority", 5, True), ("authority", 6, False), ("fleet", 6, True),
-])
+@pytest.mark.parametrize(
+    ("role", "level", "allowed"),
+    [
+        ("viewer", 1, False),
+        ("operator", 3, True),
+        ("operator", 4, False),
+        ("authority", 5, True),
+        ("authority", 6, False),
+        ("fleet", 6, True),
+    ],
+)
 def test_roles(embedded: EmbeddedControlPlane, admin: httpx.Client, role: str, level: int, allowed: bool) -> None:
     token = admin.post("/api/tokens", json={"name": f"{role}-person", "role": role}).json()["token"]
     with httpx.Client(base_url=embedded.url, headers={"Authorization": f"Bearer {token}"}) as client:
@@ -176,8 +186,7 @@ def test_execute_records_the_token_identity_beside_by(embedded: EmbeddedControlP
     assert started["actor"]["role"] == "operator"
 
 
-def test_tokens_need_a_token_and_revoked_ones_stop_working(embedded: EmbeddedControlPlane,
-                                                           admin: httpx.Client) -> None:
+def test_tokens_need_a_token_and_revoked_ones_stop_working(embedded: EmbeddedControlPlane, admin: httpx.Client) -> None:
     assert httpx.get(f"{embedded.url}/api/status").status_code == 401
     assert httpx.post(f"{embedded.url}/api/arm", json={"by": "a@b", "reason": "r"}).status_code == 401
     made = admin.post("/api/tokens", json={"name": "temp", "role": "operator"}).json()

@@ -26,10 +26,24 @@ def assert_clean_error(r: httpx.Response, status: int, *words: str) -> None:
 
 CASES = [
     ("malformed json", "POST", "/api/arm", b'{"by": "a@b", "reason": ', 400, ["not valid JSON"]),
-    ("unknown field", "POST", "/api/arm", {"by": "a@b", "reason": "r", "levle": 3}, 422, ["levle", "unknown field"]),
+    (
+        "unknown field",
+        "POST",
+        "/api/arm",
+        {"by": "a@b", "reason": "r", "levle": 3},
+        422,
+        ["levle", "unknown field"],
+    ),
     ("wrong type", "POST", "/api/arm", {"by": "a@b", "reason": "r", "level": "three"}, 422, ["level"]),
     ("level out of range", "POST", "/api/arm", {"by": "a@b", "reason": "r", "level": 9}, 422, ["level"]),
-    ("bad scope", "POST", "/api/arm", {"by": "a@b", "reason": "r", "scope": "planet:earth"}, 400, ["bad scope"]),
+    (
+        "bad scope",
+        "POST",
+        "/api/arm",
+        {"by": "a@b", "reason": "r", "scope": "planet:earth"},
+        400,
+        ["bad scope"],
+    ),
     ("empty by", "POST", "/api/arm", {"by": " ", "reason": "r"}, 400, ["--by"]),
     ("missing reason", "POST", "/api/arm", {"by": "a@b"}, 422, ["reason"]),
     ("bad window", "POST", "/api/arm", {"by": "a@b", "reason": "r", "window": 0}, 400, ["window"]),
@@ -38,26 +52,69 @@ CASES = [
     ("unknown agent", "GET", "/api/agents/nobody", None, 404, ["nobody"]),
     ("unknown token", "DELETE", "/api/tokens/tok_nope", None, 404, ["tok_nope"]),
     ("bad role", "POST", "/api/tokens", {"name": "x", "role": "god"}, 400, ["god"]),
-    ("restore bad scope", "POST", "/api/restore", {"scope": "agent:", "by": "a@b", "reason": "r"}, 400, ["scope"]),
-    ("register bad key", "POST", "/api/agents/register", {"name": "a", "public_key": "x" * 44}, 400, ["public_key"]),
-    ("register bad name", "POST", "/api/agents/register",
-     {"name": "a b", "public_key": "A" * 43 + "="}, 400, ["name"]),
-    ("heartbeat unknown agent", "POST", "/api/agents/agt_nope/heartbeat",
-     {"seq": 1, "ts": 1.0, "signature": "x"}, 404, ["agt_nope"]),
-    ("heartbeat wrong type", "POST", "/api/agents/agt_nope/heartbeat",
-     {"seq": "1", "ts": 1.0, "signature": "x"}, 422, ["seq"]),
+    (
+        "restore bad scope",
+        "POST",
+        "/api/restore",
+        {"scope": "agent:", "by": "a@b", "reason": "r"},
+        400,
+        ["scope"],
+    ),
+    (
+        "register bad key",
+        "POST",
+        "/api/agents/register",
+        {"name": "a", "public_key": "x" * 44},
+        400,
+        ["public_key"],
+    ),
+    (
+        "register bad name",
+        "POST",
+        "/api/agents/register",
+        {"name": "a b", "public_key": "A" * 43 + "="},
+        400,
+        ["name"],
+    ),
+    (
+        "heartbeat unknown agent",
+        "POST",
+        "/api/agents/agt_nope/heartbeat",
+        {"seq": 1, "ts": 1.0, "signature": "x"},
+        404,
+        ["agt_nope"],
+    ),
+    (
+        "heartbeat wrong type",
+        "POST",
+        "/api/agents/agt_nope/heartbeat",
+        {"seq": "1", "ts": 1.0, "signature": "x"},
+        422,
+        ["seq"],
+    ),
     ("heartbeat malformed", "POST", "/api/agents/agt_nope/heartbeat", b"{nope", 400, ["JSON"]),
     ("not json at all", "POST", "/api/disarm", b"\x00\xff", 400, ["JSON"]),
 ]
 
 
 @pytest.mark.parametrize(("name", "method", "path", "body", "status", "words"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input(embedded: EmbeddedControlPlane, admin: httpx.Client, name: str, method: str, path: str,
-                   body: object, status: int, words: list[str]) -> None:
+def test_bad_input(
+    embedded: EmbeddedControlPlane,
+    admin: httpx.Client,
+    name: str,
+    method: str,
+    path: str,
+    body: object,
+    status: int,
+    words: list[str],
+) -> None:
     ControlLink(embedded.url).register("bystander")
     before = snapshot(admin)
-    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+    kwargs = (
+        {"content": body, "headers": {"Content-Type": "application/json"}}
+        if isinstance(body, bytes)
         else ({"json": body} if body is not None else {})
+    )
     r = admin.request(method, path, **kwargs)  # type: ignore[arg-type]
     assert_clean_error(r, status, *words)
     after = snapshot(admin)
@@ -70,8 +127,11 @@ def test_oversized_body_is_refused(embedded: EmbeddedControlPlane, admin: httpx.
     before = snapshot(admin)
     r = admin.post("/api/arm", json={"by": "a@b", "reason": "x" * 100_000})
     assert_clean_error(r, 413, "bytes")
-    chunked = admin.post("/api/arm", content=iter([b'{"by": "a@b", "reason": "', b"x" * 70_000, b'"}']),
-                         headers={"Content-Type": "application/json"})
+    chunked = admin.post(
+        "/api/arm",
+        content=iter([b'{"by": "a@b", "reason": "', b"x" * 70_000, b'"}']),
+        headers={"Content-Type": "application/json"},
+    )
     assert_clean_error(chunked, 413)
     assert snapshot(admin) == before
 

@@ -42,8 +42,7 @@ def test_forged_heartbeat_is_rejected_and_audited(embedded: EmbeddedControlPlane
     assert rejected(admin)[-1]["data"]["reason"] == "bad signature"
 
 
-def test_replayed_and_out_of_order_heartbeats_are_rejected(embedded: EmbeddedControlPlane,
-                                                           admin: httpx.Client) -> None:
+def test_replayed_and_out_of_order_heartbeats_are_rejected(embedded: EmbeddedControlPlane, admin: httpx.Client) -> None:
     link = ControlLink(embedded.url)
     link.register("a")
     assert raw_heartbeat(link, 5, time.time()).status_code == 200
@@ -99,8 +98,10 @@ def test_dead_mans_switch_fires_on_silence(tmp_path: Path) -> None:
         assert admin.get("/api/agents/silent").json()["status"] == "silent"
         # Fires once per silence, not every round.
         time.sleep(0.5)
-        assert sum(1 for e in admin.get("/api/audit", params={"limit": 1000}).json()
-                   if e["kind"] == "deadman.evidence") == 1
+        assert (
+            sum(1 for e in admin.get("/api/audit", params={"limit": 1000}).json() if e["kind"] == "deadman.evidence")
+            == 1
+        )
         # The agent comes back: it is alive again but stays frozen until an operator restores it.
         silent.heartbeat()
         assert admin.get("/api/agents/silent").json()["status"] == "active"

@@ -23,12 +23,17 @@ def _arm_execute(server: ServeProcess, *args: str) -> str:
 def test_state_and_chain_survive_kill_9(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path / "data").start()
     link = ControlLink(server.url)
-    link.register("survivor", "autonomous", credentials=[
-        {"label": "k", "fingerprint": "sha256:" + "ef" * 32, "kind": "env"}])
+    link.register(
+        "survivor",
+        "autonomous",
+        credentials=[{"label": "k", "fingerprint": "sha256:" + "ef" * 32, "kind": "env"}],
+    )
     link.heartbeat()
     used = _arm_execute(server, "--scope", "agent:survivor")
-    pending = re.search(r"armed: (auth_\w+)",
-                        server.cli("arm", "--by", "a@example.com", "--reason", "later", check=True).stdout)
+    pending = re.search(
+        r"armed: (auth_\w+)",
+        server.cli("arm", "--by", "a@example.com", "--reason", "later", check=True).stdout,
+    )
     assert pending
     before = server.cli("audit", "verify", "--json", check=True).stdout
     server.kill()  # SIGKILL: no clean shutdown
@@ -47,7 +52,7 @@ def test_state_and_chain_survive_kill_9(tmp_path: Path) -> None:
     try:
         link.heartbeat()
         raise AssertionError("a replayed sequence was accepted after restart")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert "replayed" in str(exc)
     # The old token still works, the same single-use authorisation still cannot be reused.
     again = server.cli("execute", "--auth", used, "--force")
@@ -86,9 +91,12 @@ def test_delete_is_detected(tmp_path: Path) -> None:
 
 
 def test_reorder_is_detected(tmp_path: Path) -> None:
-    _, err = _tamper(tmp_path, "UPDATE audit_entries SET seq = -1 WHERE seq = 6;"
-                               "UPDATE audit_entries SET seq = 6 WHERE seq = 9;"
-                               "UPDATE audit_entries SET seq = 9 WHERE seq = -1;")
+    _, err = _tamper(
+        tmp_path,
+        "UPDATE audit_entries SET seq = -1 WHERE seq = 6;"
+        "UPDATE audit_entries SET seq = 6 WHERE seq = 9;"
+        "UPDATE audit_entries SET seq = 9 WHERE seq = -1;",
+    )
     assert "INVALID" in err
 
 

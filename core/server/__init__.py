@@ -19,20 +19,21 @@ from ..store import SQLiteStore, Store, StoreError
 
 
 def open_store(data_dir: Path, database_url: str | None = None) -> Store:
-    if database_url and database_url.startswith(("postgres://", "postgresql://")):
-        from ..store.postgres import PostgresStore
-
-        return PostgresStore(database_url)
     if database_url:
-        raise ConfigError(f"unsupported database URL {database_url!r}: expected postgresql://…")
+        # The Store interface is what a PostgreSQL store implements; it is not shipped yet.
+        raise ConfigError(
+            f"--database-url {database_url.split('@')[-1]!r}: only the SQLite store (the default) is available "
+            "in this version"
+        )
     try:
         return SQLiteStore(data_dir / DB_FILE)
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def build(data_dir: str | Path | None = None, settings: Settings | None = None,
-          database_url: str | None = None) -> ControlPlane:
+def build(
+    data_dir: str | Path | None = None, settings: Settings | None = None, database_url: str | None = None
+) -> ControlPlane:
     path = resolve_data_dir(data_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -47,12 +48,25 @@ def _uvicorn_config(cp: ControlPlane, host: str, port: int, log_level: str) -> A
 
     from .app import create_app
 
-    return uvicorn.Config(create_app(cp), host=host, port=port, log_level=log_level, access_log=False,
-                          timeout_graceful_shutdown=2, lifespan="on")
+    return uvicorn.Config(
+        create_app(cp),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        lifespan="on",
+    )
 
 
-def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, data_dir: str | Path | None = None,
-          settings: Settings | None = None, database_url: str | None = None, log_level: str = "warning") -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    data_dir: str | Path | None = None,
+    settings: Settings | None = None,
+    database_url: str | None = None,
+    log_level: str = "warning",
+) -> None:
     import uvicorn
 
     cp = build(data_dir, settings, database_url)
@@ -60,8 +74,11 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, data_dir: str | Pat
     print(f"M99 control plane on http://{shown}:{port}  (REST /api, dashboard /, OpenAPI /docs)", flush=True)
     print(f"data: {cp.store.location}", flush=True)
     if cp.admin_token:
-        print(f"first start: admin token written owner-only to {cp.data_dir / TOKEN_FILE}; the m99 CLI on this "
-              "machine reads it from there (elsewhere: set M99_TOKEN)", flush=True)
+        print(
+            f"first start: admin token written owner-only to {cp.data_dir / TOKEN_FILE}; the m99 CLI on this "
+            "machine reads it from there (elsewhere: set M99_TOKEN)",
+            flush=True,
+        )
         print(f"dashboard: http://{shown}:{port}/#token={cp.admin_token}", flush=True)
     try:
         uvicorn.Server(_uvicorn_config(cp, host, port, log_level)).run()
@@ -82,8 +99,13 @@ class EmbeddedControlPlane:
     ...     cp.url, cp.token
     """
 
-    def __init__(self, data_dir: str | Path | None = None, port: int = 0, settings: Settings | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        port: int = 0,
+        settings: Settings | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="m99-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.port = port or free_port()
@@ -120,6 +142,7 @@ class EmbeddedControlPlane:
     def __enter__(self) -> EmbeddedControlPlane:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

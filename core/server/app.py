@@ -110,7 +110,9 @@ def validation_response(errors: Sequence[Any]) -> JSONResponse:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         if err.get("type") == "json_invalid":
             return _error(400, "malformed_json", f"the request body is not valid JSON: {err.get('msg')}")
-        problems.append(f"{where}: unknown field" if err.get("type") == "extra_forbidden" else f"{where}: {err.get('msg')}")
+        problems.append(
+            f"{where}: unknown field" if err.get("type") == "extra_forbidden" else f"{where}: {err.get('msg')}"
+        )
     return _error(422, "invalid", "; ".join(problems) or "invalid request", fields=problems)
 
 
@@ -130,14 +132,19 @@ class HeartbeatFastPath:
     def __init__(self, app: ASGIApp, cp: ControlPlane, counters: dict[str, int]) -> None:
         self.app, self.cp, self.counters = app, cp, counters
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+    ) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith(self.PREFIX) \
-                or not path.endswith(self.SUFFIX):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.startswith(self.PREFIX)
+            or not path.endswith(self.SUFFIX)
+        ):
             await self.app(scope, receive, send)
             return
-        agent_id = path[len(self.PREFIX):-len(self.SUFFIX)]
+        agent_id = path[len(self.PREFIX) : -len(self.SUFFIX)]
         chunks = []
         more = True
         while more:
@@ -170,8 +177,9 @@ class BodyLimit:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+    ) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
@@ -263,8 +271,12 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(title="M99 control plane", version=__version__, lifespan=lifespan,
-                  description="An emergency stop for AI agents: two-phase ARM/EXECUTE, six levels, audit chain.")
+    app = FastAPI(
+        title="M99 control plane",
+        version=__version__,
+        lifespan=lifespan,
+        description="An emergency stop for AI agents: two-phase ARM/EXECUTE, six levels, audit chain.",
+    )
     app.state.cp = cp
     app.state.hub = hub
     app.state.counters = counters
@@ -289,8 +301,8 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, "internal", "internal error: see the server log")
 
-    app.add_middleware(HeartbeatFastPath, cp=cp, counters=counters)  # type: ignore[arg-type]
-    app.add_middleware(BodyLimit)  # type: ignore[arg-type]
+    app.add_middleware(HeartbeatFastPath, cp=cp, counters=counters)
+    app.add_middleware(BodyLimit)
 
     def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
         token = None
@@ -369,8 +381,9 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
     async def audit_export(who: Who) -> StreamingResponse:
         from .. import audit
 
-        checkpoints = [audit.Checkpoint(r["seq"], r["hash"], r["ts"], r["signature"])
-                       for r in cp.store.list_checkpoints()]
+        checkpoints = [
+            audit.Checkpoint(r["seq"], r["hash"], r["ts"], r["signature"]) for r in cp.store.list_checkpoints()
+        ]
         lines = audit.export_jsonl(cp.store.iter_audit(), checkpoints, cp.key.public_b64)
         return StreamingResponse((line + "\n" for line in lines), media_type="application/x-ndjson")
 
@@ -426,8 +439,11 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
             finally:
                 hub.remove(agent.name, queue)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     # ---------------------------------------------------------------- metrics and dashboard
     @app.get("/metrics")
@@ -435,18 +451,28 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         agents = cp.list_agents()
         lines = [
             "# TYPE m99_agents gauge",
-            *(f'm99_agents{{status="{s}"}} {sum(1 for a in agents if a["status"] == s)}'
-              for s in ("active", "stopped", "silent", "tombstoned")),
-            "# TYPE m99_agents_held gauge", f"m99_agents_held {sum(1 for a in agents if a['level'] > 0)}",
-            "# TYPE m99_state_version gauge", f"m99_state_version {cp.version}",
-            "# TYPE m99_active_directives gauge", f"m99_active_directives {len(cp.directives)}",
-            "# TYPE m99_heartbeats_total counter", f"m99_heartbeats_total {counters['heartbeats']}",
+            *(
+                f'm99_agents{{status="{s}"}} {sum(1 for a in agents if a["status"] == s)}'
+                for s in ("active", "stopped", "silent", "tombstoned")
+            ),
+            "# TYPE m99_agents_held gauge",
+            f"m99_agents_held {sum(1 for a in agents if a['level'] > 0)}",
+            "# TYPE m99_state_version gauge",
+            f"m99_state_version {cp.version}",
+            "# TYPE m99_active_directives gauge",
+            f"m99_active_directives {len(cp.directives)}",
+            "# TYPE m99_heartbeats_total counter",
+            f"m99_heartbeats_total {counters['heartbeats']}",
             "# TYPE m99_heartbeats_rejected_total counter",
             f"m99_heartbeats_rejected_total {counters['heartbeats_rejected']}",
-            "# TYPE m99_requests_refused_total counter", f"m99_requests_refused_total {counters['requests_refused']}",
-            "# TYPE m99_push_connections gauge", f"m99_push_connections {hub.connections}",
-            "# TYPE m99_audit_head_seq gauge", f"m99_audit_head_seq {cp.status()['audit_head']['seq']}",
-            "# TYPE m99_uptime_seconds gauge", f"m99_uptime_seconds {time.time() - cp.started_at:.1f}",
+            "# TYPE m99_requests_refused_total counter",
+            f"m99_requests_refused_total {counters['requests_refused']}",
+            "# TYPE m99_push_connections gauge",
+            f"m99_push_connections {hub.connections}",
+            "# TYPE m99_audit_head_seq gauge",
+            f"m99_audit_head_seq {cp.status()['audit_head']['seq']}",
+            "# TYPE m99_uptime_seconds gauge",
+            f"m99_uptime_seconds {time.time() - cp.started_at:.1f}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

@@ -84,8 +84,9 @@ class Store(abc.ABC):
     def list_authorizations(self, status: str | None = None) -> list[Row]: ...
 
     @abc.abstractmethod
-    def close_authorization(self, auth_id: str, from_status: str, to_status: str, at: float,
-                            execution_id: str | None = None) -> bool:
+    def close_authorization(
+        self, auth_id: str, from_status: str, to_status: str, at: float, execution_id: str | None = None
+    ) -> bool:
         """Move an authorisation out of ``from_status`` atomically; False if it was not there."""
 
     # executions

@@ -216,9 +216,7 @@ class SQLiteStore(Store):
         return self._all("SELECT id, name, role, created_at, created_by, revoked_at FROM tokens ORDER BY created_at")
 
     def revoke_token(self, token_id: str, at: float) -> bool:
-        cur = self._db.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, token_id)
-        )
+        cur = self._db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, token_id))
         return cur.rowcount == 1
 
     # authorisations
@@ -233,8 +231,9 @@ class SQLiteStore(Store):
             return self._all("SELECT * FROM authorizations ORDER BY created_at DESC LIMIT 200")
         return self._all("SELECT * FROM authorizations WHERE status = ? ORDER BY created_at", (status,))
 
-    def close_authorization(self, auth_id: str, from_status: str, to_status: str, at: float,
-                            execution_id: str | None = None) -> bool:
+    def close_authorization(
+        self, auth_id: str, from_status: str, to_status: str, at: float, execution_id: str | None = None
+    ) -> bool:
         cur = self._db.execute(
             "UPDATE authorizations SET status = ?, closed_at = ?, execution_id = ? WHERE id = ? AND status = ?",
             (to_status, at, execution_id, auth_id, from_status),
@@ -298,7 +297,8 @@ class SQLiteStore(Store):
 
     def audit_page(self, after: int, limit: int) -> list[Row]:
         return self._all(
-            "SELECT seq, ts, kind, body, hash FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            "SELECT seq, ts, kind, body, hash FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
         )
 
     def list_checkpoints(self) -> list[Row]:
