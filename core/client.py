@@ -8,16 +8,17 @@ scripts use to arm, execute, disarm, restore and read the audit chain.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from .config import resolve_token, resolve_url
-from .errors import M99Error, M99KillSwitchTriggered, NotAuthorised
-from .link import ControlLink, request
+from .errors import M99Error, NotAuthorised
+from .guard import Guard
+from .link import request
+from .session import Session
 
 log = logging.getLogger("m99.client")
 
@@ -135,70 +136,68 @@ class OperatorClient:
 
 
 class M99Client:
-    """The seed SDK: register an agent, heartbeat in the background, ``check_status()``.
+    """The seed SDK, thin over a ``Guard`` and its ``Session``: register an agent, heartbeat
+    in the background, and ``check_status()`` from memory (state is pushed, never polled).
 
     >>> client = M99Client("http://localhost:8099")
     >>> client.register("my-agent", "autonomous")
     >>> client.check_status()      # raises M99KillSwitchTriggered once the switch fires
     """
 
-    def __init__(self, url: str | None = None, *, heartbeat: bool = True, key_file: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, key_file: str | None = None, **guard_options: Any) -> None:
         self.url = resolve_url(url)
-        self.link = ControlLink(self.url, key_file=key_file)
-        self._heartbeat = heartbeat
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.state: dict[str, Any] = {}
-        self.name: str | None = None
+        self._key_file = key_file
+        self._guard_options = guard_options
+        self.guard: Guard | None = None
+        self.session: Session | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.guard.name if self.guard else None
 
     @property
     def agent_id(self) -> str | None:
-        return self.link.agent_id
+        return self.session.link.agent_id if self.session else None
 
-    def register(self, name: str, kind: str = "agent", **options: Any) -> dict[str, Any]:
-        answer = self.link.register(name, kind, **options)
-        self.name = name
-        self.state = self.link.verify_state(answer["state"])
-        if self._heartbeat and self._thread is None:
-            self._thread = threading.Thread(target=self._beat, name=f"m99-heartbeat-{name}", daemon=True)
-            self._thread.start()
-        return answer
+    def register(
+        self, name: str, kind: str = "agent", *, framework: str = "none", read_only_tools: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        if self.session is not None:
+            raise M99Error(f"this client already registered {self.name!r}; use one client per agent")
+        self.guard = Guard(
+            name, kind=kind, framework=framework, read_only_tools=set(read_only_tools), **self._guard_options
+        )
+        self.session = Session(self.guard, self.url, key_file=self._key_file).start()
+        return self.session.link.registration
+
+    def _require(self) -> Guard:
+        if self.guard is None:
+            raise M99Error("not registered: call register(name, kind) first")
+        return self.guard
+
+    def check_status(self) -> None:
+        """Raise ``M99KillSwitchTriggered`` if the switch holds this agent (L3, L5, L6, or a lost lease)."""
+        self._require().check_status()
+
+    @property
+    def level(self) -> int:
+        return self._require().level
 
     def heartbeat(self) -> dict[str, Any]:
-        self.state = self.link.heartbeat()
-        return self.state
-
-    def _beat(self) -> None:
-        interval = float(self.link.registration.get("heartbeat_interval", 30.0))
-        while not self._stop.wait(interval):
-            try:
-                self.heartbeat()
-            except M99Error as exc:  # observation must never crash the agent; the server notices silence
-                log.warning("m99 heartbeat failed: %s", exc)
-
-    def check_status(self) -> dict[str, Any]:
-        """Raise ``M99KillSwitchTriggered`` if the switch holds this agent at L3 or above."""
-        self.state = self.link.fetch_state()
-        level = int(self.state.get("level", 0))
-        if level >= 3 or self.state.get("tombstoned"):
-            raise M99KillSwitchTriggered(
-                f"M99 kill switch: agent {self.name!r} is held at L{level}",
-                level=level,
-                agent=self.name or "",
-                reason=",".join(d["id"] for d in self.state.get("directives", [])),
-            )
-        return self.state
+        """Send one heartbeat now (the session also sends them in the background)."""
+        if self.session is None:
+            raise M99Error("not registered: call register(name, kind) first")
+        doc = self.session.link.heartbeat()
+        self.session._apply_document(doc)
+        return doc
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.link.agent_id is not None:
-            try:
-                self.link.deregister()
-            except M99Error as exc:
-                log.warning("m99 deregister failed: %s", exc)
-        self.link.close()
+        if self.session is not None:
+            self.session.close()
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.aclose()
 
     def __enter__(self) -> M99Client:
         return self
@@ -207,3 +206,11 @@ class M99Client:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    async def __aenter__(self) -> M99Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

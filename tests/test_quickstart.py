@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -29,8 +30,13 @@ def test_seed_quick_start_verbatim(serve: ServeProcess, monkeypatch: pytest.Monk
     executed = serve.cli("execute", "--auth", auth_id.group(1), "--force", check=True)
     assert "L1, L2, L3" in executed.stdout and "1 agents" in executed.stdout
 
+    # "Agent stops immediately": the state is pushed to the agent, check_status() answers
+    # from memory; allow the push its few milliseconds after the CLI returns.
+    deadline = time.monotonic() + 2
     with pytest.raises(M99KillSwitchTriggered) as caught:
-        client.check_status()  # "Agent stops immediately"
+        while time.monotonic() < deadline:
+            client.check_status()
+            time.sleep(0.001)
     assert caught.value.level == 3
 
     verify = serve.cli("audit", "verify", check=True)

@@ -1,0 +1,532 @@
+"""The Guard: one agent's enforcement state, held in memory and answered without I/O or locks.
+
+The control-plane link, the lease watchdog and tests drive it with ``apply_state`` / ``set_lease_lost``;
+adapters ask it ``check_tool`` / ``check_model`` / ``check_status`` on every action.
+
+What each level does here (cumulative: rising to N applies L1..LN in order, falling undoes them in reverse):
+
+- L1  protected env vars removed from ``os.environ`` (kept in memory), protected attributes and mapping
+      items replaced by values that fail locally, protected secrets redacted by ``redact``.
+- L2  outbound sockets refused in-process and this agent's established connections shut down
+      (``m99.network``; the control plane stays allowed); ``allows_messages`` is False.
+- L3  ``check_tool``, ``check_model`` and ``check_status`` raise; the process stays alive.
+- L4  read-only lockdown: tools in ``read_only_tools`` run, every other tool is refused.  Deliberately,
+      ``check_model`` and ``check_status`` do *not* raise at L4, so the agent can go on observing and
+      reasoning.  L1/L2 still hold, so in practice only local models or allow-listed endpoints answer.
+- L5/L6  every check raises, ``on_change`` callbacks run (evidence), then the terminator: SIGTERM,
+      ``grace_seconds``, SIGKILL.  From L5 on the Guard never lowers its level again.
+
+A lost lease freezes like L3 (tools, models and ``check_status`` refused, messages withheld) without
+touching credentials or the network, unless ``fail_open``; restoring the lease returns to the level.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from . import network
+from .credentials import _MISSING, CredentialSet
+from .errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
+from .levels import Level, valid_name
+from .network import ConnectionRefusedByM99
+
+__all__ = ["ChangeCallback", "ConnectionRefusedByM99", "Guard", "current_guard", "terminate_process"]
+
+logger = logging.getLogger("m99.guard")
+
+ChangeCallback = Callable[["Guard", int, int], object]
+
+_TASK_LIMIT = 2000  # characters of the current task kept for evidence
+
+# The Guard governing the running context: adapters read it, and so does the L2 network hook.
+current_guard: ContextVar[Guard | None] = ContextVar("m99_current_guard", default=None)
+
+
+def terminate_process(grace_seconds: float) -> None:
+    """The default L5 terminator: SIGTERM to this process, then SIGKILL after ``grace_seconds``.
+
+    The SIGKILL timer is a daemon thread started *before* SIGTERM, so it fires even when the host
+    ignores or mishandles SIGTERM, or hangs joining its own threads during shutdown.
+    """
+    pid = os.getpid()
+    sigkill = getattr(signal, "SIGKILL", None)
+    if sigkill is not None:
+
+        def kill_after_grace() -> None:
+            time.sleep(max(0.0, grace_seconds))
+            os.kill(pid, sigkill)
+
+        threading.Thread(target=kill_after_grace, name="m99-sigkill", daemon=True).start()
+    os.kill(pid, signal.SIGTERM)
+
+
+class Guard:
+    """The in-process kill switch of one agent (see the module docstring for the level semantics)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_creds",
+        "_fail_open",
+        "_failures",
+        "_halt_gate",
+        "_lease_lost",
+        "_lease_reason",
+        "_level",
+        "_lock",
+        "_msg_gate",
+        "_read_only",
+        "_reason",
+        "_recent",
+        "_redact_gate",
+        "_task",
+        "_terminate",
+        "_terminating",
+        "_tool_gate",
+        "_usage",
+        "_usage_lock",
+        "_version",
+        "framework",
+        "grace_seconds",
+        "host",
+        "kind",
+        "name",
+        "pid",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        kind: str = "agent",
+        framework: str = "custom",
+        read_only_tools: Iterable[str] = (),
+        fail_open: bool = False,
+        terminate: Callable[[float], None] | None = None,
+        grace_seconds: float = 5.0,
+        recent_tool_calls: int = 64,
+    ) -> None:
+        if not valid_name(name):
+            raise ConfigError(f"bad agent name {name!r}: 1-128 letters, digits or ._:@/+- (starting alphanumeric)")
+        if isinstance(read_only_tools, str):
+            raise ConfigError("read_only_tools must be a collection of tool names, not one string")
+        if grace_seconds < 0:
+            raise ConfigError("grace_seconds must be >= 0")
+        self.name = name
+        self.kind = kind
+        self.framework = framework
+        self._fail_open = bool(fail_open)
+        self.grace_seconds = float(grace_seconds)
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.started_at = time.time()
+        self._read_only: frozenset[str] = frozenset(read_only_tools)
+        self._terminate = terminate
+        self._lock = threading.RLock()
+        self._callbacks: list[ChangeCallback] = []
+        self._creds = CredentialSet()
+        self._failures: list[str] = []
+        self._level = 0
+        self._reason = ""
+        self._version = 0
+        self._lease_lost = False
+        self._lease_reason = ""
+        self._terminating = False
+        self._task: str | None = None
+        # Precomputed answers for the hot path; only ``_update_gates`` writes them.
+        self._tool_gate = False
+        self._halt_gate = False
+        self._msg_gate = False
+        self._redact_gate = False
+        self._usage_lock = threading.Lock()
+        self._usage: dict[str, Any] = {
+            "tool_calls": 0,
+            "tool_errors": 0,
+            "model_calls": 0,
+            "model_errors": 0,
+            "tokens": 0,
+            "cost_usd": 0.0,
+            "consecutive_failures": 0,
+            "refusals": 0,
+        }
+        self._recent: collections.deque[tuple[str, float, bool]] = collections.deque(maxlen=max(1, recent_tool_calls))
+        network.register(self)
+
+    def __repr__(self) -> str:
+        lease = " lease-lost" if self._lease_lost else ""
+        return f"<Guard {self.name!r} L{self._level}{lease}>"
+
+    # -- hot path: one attribute test when allowed ----------------------------------------------------
+
+    def check_tool(self, tool: str) -> None:
+        """None when ``tool`` may run now; raises ``ToolCallRefused`` otherwise."""
+        if self._tool_gate:
+            self._refuse_tool(tool)
+
+    def check_model(self) -> None:
+        """Raises ``ModelCallRefused`` at L3, L5, L6 and while frozen by a lost lease."""
+        if self._halt_gate:
+            self._refuse(ModelCallRefused, "model call refused for agent")
+
+    def check_status(self) -> None:
+        """Raises ``M99KillSwitchTriggered`` at L3, L5, L6, or ``LeaseExpired`` while frozen by the lease."""
+        if self._halt_gate:
+            self._refuse(M99KillSwitchTriggered, "kill switch holds agent")
+
+    @property
+    def allows_messages(self) -> bool:
+        """False at L2 and above, and while frozen by a lost lease: agent-to-agent messages are withheld."""
+        return not self._msg_gate
+
+    @property
+    def frozen(self) -> bool:
+        """True while ``check_tool`` may refuse: L3+ (at L4 read-only tools still pass) or lease lost."""
+        return self._tool_gate
+
+    @property
+    def level(self) -> int:
+        """The level last applied by the control plane, 0 when running normally."""
+        return self._level
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lease_lost
+
+    @property
+    def fail_open(self) -> bool:
+        """Whether a lost lease leaves the agent running (fixed at construction)."""
+        return self._fail_open
+
+    @property
+    def terminating(self) -> bool:
+        return self._terminating
+
+    @property
+    def read_only_tools(self) -> frozenset[str]:
+        return self._read_only
+
+    def _lease_frozen(self) -> bool:
+        return self._lease_lost and not self._fail_open
+
+    def _refuse_tool(self, tool: str) -> None:
+        level = self._level
+        lease = self._lease_frozen()
+        if level == Level.RESTRICTION and not lease and tool in self._read_only:
+            return None
+        if level >= Level.TOOL_CALL_FREEZE:
+            reason = self._reason
+            why = (
+                "L4 restriction: only read-only tools may run"
+                if level == Level.RESTRICTION
+                else (f"L{level} {Level(level).title}")
+            )
+        elif lease:
+            level, reason, why = Level.TOOL_CALL_FREEZE, self._lease_reason, "lease lost"
+        else:
+            return None  # the state was lifted between the gate test and here
+        self._count_refusal()
+        raise ToolCallRefused(
+            f"M99: tool {tool!r} refused for agent {self.name!r}: {why}" + (f" ({reason})" if reason else ""),
+            tool=tool,
+            level=int(level),
+            reason=reason,
+            agent=self.name,
+        )
+
+    def _refuse(self, cls: type[M99KillSwitchTriggered], what: str) -> None:
+        level = self._level
+        if level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION:
+            reason, why = self._reason, f"L{level} {Level(level).title}"
+        elif self._lease_frozen():
+            if cls is M99KillSwitchTriggered:
+                cls = LeaseExpired
+            level, reason = Level.TOOL_CALL_FREEZE, self._lease_reason
+            why = "lease lost"
+        else:
+            return None
+        self._count_refusal()
+        raise cls(
+            f"M99: {what} {self.name!r}: {why}" + (f" ({reason})" if reason else ""),
+            level=int(level),
+            reason=reason,
+            agent=self.name,
+        )
+
+    def _count_refusal(self) -> None:
+        with self._usage_lock:
+            self._usage["refusals"] += 1
+
+    # -- state changes --------------------------------------------------------------------------------
+
+    def apply_state(self, level: int, *, reason: str = "", version: int = 0) -> bool:
+        """Move to ``level`` (0-6); True when the effective level changed.
+
+        A ``version`` lower than the last one applied is stale and ignored.  At L5+ the terminator runs
+        after the ``on_change`` callbacks, in the calling thread.
+        """
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 6:
+            raise ValueError(f"level must be an int from 0 to 6, not {level!r}")
+        level = int(level)
+        with self._lock:
+            if version and version < self._version:
+                logger.info("m99: %s ignores stale state v%d (at v%d)", self.name, version, self._version)
+                return False
+            if version:
+                self._version = version
+            old = self._level
+            if self._terminating and level < old:
+                logger.warning("m99: %s is terminating at L%d; L%d ignored", self.name, old, level)
+                return False
+            if reason or level != old:
+                self._reason = reason
+            if level == old:
+                return False
+            if level > old:
+                for step in range(old + 1, level + 1):
+                    self._level = step
+                    self._run_effect(step, entering=True)
+                    self._update_gates()
+            else:
+                for step in range(old, level, -1):
+                    self._run_effect(step, entering=False)
+                    self._level = step - 1
+                    self._update_gates()
+            terminate = level >= Level.TARGETED_TERMINATION and not self._terminating
+            if terminate:
+                self._terminating = True
+        logger.warning("m99: agent %s L%d -> L%d%s", self.name, old, level, f" ({reason})" if reason else "")
+        self._notify(old, level)
+        if terminate:
+            self._run_terminator()
+        return True
+
+    def _run_effect(self, step: int, *, entering: bool) -> None:
+        # Each step is isolated: one failing effect must not stop the others (fail closed).
+        try:
+            if step == Level.CREDENTIAL_REVOCATION:
+                if entering:
+                    self._creds.revoke_all()
+                else:
+                    self._creds.restore_all()
+            elif step == Level.SAAS_DISCONNECTION:
+                if entering:
+                    network.cut(self)
+                else:
+                    network.uncut(self)
+        except Exception as exc:
+            what = f"{'entering' if entering else 'leaving'} L{step}: {type(exc).__name__}: {exc}"
+            self._failures.append(what)
+            logger.exception("m99: %s failed %s", self.name, what)
+
+    def _update_gates(self) -> None:
+        level = self._level
+        lease = self._lease_frozen()
+        self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
+        self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
+        self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease
+        self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease
+
+    def set_lease_lost(self, reason: str) -> bool:
+        """The control plane is out of reach past the lease: freeze (L3 behaviour) unless ``fail_open``."""
+        with self._lock:
+            changed = not self._lease_lost
+            self._lease_lost = True
+            self._lease_reason = reason or "lease expired"
+            self._update_gates()
+        if not changed:
+            return False
+        if self._fail_open:
+            logger.warning("m99: %s lost its lease (%s); fail-open, still running", self.name, reason)
+            return False
+        logger.warning("m99: %s lost its lease (%s); frozen", self.name, reason)
+        self._notify(self._level, self._level)
+        return True
+
+    def set_lease_restored(self) -> bool:
+        with self._lock:
+            changed = self._lease_lost
+            self._lease_lost = False
+            self._lease_reason = ""
+            self._update_gates()
+        if not changed:
+            return False
+        logger.info("m99: %s lease restored", self.name)
+        if self._fail_open:
+            return False
+        self._notify(self._level, self._level)
+        return True
+
+    def on_change(self, callback: ChangeCallback) -> ChangeCallback:
+        """Call ``callback(guard, old_level, new_level)`` after every applied change (usable as decorator)."""
+        with self._lock:
+            self._callbacks.append(callback)
+        return callback
+
+    def remove_on_change(self, callback: ChangeCallback) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+    def _notify(self, old: int, new: int) -> None:
+        for callback in tuple(self._callbacks):
+            try:
+                callback(self, old, new)
+            except Exception:  # observation never stops enforcement nor reaches the caller
+                logger.exception("m99: on_change callback %r failed", callback)
+
+    def _run_terminator(self) -> None:
+        terminate = self._terminate or terminate_process
+        try:
+            terminate(self.grace_seconds)
+        except Exception:
+            if terminate is terminate_process:
+                raise
+            # Enforcement fails closed: a broken custom terminator falls back to the default one.
+            logger.exception("m99: custom terminator failed; using SIGTERM/SIGKILL")
+            terminate_process(self.grace_seconds)
+
+    # -- L1 credentials -------------------------------------------------------------------------------
+
+    def protect_env(self, name: str, *, label: str = "") -> None:
+        """At L1+ the variable leaves ``os.environ`` (kept in memory) and comes back exactly on restore."""
+        with self._lock:
+            self._creds.add_env(name, label)
+
+    def protect_secret(self, value: str | bytes, *, label: str = "secret") -> None:
+        """At L1+ ``value`` is redacted wherever ``redact`` is applied (tool inputs and outputs)."""
+        with self._lock:
+            self._creds.add_secret(value, label)
+
+    def protect_attribute(self, obj: object, name: str, *, label: str = "", revoked: Any = _MISSING) -> None:
+        """At L1+ ``obj.name`` is replaced by a value that fails locally; restore puts the original back.
+
+        Strings become an empty ``RevokedCredential`` (the openai SDK then refuses before sending),
+        callables a function raising ``M99KillSwitchTriggered``; pass ``revoked`` to choose yourself.
+        """
+        with self._lock:
+            self._creds.add_attribute(obj, name, label, revoked)
+
+    def protect_item(
+        self, mapping: MutableMapping[Any, Any], key: Any, *, label: str = "", revoked: Any = _MISSING
+    ) -> None:
+        """``protect_attribute`` for a mapping entry, e.g. AutoGen's ``_raw_config["api_key"]``."""
+        with self._lock:
+            self._creds.add_item(mapping, key, label, revoked)
+
+    def credential_fingerprints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._creds.fingerprints()
+
+    def redact(self, value: Any) -> Any:
+        """At L1+ ``value`` with protected secrets replaced by ``[REDACTED:m99]``; below, ``value`` itself."""
+        if not self._redact_gate:
+            return value
+        return self._creds.redact(value)
+
+    # -- usage and evidence ---------------------------------------------------------------------------
+
+    def declare_read_only(self, *tools: str) -> None:
+        """Add tools that may still run under L4 (adapters learn them from tool metadata)."""
+        with self._lock:
+            self._read_only = self._read_only | frozenset(tools)
+
+    def set_task(self, text: str | None) -> None:
+        self._task = None if text is None else str(text)[:_TASK_LIMIT]
+
+    def record_tool_call(self, tool: str, *, ok: bool = True) -> None:
+        with self._usage_lock:
+            usage = self._usage
+            usage["tool_calls"] += 1
+            if ok:
+                usage["consecutive_failures"] = 0
+            else:
+                usage["tool_errors"] += 1
+                usage["consecutive_failures"] += 1
+            self._recent.append((tool, time.time(), ok))
+
+    def record_model_call(self, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True) -> None:
+        with self._usage_lock:
+            usage = self._usage
+            usage["model_calls"] += 1
+            usage["tokens"] += int(tokens)
+            usage["cost_usd"] += float(cost_usd)
+            if ok:
+                usage["consecutive_failures"] = 0
+            else:
+                usage["model_errors"] += 1
+                usage["consecutive_failures"] += 1
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        with self._usage_lock:
+            usage = dict(self._usage)
+        usage["errors"] = usage["tool_errors"] + usage["model_errors"]
+        usage["runtime_seconds"] = round(time.time() - self.started_at, 3)
+        return usage
+
+    def snapshot(self) -> dict[str, Any]:
+        """Evidence of what this agent was doing; every protected secret is redacted, at any level."""
+        with self._usage_lock:
+            recent = [{"tool": t, "ts": ts, "ok": ok} for t, ts, ok in self._recent]
+        with self._lock:
+            data: dict[str, Any] = {
+                "agent": self.name,
+                "kind": self.kind,
+                "framework": self.framework,
+                "pid": os.getpid(),
+                "host": self.host,
+                "python": sys.version.split()[0],
+                "level": self._level,
+                "reason": self._reason,
+                "version": self._version,
+                "frozen": self._tool_gate,
+                "allows_messages": not self._msg_gate,
+                "lease": {
+                    "lost": self._lease_lost,
+                    "reason": self._lease_reason,
+                    "fail_open": self._fail_open,
+                },
+                "read_only_tools": sorted(self._read_only),
+                "usage": self.usage,
+                "recent_tool_calls": recent,
+                "task": self._task,
+                "credentials": self._creds.fingerprints(),
+                "enforcement_failures": self._failures + self._creds.failures(),
+                "network": network.state(),
+                "taken_at": time.time(),
+            }
+            # Unconditional: the snapshot leaves the process, so redact even at level 0.
+            redacted: dict[str, Any] = self._creds.redact(data)
+        return redacted
+
+    @contextmanager
+    def activate(self) -> Iterator[Guard]:
+        """Make this the ``current_guard`` (network rule, adapters) for the ``with`` block."""
+        token = current_guard.set(self)
+        try:
+            yield self
+        finally:
+            current_guard.reset(token)
+
+
+network.bind_context(current_guard)

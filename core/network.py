@@ -1,0 +1,383 @@
+"""L2 in-process network cut: one audit hook refuses outbound sockets while the Guard in context is at L2+.
+
+With no Guard in context (a bare thread, an executor) the process-wide rule applies: refuse when every
+live Guard is at L2+.  Allow-listed destinations (the control plane) always stay reachable.
+
+The hook is installed with the first Guard, not at the first L2, because it also notes which Guard opened
+each outbound connection: reaching L2 then shuts down that Guard's established connections (keep-alive
+pools would otherwise go on talking to the SaaS).  Connections opened with no Guard in context are shut
+down only when the process-wide rule holds.
+
+What this does not cover: C extensions that open their own sockets (gRPC core, some database drivers),
+subprocesses and shell-outs (they do not inherit the hook), and on Windows the shutdown of connections
+established before L2.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import threading
+import weakref
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+__all__ = [
+    "ConnectionRefusedByM99",
+    "allow_destination",
+    "allowed_destinations",
+    "bind_context",
+    "disallow_destination",
+    "installed",
+    "state",
+]
+
+logger = logging.getLogger("m99.network")
+
+
+class Guard(Protocol):
+    """What the hook needs of a Guard (structural, so this module never imports ``m99.guard``)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+# ``m99.guard.current_guard``, bound when that module is imported: which Guard governs this context.
+_current: ContextVar[Any] = ContextVar("m99_unbound", default=None)
+
+
+def bind_context(var: ContextVar[Any]) -> None:
+    global _current
+    _current = var
+
+
+class ConnectionRefusedByM99(ConnectionRefusedError):
+    """An outbound connection or name lookup refused by M99's L2 SaaS disconnection.
+
+    An ``OSError`` so that HTTP clients report it as their ordinary connection error (httpx
+    ``ConnectError``, urllib ``URLError``, requests ``ConnectionError``).
+    """
+
+    def __init__(self, event: str, destination: str, agent: str) -> None:
+        super().__init__(
+            errno.ECONNREFUSED,
+            f"M99 L2 SaaS disconnection: {event} to {destination} refused for agent {agent!r}",
+        )
+        self.event = event
+        self.destination = destination
+        self.agent = agent
+
+
+_EVENTS = frozenset(
+    {
+        "socket.connect",  # also raised by connect_ex
+        "socket.sendto",
+        "socket.sendmsg",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyname_ex",
+        "socket.gethostbyaddr",
+        "socket.getnameinfo",
+    }
+)
+_LOOKUPS = frozenset({"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"})
+
+_lock = threading.Lock()
+_installed = False
+# The hook's one global check: False while no Guard is at L2+, so every other audit event costs a
+# function call and one global load.  May stay True after a cut Guard is garbage-collected (harmless).
+_hint = False
+_live: weakref.WeakSet[Guard] = weakref.WeakSet()
+_cut: weakref.WeakSet[Guard] = weakref.WeakSet()
+# Copy-on-write frozensets: the hook reads them without a lock.
+_allowed_pairs: frozenset[tuple[str, int]] = frozenset()
+_allowed_names: frozenset[str] = frozenset()
+_allowed_ips: frozenset[str] = frozenset()
+_registrations: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
+_refusals = 0
+_severed = 0
+# Outbound connections by file descriptor: (owning Guard or None, host, port).  Keyed by fd, not by
+# socket object, because TLS wrapping detaches the fd into a new socket object; bounded by the fd table.
+# Entries of closed sockets linger until their fd is reused and are verified with getpeername.
+_connections: dict[int, tuple[weakref.ref[Guard] | None, str, int]] = {}
+
+
+def _normalise(host: Any) -> str:
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    text = str(host).strip().lower().rstrip(".")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- the hook -----------------------------------------------------------------------------------------
+
+
+def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    # Every audit event of the process comes through here: one set lookup for all but socket events.
+    if event in _EVENTS:
+        if _hint:
+            _check(event, args)
+        if event == "socket.connect":
+            _track(args)
+
+
+def _track(args: tuple[Any, ...]) -> None:
+    try:
+        sock, address = args[0], args[1]
+        if not isinstance(address, tuple) or len(address) < 2:
+            return
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        guard = _current.get()
+        _connections[fd] = (weakref.ref(guard) if guard is not None else None, _normalise(address[0]), int(address[1]))
+    except Exception:  # bookkeeping must never break the host's connect
+        return
+
+
+def _check(event: str, args: tuple[Any, ...]) -> None:
+    guard = _current.get()
+    if guard is not None:
+        if guard not in _cut:
+            return
+        agent = guard.name
+    else:
+        live = len(_live)
+        if live == 0 or len(_cut) < live:
+            return
+        agent = "*"
+    destination = _allowed_or_destination(event, args)
+    if destination is None:
+        return
+    global _refusals
+    _refusals += 1  # a lost increment under a race only skews a diagnostic counter
+    raise ConnectionRefusedByM99(event, destination, agent)
+
+
+def _allowed_or_destination(event: str, args: tuple[Any, ...]) -> str | None:
+    """None when the event may proceed, else a printable destination for the refusal."""
+    if event in _LOOKUPS:
+        looked_up = args[0] if args else None
+        if looked_up is None:
+            return None  # passive / loopback lookup, no resolver traffic
+        name = _normalise(looked_up)
+        if _is_ip(name) or name in _allowed_names:
+            return None  # numeric lookups never leave the process; the connect is checked
+        return f"{name} (name lookup)"
+    if event == "socket.gethostbyaddr":
+        reverse = _normalise(args[0]) if args else ""
+        return None if reverse in _allowed_ips else f"{reverse} (reverse lookup)"
+    if event == "socket.getnameinfo":
+        sockaddr = args[0] if args else None
+        reverse = _normalise(sockaddr[0]) if isinstance(sockaddr, tuple) and sockaddr else "?"
+        return None if reverse in _allowed_ips else f"{reverse} (reverse lookup)"
+    address = args[1] if len(args) > 1 else None
+    if address is None and event == "socket.sendmsg":
+        return None  # a connected socket: its connect was already checked
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = _normalise(address[0])
+        try:
+            port = int(address[1])
+        except (TypeError, ValueError):
+            return f"{host}:{address[1]!r}"
+        return None if (host, port) in _allowed_pairs else f"{host}:{port}"
+    # AF_UNIX paths and anything unexpected: refused unless allow-listed with port 0 (fail closed).
+    path = address.decode("utf-8", "replace") if isinstance(address, bytes) else str(address)
+    return None if (path, 0) in _allowed_pairs else f"unix:{path}"
+
+
+# -- state, driven by the Guards ------------------------------------------------------------------------
+
+
+def install() -> None:
+    """Install the audit hook once; it cannot be removed, so it consults live state on every event."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        sys.addaudithook(_audit_hook)
+        _installed = True
+        logger.debug("m99: network audit hook installed")
+
+
+def installed() -> bool:
+    return _installed
+
+
+def register(guard: Guard) -> None:
+    """Count ``guard`` among the live Guards (process-wide rule) and start noting its connections."""
+    install()
+    with _lock:
+        _live.add(guard)
+
+
+def cut(guard: Guard) -> int:
+    """``guard`` reached L2: refuse its outbound connections and shut down the established ones.
+
+    Returns how many established connections were shut down.
+    """
+    global _hint
+    install()
+    with _lock:
+        _live.add(guard)
+        _cut.add(guard)
+        _hint = True
+        everyone = len(_cut) >= len(_live)
+    return _sever(guard, everyone)
+
+
+def _sever(guard: Guard, everyone: bool) -> int:
+    """Shut down (not close: the owner keeps its fd, and fd reuse stays impossible) matching connections."""
+    global _severed
+    if sys.platform == "win32":
+        return 0
+    count = 0
+    for fd, (owner_ref, host, port) in list(_connections.items()):
+        owner = owner_ref() if owner_ref is not None else None
+        if owner is not guard and not (owner is None and everyone):
+            continue
+        if (host, port) in _allowed_pairs:
+            continue
+        if _shutdown_if_peer(fd, host, port):
+            count += 1
+        _connections.pop(fd, None)
+    _severed += count
+    if count:
+        logger.warning("m99: L2 shut down %d established connection(s) of agent %r", count, guard.name)
+    return count
+
+
+def _shutdown_if_peer(fd: int, host: str, port: int) -> bool:
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return False  # closed since
+    try:
+        probe = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)  # reused for something that is not a socket
+        return False
+    try:
+        peer = probe.getpeername()
+        if not isinstance(peer, tuple) or (_normalise(peer[0]), int(peer[1])) != (host, port):
+            return False  # the fd now belongs to another connection
+        probe.shutdown(socket.SHUT_RDWR)  # acts on the connection, so on every fd sharing it
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def uncut(guard: Guard) -> None:
+    """``guard`` fell below L2."""
+    global _hint
+    with _lock:
+        _cut.discard(guard)
+        _hint = len(_cut) > 0
+
+
+def retire(guard: Guard) -> None:
+    """``guard``'s agent has shut down its session: it no longer counts in the process-wide rule
+    for connections made outside any Guard's context."""
+    global _hint
+    with _lock:
+        _cut.discard(guard)
+        _live.discard(guard)
+        _hint = len(_cut) > 0
+
+
+def is_cut(guard: Guard) -> bool:
+    return guard in _cut
+
+
+def refusals() -> int:
+    return _refusals
+
+
+# -- the allow-list --------------------------------------------------------------------------------------
+
+
+def allow_destination(host: str, port: int) -> None:
+    """Keep ``host:port`` reachable at L2 (the control plane).
+
+    A name is resolved now, and its addresses allowed too; call again to pick up DNS changes.  A Unix
+    socket path may be allowed with ``port=0``.
+    """
+    global _allowed_names
+    if not host:
+        raise ValueError("allow_destination needs a host")
+    port = int(port)
+    name = host if port == 0 else _normalise(host)  # port 0: a Unix socket path, case-sensitive
+    pairs = {(name, port)}
+    with _lock:
+        # Allow the name first: the resolution below passes through the hook.
+        _allowed_names = _allowed_names | {name}
+    if not _is_ip(name) and port > 0:
+        try:
+            for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                pairs.add((_normalise(info[4][0]), port))
+        except OSError as exc:
+            logger.warning(
+                "m99: could not resolve allow-listed %s:%d now (%s); only the name is allowed",
+                host,
+                port,
+                exc,
+            )
+    with _lock:
+        _registrations[(name, port)] = frozenset(pairs)
+        _rebuild()
+
+
+def disallow_destination(host: str, port: int) -> None:
+    """Undo exactly one ``allow_destination(host, port)``."""
+    with _lock:
+        port = int(port)
+        _registrations.pop((host if port == 0 else _normalise(host), port), None)
+        _rebuild()
+
+
+def allowed_destinations() -> list[tuple[str, int]]:
+    return sorted(_registrations)
+
+
+def _rebuild() -> None:
+    global _allowed_pairs, _allowed_names, _allowed_ips
+    pairs: set[tuple[str, int]] = set()
+    for registered in _registrations.values():
+        pairs |= registered
+    _allowed_pairs = frozenset(pairs)
+    _allowed_names = frozenset(name for name, _ in _registrations)
+    _allowed_ips = frozenset(host for host, _ in pairs if _is_ip(host))
+
+
+def state() -> dict[str, Any]:
+    """Diagnostics: whether the hook is installed, how many Guards are live / cut, the allow-list."""
+    return {
+        "installed": _installed,
+        "live_guards": len(_live),
+        "cut_guards": len(_cut),
+        "allowed": [f"{h}:{p}" for h, p in allowed_destinations()],
+        "refusals": _refusals,
+        "severed": _severed,
+    }
