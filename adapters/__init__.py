@@ -1,0 +1,164 @@
+"""Framework adapters: each module turns one agent framework's hooks into questions to the Guard.
+
+``install_all()`` (what ``m99.init`` calls) installs every adapter whose framework is importable; each
+module also has per-object variants.  Importing this package imports no agent framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import ModuleType
+
+from m99.errors import AdapterUnavailable
+
+from ._common import GuardResolver, GuardSource, as_resolver, default_resolver, set_refusal_limit
+
+__all__ = [
+    "ADAPTERS",
+    "AdapterSpec",
+    "GuardResolver",
+    "available_adapters",
+    "default_resolver",
+    "install",
+    "install_all",
+    "installed_adapters",
+    "load",
+    "set_refusal_limit",
+    "uninstall",
+    "uninstall_all",
+]
+
+logger = logging.getLogger("m99.adapters")
+
+# Comma-separated adapter names that install_all() leaves alone (OpenTelemetry-style opt-out).
+DISABLED_ENV = "M99_DISABLED_ADAPTERS"
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    name: str
+    requires: tuple[str, ...]  # top-level import names, checked without importing them
+
+    @property
+    def module(self) -> str:
+        return f"{__name__}.{self.name}"
+
+    @property
+    def hint(self) -> str:
+        return f"pip install 'm99[{self.name}]'"
+
+    def missing(self) -> str | None:
+        """The first required package that is not installed, or None."""
+        for package in self.requires:
+            try:
+                if importlib.util.find_spec(package) is None:
+                    return package
+            except (ImportError, ValueError):
+                return package
+        return None
+
+
+ADAPTERS: dict[str, AdapterSpec] = {
+    spec.name: spec
+    for spec in (
+        AdapterSpec("langchain", ("langchain_core", "langchain", "langgraph")),
+        AdapterSpec("crewai", ("crewai",)),
+        AdapterSpec("autogen", ("autogen_agentchat", "autogen_core")),
+    )
+}
+
+_lock = threading.Lock()
+
+
+def _spec(name: str) -> AdapterSpec:
+    try:
+        return ADAPTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown adapter {name!r}: expected one of {', '.join(ADAPTERS)}") from None
+
+
+def available_adapters() -> list[str]:
+    """The adapters whose framework is installed (found without importing it)."""
+    return [name for name, spec in ADAPTERS.items() if spec.missing() is None]
+
+
+def load(name: str) -> ModuleType:
+    """Import ``m99.adapters.<name>``; ``AdapterUnavailable`` names the extra if the framework is missing."""
+    spec = _spec(name)
+    package = spec.missing()
+    if package is not None:
+        raise AdapterUnavailable(f"the {name} adapter needs {package}, which is not installed: {spec.hint}")
+    return importlib.import_module(spec.module)
+
+
+def install(name: str, guard_resolver: GuardSource = None) -> None:
+    """Install one adapter (idempotent)."""
+    load(name).install(as_resolver(guard_resolver))
+
+
+def uninstall(name: str) -> None:
+    """Uninstall one adapter if it was loaded (idempotent; never imports the framework)."""
+    module = sys.modules.get(_spec(name).module)
+    if module is not None:
+        module.uninstall()
+
+
+def install_all(
+    guard_resolver: GuardSource = None, *, exclude: Iterable[str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """Install every adapter whose framework is importable: ``(installed, {skipped: reason})``.
+
+    ``exclude`` defaults to the names in ``$M99_DISABLED_ADAPTERS``.  An adapter that fails to
+    install is reported (and logged as an error), never raised: the host application keeps running.
+    """
+    if exclude is None:
+        exclude = [n.strip() for n in os.environ.get(DISABLED_ENV, "").split(",") if n.strip()]
+    excluded = set(exclude)
+    unknown = excluded - set(ADAPTERS)
+    if unknown:
+        raise ValueError(f"unknown adapters in exclude: {', '.join(sorted(unknown))}")
+    resolver = as_resolver(guard_resolver)
+    installed: list[str] = []
+    skipped: dict[str, str] = {}
+    with _lock:
+        for name, spec in ADAPTERS.items():
+            if name in excluded:
+                skipped[name] = "excluded"
+                continue
+            package = spec.missing()
+            if package is not None:
+                skipped[name] = f"{package} is not installed ({spec.hint})"
+                continue
+            try:
+                load(name).install(resolver)
+            except AdapterUnavailable as exc:
+                skipped[name] = str(exc)
+            except Exception as exc:
+                logger.exception("m99: the %s adapter failed to install; %s runs unprotected", name, name)
+                skipped[name] = f"install failed: {exc!r}"
+            else:
+                installed.append(name)
+    return installed, skipped
+
+
+def uninstall_all() -> None:
+    with _lock:
+        for name in ADAPTERS:
+            uninstall(name)
+
+
+def installed_adapters() -> list[str]:
+    """The adapters currently installed (only loaded modules are asked)."""
+    out = []
+    for name, spec in ADAPTERS.items():
+        module = sys.modules.get(spec.module)
+        if module is not None and module.installed():
+            out.append(name)
+    return out

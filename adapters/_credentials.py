@@ -1,0 +1,84 @@
+"""Where model clients keep their API keys, so a Guard can revoke them at L1 and put them back.
+
+Covers the openai SDK clients that LangChain ``ChatOpenAI``, CrewAI's native ``LLM`` and AutoGen's
+``OpenAIChatCompletionClient`` hold, plus ``*_api_key`` fields of the wrapper objects themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from m99.credentials import RevokedCredential
+from m99.guard import Guard
+
+__all__ = ["protect_model_client"]
+
+logger = logging.getLogger("m99.adapters")
+
+# Fields that hold a key on the framework objects and on the SDK clients (openai reads
+# ``client.api_key`` on every request, so revoking it there makes the next call fail locally).
+_KEY_FIELDS = (
+    "api_key",
+    "openai_api_key",
+    "anthropic_api_key",
+    "google_api_key",
+    "groq_api_key",
+    "mistral_api_key",
+    "admin_api_key",
+)
+# openai's ``api_key=callable`` refreshes ``api_key`` before each request from this provider.
+_PROVIDER_FIELDS = ("_api_key_provider",)
+# Where the framework objects keep their SDK clients.
+_CLIENT_FIELDS = ("root_client", "root_async_client", "_client", "_async_client", "client", "async_client")
+
+
+def _holds_secret(value: Any) -> bool:
+    if isinstance(value, RevokedCredential):
+        return False
+    if isinstance(value, str | bytes):
+        return bool(value)
+    getter = getattr(value, "get_secret_value", None)
+    if callable(getter):
+        try:
+            return bool(getter())
+        except Exception:
+            return False
+    return False
+
+
+def _peek(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property that fails to compute is not a key we can hold
+        return None
+
+
+def protect_model_client(guard: Guard, obj: Any, *, label: str = "", _depth: int = 0) -> int:
+    """Register every key ``obj`` (and the SDK clients it holds) keeps; returns how many."""
+    label = label or type(obj).__name__
+    count = 0
+    for name in _KEY_FIELDS:
+        if _holds_secret(_peek(obj, name)):
+            guard.protect_attribute(obj, name, label=f"{label}.{name}")
+            count += 1
+    for name in _PROVIDER_FIELDS:
+        if callable(_peek(obj, name)):
+            guard.protect_attribute(obj, name, label=f"{label}.{name}")
+            count += 1
+    # AutoGen keeps the constructor arguments, key included, in plaintext for dump_component().
+    raw = _peek(obj, "_raw_config")
+    if isinstance(raw, dict) and _holds_secret(raw.get("api_key")):
+        guard.protect_item(raw, "api_key", label=f"{label}._raw_config.api_key")
+        count += 1
+    if _depth == 0:
+        seen: set[int] = {id(obj)}
+        for name in _CLIENT_FIELDS:
+            inner = _peek(obj, name)
+            if inner is None or id(inner) in seen or isinstance(inner, str | bytes | int | float | bool):
+                continue
+            seen.add(id(inner))
+            count += protect_model_client(guard, inner, label=f"{label}.{name}", _depth=1)
+    if _depth == 0 and count == 0:
+        logger.info("m99: found no API key on %s to revoke at L1", label)
+    return count

@@ -1,0 +1,540 @@
+"""AutoGen (agentchat 0.7) adapter: ``install()`` patches ``AssistantAgent``'s tool, model and inbox
+seams; per-object variants wrap a workbench or a model client, intercept a team runtime's messages
+and end a team (``M99Termination``).  Nothing here ever cancels or raises into a running tool.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from m99.errors import AdapterUnavailable, M99KillSwitchTriggered, ToolCallRefused
+from m99.guard import Guard
+
+from ._common import (
+    GuardResolver,
+    Guards,
+    GuardSource,
+    Resolve,
+    allows_messages,
+    as_resolver,
+    check_model,
+    check_tool,
+    governing,
+    halted,
+    note_task,
+    observing,
+    record_model,
+    record_tool,
+    redact,
+    scoped,
+)
+from ._credentials import protect_model_client
+
+try:
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_agentchat.base import Response, TaskResult, TerminatedException, TerminationCondition
+    from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, StopMessage, TextMessage
+    from autogen_agentchat.teams._group_chat._events import GroupChatAgentResponse, GroupChatTeamResponse
+    from autogen_core import CancellationToken, DefaultInterventionHandler, FunctionCall, MessageContext
+    from autogen_core.models import (
+        ChatCompletionClient,
+        CreateResult,
+        FunctionExecutionResult,
+        LLMMessage,
+        ModelCapabilities,
+        ModelInfo,
+        RequestUsage,
+    )
+    from autogen_core.tools import TextResultContent, Tool, ToolResult, ToolSchema, Workbench
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise AdapterUnavailable(
+        f"the AutoGen adapter needs autogen-agentchat ({exc.name} is missing): pip install 'm99[autogen]'"
+    ) from exc
+
+__all__ = [
+    "WITHHELD",
+    "GuardedModelClient",
+    "GuardedWorkbench",
+    "M99InterventionHandler",
+    "M99Termination",
+    "install",
+    "installed",
+    "protect_client",
+    "uninstall",
+]
+
+logger = logging.getLogger("m99.adapters.autogen")
+
+SUPPORTED = {"autogen-agentchat": ">=0.7,<0.8", "autogen-core": ">=0.7,<0.8"}
+
+WITHHELD = "[withheld by M99: agent-to-agent messages are cut (L2 SaaS disconnection)]"
+
+
+def _refusal_text(exc: M99KillSwitchTriggered) -> str:
+    return f"{exc} The tool did not run; do not call it again."
+
+
+def _withheld(message: BaseChatMessage) -> TextMessage:
+    # A new TextMessage rather than an edited copy: whatever the original type carried (handoff
+    # context, structured content, images) must not leak through.
+    return TextMessage(source=message.source, content=WITHHELD, id=message.id)
+
+
+def _tokens(usage: Any) -> int:
+    return int(getattr(usage, "prompt_tokens", 0) or 0) + int(getattr(usage, "completion_tokens", 0) or 0)
+
+
+# -- global install: AssistantAgent's seams ----------------------------------------------------------------
+#
+# AssistantAgent calls its workbenches directly (no runtime in between), and runs tool calls in a task
+# whose end-of-stream sentinel is only queued when every call *returns*: an exception or a cancellation
+# on that path hangs agent.run() forever.  So a refused tool call returns an error result, always.
+
+
+class _State:
+    def __init__(self, resolver: GuardResolver) -> None:
+        self.resolver = resolver
+        self.protected: set[tuple[int, int]] = set()
+
+
+_lock = threading.Lock()
+_state: _State | None = None
+_originals: dict[str, Any] = {}
+_PATCHED = ("_execute_tool_call", "_call_llm", "_reflect_on_tool_use_flow", "on_messages_stream")
+
+
+def _original(name: str) -> Any:
+    """The unpatched function (unwrapping staticmethod/classmethod)."""
+    value = _originals.get(name) or AssistantAgent.__dict__[name]
+    return getattr(value, "__func__", value)
+
+
+async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, FunctionExecutionResult]:
+    func = _original("_execute_tool_call")
+    state = _state
+    if state is None:
+        return await func(*args, **kwargs)  # type: ignore[no-any-return]
+    bound = inspect.signature(func).bind(*args, **kwargs)
+    call: FunctionCall = bound.arguments["tool_call"]
+    agent = bound.arguments.get("agent_name")
+    try:
+        guards = governing(state.resolver.resolve, agent, tool=call.name)
+        check_tool(guards, call.name)
+        clean = _redact_arguments(guards, call)
+    except ToolCallRefused as exc:
+        return call, FunctionExecutionResult(content=_refusal_text(exc), call_id=call.id, is_error=True, name=call.name)
+    except Exception as exc:  # fail closed, and never raise on this path (it would hang the agent)
+        logger.exception("m99: tool gate failed for %s", call.name)
+        return call, FunctionExecutionResult(
+            content=f"M99: tool {call.name!r} refused: the M99 gate failed ({exc!r}); failing closed",
+            call_id=call.id,
+            is_error=True,
+            name=call.name,
+        )
+    bound.arguments["tool_call"] = clean
+    done, result = await func(*bound.args, **bound.kwargs)
+    record_tool(guards, call.name, ok=not result.is_error)
+    try:
+        content = redact(guards, result.content)
+    except Exception:
+        logger.exception("m99: redaction failed; withholding the tool output")
+        content = "[REDACTED:m99] (the tool output was withheld: redaction failed)"
+    if content is not result.content:
+        result = result.model_copy(update={"content": content})
+    return done, result
+
+
+def _redact_arguments(guards: Guards, call: FunctionCall) -> FunctionCall:
+    try:
+        arguments = json.loads(call.arguments)
+    except (TypeError, ValueError):
+        clean_text = redact(guards, call.arguments)
+        return call if clean_text is call.arguments else replace(call, arguments=clean_text)
+    clean = redact(guards, arguments)
+    return call if clean is arguments else replace(call, arguments=json.dumps(clean))
+
+
+def _model_gate(state: _State, agent: str | None, client: Any) -> tuple[Guards, M99KillSwitchTriggered | None]:
+    """Raise for a halted team/process Guard; return the stop for a halted agent-bound Guard.
+
+    An agent with its own Guard (bound by name) that is halted ends its turn with a message, so a
+    team goes on without it; a halted process or context Guard ends the whole run with an error.
+    """
+    guards = governing(state.resolver.resolve, agent)
+    bound = state.resolver.agents.get(agent) if agent else None
+    stop: M99KillSwitchTriggered | None = None
+    for guard in guards:
+        try:
+            check_model((guard,))
+        except M99KillSwitchTriggered as exc:
+            if guard is not bound:
+                raise
+            stop = exc
+    if guards and stop is None:
+        _protect(state, client, guards[0])
+    return guards, stop
+
+
+def _protect(state: _State, client: Any, guard: Guard) -> None:
+    key = (id(guard), id(client))
+    if client is None or key in state.protected:
+        return
+    state.protected.add(key)
+    try:
+        protect_model_client(guard, getattr(client, "inner", client), label=f"autogen:{type(client).__name__}")
+    except Exception:
+        logger.exception("m99: could not register the model client's API key")
+
+
+async def _call_llm(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+    func = _original("_call_llm")
+    state = _state
+    if state is None:
+        async for item in func(cls, *args, **kwargs):
+            yield item
+        return
+    agent = kwargs.get("agent_name")
+    guards, stop = _model_gate(state, agent, kwargs.get("model_client"))
+    if stop is not None:
+        yield CreateResult(
+            finish_reason="stop",
+            content=f"Agent {agent!r} is stopped by the M99 kill switch and will not act. {stop}",
+            usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
+            cached=False,
+        )
+        return
+    try:
+        async for item in func(cls, *args, **kwargs):
+            if isinstance(item, CreateResult):
+                record_model(guards, tokens=_tokens(item.usage), ok=True)
+            yield item
+    except Exception:
+        record_model(guards, ok=False)
+        raise
+
+
+async def _reflect_on_tool_use_flow(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+    func = _original("_reflect_on_tool_use_flow")
+    state = _state
+    if state is not None:
+        agent = kwargs.get("agent_name")
+        _, stop = _model_gate(state, agent, kwargs.get("model_client"))
+        if stop is not None:
+            yield Response(chat_message=TextMessage(source=agent or "agent", content=f"Stopped by M99. {stop}"))
+            return
+    async for item in func(cls, *args, **kwargs):
+        yield item
+
+
+async def _on_messages_stream(
+    self: AssistantAgent, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+    func = _original("on_messages_stream")
+    state = _state
+    if state is not None:
+        messages = _withhold_incoming(state.resolver.resolve, self.name, messages)
+        if messages:
+            note_task(observing(state.resolver.resolve, self.name), getattr(messages[-1], "content", None))
+    stream = func(self, messages, cancellation_token)
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        await stream.aclose()
+
+
+def _withhold_incoming(resolve: Resolve, receiver: str, messages: Sequence[BaseChatMessage]) -> list[Any]:
+    """At L2 another agent's messages reach this one as ``WITHHELD`` (the user's task still does)."""
+    receiver_open = allows_messages(governing(resolve, receiver))
+    out: list[Any] = []
+    for message in messages:
+        source = getattr(message, "source", None)
+        if source in (None, "user", receiver):
+            out.append(message)
+        elif not receiver_open or not allows_messages(governing(resolve, source)):
+            out.append(_withheld(message))
+        else:
+            out.append(message)
+    return out
+
+
+_REPLACEMENTS: dict[str, Any] = {
+    "_execute_tool_call": staticmethod(_execute_tool_call),
+    "_call_llm": classmethod(_call_llm),
+    "_reflect_on_tool_use_flow": classmethod(_reflect_on_tool_use_flow),
+    "on_messages_stream": _on_messages_stream,
+}
+
+
+def install(guard_resolver: GuardSource = None) -> None:
+    """Patch ``AssistantAgent`` (existing agents included) to ask the Guard; idempotent.
+
+    Tool calls are refused with an error result (the run goes on, the model is told why), model calls
+    of a halted agent are refused, and at L2 other agents' messages are withheld.
+    """
+    global _state
+    resolver = as_resolver(guard_resolver)
+    with _lock:
+        if _state is not None:
+            _state.resolver = resolver
+            return
+        for name in _PATCHED:
+            _originals[name] = AssistantAgent.__dict__[name]
+            setattr(AssistantAgent, name, _REPLACEMENTS[name])
+        _state = _State(resolver)
+
+
+def uninstall() -> None:
+    """Put back exactly the attributes ``install`` replaced; idempotent."""
+    global _state
+    with _lock:
+        if _state is None:
+            return
+        _state = None
+        for name in _PATCHED:
+            if AssistantAgent.__dict__.get(name) is _REPLACEMENTS[name]:
+                setattr(AssistantAgent, name, _originals.pop(name))
+            else:
+                logger.warning("m99: AssistantAgent.%s was replaced by someone else; left as is", name)
+                _originals.pop(name, None)
+
+
+def installed() -> bool:
+    return _state is not None
+
+
+# -- per-object variants -------------------------------------------------------------------------------------
+
+
+class GuardedWorkbench(Workbench):
+    """A workbench whose refused calls return ``ToolResult(is_error=True)`` and never reach the tool.
+
+    ``AssistantAgent(workbench=GuardedWorkbench(McpWorkbench(...), guard))``.  AssistantAgent streams
+    only from a ``StaticStreamWorkbench`` itself, so through this wrapper tools are called unstreamed.
+    """
+
+    def __init__(self, workbench: Workbench, guard: Guard | GuardResolver | None = None) -> None:
+        self.inner = workbench
+        self._resolve = scoped(guard)
+
+    async def list_tools(self) -> list[ToolSchema]:
+        return list(await self.inner.list_tools())
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        cancellation_token: CancellationToken | None = None,
+        call_id: str | None = None,
+    ) -> ToolResult:
+        try:
+            guards = governing(self._resolve, None, tool=name)
+            check_tool(guards, name)
+            clean = redact(guards, dict(arguments or {}))
+        except ToolCallRefused as exc:
+            return ToolResult(name=name, result=[TextResultContent(content=_refusal_text(exc))], is_error=True)
+        except Exception as exc:  # never raise into AssistantAgent's tool task: it would hang
+            logger.exception("m99: tool gate failed for %s", name)
+            text = f"M99: tool {name!r} refused: the M99 gate failed ({exc!r}); failing closed"
+            return ToolResult(name=name, result=[TextResultContent(content=text)], is_error=True)
+        result = await self.inner.call_tool(name, clean, cancellation_token, call_id)
+        if _state is None:  # with install() the agent-level seam reports the call
+            record_tool(guards, name, ok=not result.is_error)
+        clean_result = redact(guards, result.result)
+        return result if clean_result is result.result else result.model_copy(update={"result": clean_result})
+
+    async def call_tool_stream(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        cancellation_token: CancellationToken | None = None,
+        call_id: str | None = None,
+    ) -> AsyncGenerator[Any | ToolResult, None]:
+        yield await self.call_tool(name, arguments, cancellation_token, call_id)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def reset(self) -> None:
+        await self.inner.reset()
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return await self.inner.save_state()
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        await self.inner.load_state(state)
+
+
+class GuardedModelClient(ChatCompletionClient):
+    """A model client whose ``create`` raises ``ModelCallRefused`` (an ordinary exception) when halted.
+
+    The exception leaves ``agent.run()`` / ``team.run()`` (AutoGen re-raises a participant's error from
+    ``team.run`` as ``RuntimeError``).  The wrapped client's API key is registered for L1.
+    """
+
+    def __init__(self, client: ChatCompletionClient, guard: Guard | GuardResolver | None = None) -> None:
+        self.inner = client
+        self._resolve = scoped(guard)
+        if isinstance(guard, Guard):
+            protect_model_client(guard, client, label=f"autogen:{type(client).__name__}")
+
+    def _gate(self) -> Guards:
+        guards = governing(self._resolve, None)
+        check_model(guards)
+        return guards
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Any = "auto",
+        json_output: bool | type[Any] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        guards = self._gate()
+        try:
+            result = await self.inner.create(
+                messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                json_output=json_output,
+                extra_create_args=extra_create_args,
+                cancellation_token=cancellation_token,
+            )
+        except Exception:
+            if _state is None:
+                record_model(guards, ok=False)
+            raise
+        if _state is None:
+            record_model(guards, tokens=_tokens(result.usage), ok=True)
+        return result
+
+    async def create_stream(  # type: ignore[override]
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Any = "auto",
+        json_output: bool | type[Any] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        guards = self._gate()
+        async for chunk in self.inner.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        ):
+            if isinstance(chunk, CreateResult) and _state is None:
+                record_model(guards, tokens=_tokens(chunk.usage), ok=True)
+            yield chunk
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def actual_usage(self) -> RequestUsage:
+        return self.inner.actual_usage()
+
+    def total_usage(self) -> RequestUsage:
+        return self.inner.total_usage()
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return self.inner.count_tokens(messages, tools=tools)
+
+    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        return self.inner.remaining_tokens(messages, tools=tools)
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+        return self.inner.capabilities  # type: ignore[no-any-return]
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.inner.model_info
+
+
+class M99InterventionHandler(DefaultInterventionHandler):
+    """Withholds an agent's team messages at L2 by rewriting their content.
+
+    ``SingleThreadedAgentRuntime(intervention_handlers=[M99InterventionHandler(resolver)])`` passed to
+    the team as ``runtime=``.  Never ``DropMessage`` (the group chat manager waits forever for a
+    dropped response) and never an exception (the runtime drops the message too).
+    """
+
+    def __init__(self, guard: Guard | GuardResolver | None = None) -> None:
+        self._resolve = scoped(guard)
+
+    async def on_publish(self, message: Any, *, message_context: MessageContext) -> Any:
+        try:
+            if isinstance(message, GroupChatAgentResponse | GroupChatTeamResponse):
+                if not allows_messages(governing(self._resolve, message.name)):
+                    return _withhold_response(message)
+        except Exception:
+            logger.exception("m99: intervention failed; the message passes unchanged")
+        return message
+
+
+def _withhold_response(message: GroupChatAgentResponse | GroupChatTeamResponse) -> Any:
+    if isinstance(message, GroupChatAgentResponse):
+        response = replace(message.response, chat_message=_withheld(message.response.chat_message), inner_messages=None)
+        return message.model_copy(update={"response": response})
+    placeholder = TextMessage(source=message.name, content=WITHHELD)
+    return message.model_copy(update={"result": TaskResult(messages=[placeholder], stop_reason=WITHHELD)})
+
+
+class M99Termination(TerminationCondition):
+    """Ends a team at the next turn when the team's Guard halts (L3, L5+, lost lease).
+
+    ``RoundRobinGroupChat(..., termination_condition=MaxMessageTermination(20) | M99Termination(guard))``.
+    Only the team-level Guards count (the given one, the context's, the process default): a kill
+    scoped to one agent's own Guard stops that agent, not the team.
+    """
+
+    component_provider_override = "m99.adapters.autogen.M99Termination"
+
+    def __init__(self, guard: Guard | GuardResolver | None = None) -> None:
+        self._resolve = scoped(guard)
+        self._terminated = False
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    async def __call__(self, messages: Sequence[BaseAgentEvent | BaseChatMessage]) -> StopMessage | None:
+        if self._terminated:
+            raise TerminatedException("M99Termination has already fired")
+        try:
+            stop = halted(governing(self._resolve, None))
+        except M99KillSwitchTriggered as exc:
+            stop = exc
+        if stop is None:
+            return None
+        self._terminated = True
+        return StopMessage(content=f"Stopped by the M99 kill switch. {stop}", source="M99Termination")
+
+    async def reset(self) -> None:
+        self._terminated = False
+
+
+def protect_client(client: Any, guard: Guard | None = None) -> Any:
+    """Register where an AutoGen model client keeps its API key (``_client.api_key`` and the
+    plaintext ``_raw_config["api_key"]``), so L1 revokes it; returns ``client``."""
+    target = guard if guard is not None else as_resolver(None).default
+    if target is None:
+        raise ValueError("protect_client needs a Guard (none given and no process default)")
+    protect_model_client(target, getattr(client, "inner", client), label=f"autogen:{type(client).__name__}")
+    return client

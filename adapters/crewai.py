@@ -1,0 +1,391 @@
+"""CrewAI adapter: global before/after tool-call and before/after LLM-call hooks that consult the live
+Guard state (``install()``), and ``wrap_tool`` for one tool.  A refused tool never runs; a halted
+agent's next model call raises ``M99RunStopped`` out of ``kickoff()`` / ``kickoff_async()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+from m99.errors import AdapterUnavailable, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
+from m99.guard import Guard
+
+from ._common import (
+    GuardResolver,
+    Guards,
+    GuardSource,
+    Resolve,
+    allows_messages,
+    as_resolver,
+    check_model,
+    check_tool,
+    governing,
+    note_task,
+    observing,
+    record_model,
+    record_tool,
+    redact,
+    reset_streaks,
+    scoped,
+)
+from ._credentials import protect_model_client
+
+try:
+    with warnings.catch_warnings():
+        # crewai's import emits an ImportWarning (crewai.rag); under -W error it would stop the adapter.
+        warnings.simplefilter("ignore", ImportWarning)
+        import crewai  # noqa: F401
+    from crewai import hooks as _hooks
+    from crewai.events.event_bus import crewai_event_bus
+    from crewai.events.types.llm_events import LLMCallFailedEvent
+    from crewai.hooks import HookAborted, LLMCallHookContext, ToolCallHookContext
+    from crewai.tools import BaseTool
+    from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
+    from pydantic import PrivateAttr
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise AdapterUnavailable(
+        f"the CrewAI adapter needs CrewAI ({exc.name} is missing): pip install 'm99[crewai]'"
+    ) from exc
+
+__all__ = [
+    "GuardedTool",
+    "M99RunStopped",
+    "M99ToolBlocked",
+    "install",
+    "installed",
+    "protect_llm",
+    "uninstall",
+    "wrap_tool",
+]
+
+logger = logging.getLogger("m99.adapters.crewai")
+
+SUPPORTED = {"crewai": ">=1.15"}
+
+
+class M99ToolBlocked(HookAborted, ToolCallRefused):
+    """A tool call refused by M99.
+
+    A ``HookAborted`` because CrewAI *swallows* every other exception from a hook and runs the tool
+    anyway (fail-open); this one blocks the call and the agent is told why.
+    """
+
+    def __init__(self, cause: ToolCallRefused) -> None:
+        ToolCallRefused.__init__(
+            self, cause.message, tool=cause.tool, level=cause.level, reason=cause.reason, agent=cause.agent
+        )
+        self.source = "m99"
+
+
+class M99RunStopped(HookAborted, ModelCallRefused):
+    """Raised out of ``kickoff()`` when a halted agent reaches its next model call.
+
+    A ``HookAborted`` so CrewAI treats it as a deliberate deny (no ``max_retry_limit`` retries, no
+    fail-open handler) and an ``M99KillSwitchTriggered`` so callers can catch the kill switch.
+    """
+
+    def __init__(self, cause: M99KillSwitchTriggered) -> None:
+        ModelCallRefused.__init__(self, cause.message, level=cause.level, reason=cause.reason, agent=cause.agent)
+        self.source = "m99"
+
+
+def _role(agent: Any) -> str | None:
+    role = getattr(agent, "role", None)
+    return role if isinstance(role, str) and role else None
+
+
+def _refusal_text(exc: M99KillSwitchTriggered) -> str:
+    return f"{exc} The tool did not run; do not call it again."
+
+
+class _State:
+    def __init__(self, resolver: GuardResolver) -> None:
+        self.resolve: Resolve = resolver.resolve
+        # Refusals waiting for the after-tool hook of the same call (keyed by the tool_input dict,
+        # which CrewAI passes to both hooks), so the agent reads M99's reason, not "blocked by hook".
+        self.pending: OrderedDict[int, str] = OrderedDict()
+        # Model calls not reported yet: LLM id -> (Guards, its token total when the call started).
+        # CrewAI runs after-LLM hooks only for text answers, so a tool-call answer is reported at
+        # the next model call instead.
+        self.calls: dict[int, tuple[Guards, int]] = {}
+        self.protected: set[tuple[int, int]] = set()
+        self.lock = threading.Lock()
+
+    def remember_refusal(self, key: int, text: str) -> None:
+        with self.lock:
+            self.pending[key] = text
+            while len(self.pending) > 256:
+                self.pending.popitem(last=False)
+
+    def take_refusal(self, key: int) -> str | None:
+        with self.lock:
+            return self.pending.pop(key, None)
+
+
+_lock = threading.Lock()
+_state: _State | None = None
+
+
+# -- the hooks: module-level functions, so executors that snapshotted them stay consistent --------------
+
+
+def _before_tool_call(ctx: ToolCallHookContext) -> None:
+    state = _state
+    if state is None:
+        return None
+    tool = str(ctx.tool_name)
+    _heal_executor(ctx.agent)
+    try:
+        guards = governing(state.resolve, _role(ctx.agent), tool=tool)
+        check_tool(guards, tool)
+        if _is_delegation(ctx):
+            _check_messages(state, guards, ctx, tool)
+        # CrewAI only sees in-place changes to tool_input.
+        for key, value in list(ctx.tool_input.items()):
+            clean = redact(guards, value)
+            if clean is not value:
+                ctx.tool_input[key] = clean
+    except ToolCallRefused as exc:
+        state.remember_refusal(id(ctx.tool_input), _refusal_text(exc))
+        raise M99ToolBlocked(exc) from None
+    except Exception as exc:
+        # Anything but HookAborted is swallowed by CrewAI and the tool runs: fail closed instead.
+        refused = ToolCallRefused(
+            f"M99: tool {tool!r} refused: the M99 hook failed ({exc!r}); failing closed", tool=tool
+        )
+        state.remember_refusal(id(ctx.tool_input), _refusal_text(refused))
+        raise M99ToolBlocked(refused) from exc
+    return None
+
+
+def _is_delegation(ctx: ToolCallHookContext) -> bool:
+    """CrewAI's "Delegate work to coworker" / "Ask question to coworker" tools."""
+    return isinstance(getattr(ctx.tool, "_original_tool", None), BaseAgentTool)
+
+
+def _check_messages(state: _State, guards: Guards, ctx: ToolCallHookContext, tool: str) -> None:
+    """At L2 delegation is agent-to-agent messaging: refused for the sender and for the coworker."""
+    coworker = ctx.tool_input.get("coworker")
+    receivers = governing(state.resolve, coworker, tool=tool) if isinstance(coworker, str) else ()
+    for guard in (*guards, *receivers):
+        if not allows_messages((guard,)):
+            raise ToolCallRefused(
+                f"M99: {tool!r} refused for agent {guard.name!r}: L2 SaaS disconnection, "
+                "agent-to-agent messages are cut",
+                tool=tool,
+                level=max(2, guard.level),
+                reason=guard.reason,
+                agent=guard.name,
+            )
+
+
+def _after_tool_call(ctx: ToolCallHookContext) -> str | None:
+    state = _state
+    if state is None:
+        return None
+    refusal = state.take_refusal(id(ctx.tool_input))
+    if refusal is not None:
+        return refusal
+    guards = observing(state.resolve, _role(ctx.agent))
+    if not guards:
+        return None
+    raw = ctx.raw_tool_result
+    failed = isinstance(raw, str) and raw.startswith(("Error executing tool", "Tool execution blocked"))
+    record_tool(guards, str(ctx.tool_name), ok=not failed)
+    result = ctx.tool_result
+    try:
+        clean = redact(guards, result)
+    except Exception:
+        logger.exception("m99: redaction failed; withholding the tool output")
+        return "[REDACTED:m99] (the tool output was withheld: redaction failed)"
+    return clean if clean is not result else None
+
+
+def _before_llm_call(ctx: LLMCallHookContext) -> None:
+    state = _state
+    if state is None:
+        return None
+    role = _role(ctx.agent)
+    try:
+        if getattr(ctx, "iterations", 0) == 0:
+            # A new executor loop: a refusal streak from an earlier run must not stop this one.
+            started = observing(state.resolve, role)
+            reset_streaks(started)
+            note_task(started, getattr(ctx.task, "description", None))
+        _report_call(state, ctx.llm)
+        guards = governing(state.resolve, role)
+        check_model(guards)
+        if guards:
+            _protect(state, ctx.llm, guards[0])
+            _redact_messages(guards, ctx.messages)
+            with state.lock:
+                state.calls[id(ctx.llm)] = (guards, _token_total(ctx.llm))
+    except M99KillSwitchTriggered as exc:
+        raise M99RunStopped(exc) from None
+    except Exception as exc:
+        raise M99RunStopped(
+            ModelCallRefused(f"M99: model call refused: the M99 hook failed ({exc!r}); failing closed")
+        ) from exc
+    return None
+
+
+def _after_llm_call(ctx: LLMCallHookContext) -> None:
+    state = _state
+    if state is not None:
+        _report_call(state, ctx.llm)
+    return None
+
+
+def _on_llm_failed(source: Any, event: Any) -> None:
+    state = _state
+    if state is not None:
+        role = getattr(event, "agent_role", None)
+        record_model(observing(state.resolve, role if isinstance(role, str) else None), ok=False)
+
+
+def _token_total(llm: Any) -> int:
+    """CrewAI counts tokens per LLM instance, cumulatively."""
+    try:
+        return int(llm.get_token_usage_summary().total_tokens)
+    except Exception:
+        return 0
+
+
+def _report_call(state: _State, llm: Any) -> None:
+    with state.lock:
+        pending = state.calls.pop(id(llm), None)
+    if pending is not None:
+        guards, start = pending
+        record_model(guards, tokens=max(0, _token_total(llm) - start), ok=True)
+
+
+def _redact_messages(guards: Guards, messages: Any) -> None:
+    # In place: the hook context shares the executor's history, and CrewAI ignores a new list.
+    if not isinstance(messages, list):
+        return
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        for key, value in list(message.items()):  # content, and the model's own tool_calls
+            clean = redact(guards, value)
+            if clean is not value:
+                message[key] = clean
+
+
+def _protect(state: _State, llm: Any, guard: Guard) -> None:
+    key = (id(guard), id(llm))
+    if llm is None or isinstance(llm, str) or key in state.protected:
+        return
+    state.protected.add(key)
+    try:
+        protect_model_client(guard, llm, label=f"crewai:{getattr(llm, 'model', type(llm).__name__)}")
+    except Exception:
+        logger.exception("m99: could not register the LLM's API key")
+
+
+def _heal_executor(agent: Any) -> None:
+    """Give an executor built before ``install()`` the LLM hooks it snapshotted without."""
+    try:
+        executor = getattr(agent, "agent_executor", None)
+        pairs = (("before_llm_call_hooks", _before_llm_call), ("after_llm_call_hooks", _after_llm_call))
+        for attr, hook in pairs:
+            hooks = getattr(executor, attr, None)
+            if isinstance(hooks, list) and hook not in hooks:
+                hooks.append(hook)
+    except Exception:
+        logger.exception("m99: could not add the LLM hooks to an existing executor")
+
+
+# -- install / uninstall ---------------------------------------------------------------------------------
+
+
+def install(guard_resolver: GuardSource = None) -> None:
+    """Register M99's CrewAI hooks process-wide; idempotent (again: only the resolver changes).
+
+    Install before the first ``kickoff``: CrewAI copies the LLM-hook list into each agent executor
+    when it is built (an older executor gets the hooks at its next tool call).
+    """
+    global _state
+    resolver = as_resolver(guard_resolver)
+    with _lock:
+        if _state is not None:
+            _state.resolve = resolver.resolve
+            return
+        _state = _State(resolver)
+        _hooks.register_before_tool_call_hook(_before_tool_call)
+        _hooks.register_after_tool_call_hook(_after_tool_call)
+        _hooks.register_before_llm_call_hook(_before_llm_call)
+        _hooks.register_after_llm_call_hook(_after_llm_call)
+        crewai_event_bus.register_handler(LLMCallFailedEvent, _on_llm_failed)
+
+
+def uninstall() -> None:
+    """Unregister exactly the hooks ``install`` registered; idempotent."""
+    global _state
+    with _lock:
+        if _state is None:
+            return
+        _state = None  # executors that copied the LLM hooks now find them inert
+        _hooks.unregister_before_tool_call_hook(_before_tool_call)
+        _hooks.unregister_after_tool_call_hook(_after_tool_call)
+        _hooks.unregister_before_llm_call_hook(_before_llm_call)
+        _hooks.unregister_after_llm_call_hook(_after_llm_call)
+        crewai_event_bus.off(LLMCallFailedEvent, _on_llm_failed)
+
+
+def installed() -> bool:
+    return _state is not None
+
+
+# -- per-object variants ---------------------------------------------------------------------------------
+
+
+class GuardedTool(BaseTool):
+    """A CrewAI tool that asks the Guard before the wrapped tool runs (see ``wrap_tool``)."""
+
+    _inner: BaseTool = PrivateAttr()
+    _resolve: Resolve = PrivateAttr()
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            guards = governing(self._resolve, None, tool=self.name)
+            check_tool(guards, self.name)
+        except ToolCallRefused as exc:
+            # Returned, not raised: CrewAI would turn an exception into "Error executing tool" text.
+            return _refusal_text(exc)
+        result = self._inner._run(*redact(guards, args), **redact(guards, kwargs))
+        if _state is None:  # with install() the after-tool hook reports the call
+            record_tool(guards, self.name, ok=True)
+        return redact(guards, result)
+
+
+def wrap_tool(tool: BaseTool, guard: Guard | GuardResolver | None = None) -> GuardedTool:
+    """``tool`` behind ``guard``: refused calls return M99's reason and never run the tool.
+
+    The per-object variant of ``install``; only ``install`` can also end a halted run, because a
+    tool cannot stop CrewAI's agent loop.
+    """
+    guarded = GuardedTool(
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema,
+        result_as_answer=tool.result_as_answer,
+        max_usage_count=tool.max_usage_count,
+        cache_function=tool.cache_function,
+    )
+    guarded._inner = tool
+    guarded._resolve = scoped(guard)
+    return guarded
+
+
+def protect_llm(llm: Any, guard: Guard | None = None) -> Any:
+    """Register where a CrewAI ``LLM`` keeps its API key, so L1 revokes it; returns ``llm``."""
+    target = guard if guard is not None else as_resolver(None).default
+    if target is None:
+        raise ValueError("protect_llm needs a Guard (none given and no process default)")
+    protect_model_client(target, llm, label=f"crewai:{getattr(llm, 'model', type(llm).__name__)}")
+    return llm

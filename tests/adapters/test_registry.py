@@ -1,0 +1,135 @@
+"""The adapter registry (``install_all`` and friends), the Guard resolution every adapter shares, and
+what happens when a framework is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import pytest
+
+import m99.adapters as adapters
+from m99.adapters import ADAPTERS, GuardResolver, default_resolver
+from m99.adapters._common import scoped
+from m99.errors import AdapterUnavailable, M99Error
+from m99.guard import Guard
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=100)
+
+
+def test_importing_the_adapters_package_imports_no_framework() -> None:
+    child = python(
+        """
+        import sys
+        import m99.adapters
+        assert m99.adapters.available_adapters() == ["langchain", "crewai", "autogen"]
+        loaded = [m for m in sys.modules if m.split(".")[0] in ("langchain", "langchain_core",
+                  "langgraph", "crewai", "autogen_agentchat", "autogen_core", "autogen_ext")]
+        assert loaded == [], loaded
+        """
+    )
+    assert child.returncode == 0, child.stderr
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_a_missing_framework_names_the_extra(name: str) -> None:
+    blocked = ADAPTERS[name].requires[0]
+    child = python(
+        f"""
+        import sys
+        sys.modules[{blocked!r}] = None  # as if it were not installed
+        import m99.adapters as adapters
+        from m99.errors import AdapterUnavailable, M99Error
+        assert {name!r} not in adapters.available_adapters()
+        for attempt in (lambda: adapters.load({name!r}), lambda: __import__("m99.adapters.{name}")):
+            try:
+                attempt()
+            except AdapterUnavailable as exc:
+                assert "pip install 'm99[{name}]'" in str(exc), str(exc)
+            else:
+                raise SystemExit("no AdapterUnavailable")
+        installed, skipped = adapters.install_all(exclude=[n for n in adapters.ADAPTERS if n != {name!r}])
+        assert installed == [] and "pip install 'm99[{name}]'" in skipped[{name!r}], skipped
+        """
+    )
+    assert child.returncode == 0, child.stderr + child.stdout
+
+
+def test_install_all_and_uninstall_all_are_idempotent(guard: Guard) -> None:
+    installed, skipped = adapters.install_all()
+    assert installed == ["langchain", "crewai", "autogen"] and skipped == {}
+    assert adapters.install_all() == (installed, skipped)
+    assert adapters.installed_adapters() == installed
+    adapters.uninstall_all()
+    adapters.uninstall_all()
+    assert adapters.installed_adapters() == []
+
+
+def test_install_all_exclusions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(adapters.DISABLED_ENV, "crewai, autogen")
+    installed, skipped = adapters.install_all()
+    assert installed == ["langchain"] and skipped == {"crewai": "excluded", "autogen": "excluded"}
+    with pytest.raises(ValueError, match="unknown adapters"):
+        adapters.install_all(exclude=["haystack"])
+    with pytest.raises(ValueError, match="unknown adapter"):
+        adapters.install("haystack")
+
+
+def test_an_adapter_that_fails_to_install_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = adapters.load("langchain")
+
+    def broken(resolver: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(module, "install", broken)
+    installed, skipped = adapters.install_all()
+    assert "langchain" not in installed and "boom" in skipped["langchain"]
+
+
+def test_public_api() -> None:
+    assert issubclass(AdapterUnavailable, M99Error) and AdapterUnavailable.exit_code == 2
+    assert all(hasattr(adapters, name) for name in adapters.__all__)
+
+
+# -- Guard resolution ------------------------------------------------------------------------------------
+
+
+def test_resolution_order_and_deduplication(make_guard: Callable[..., Guard]) -> None:
+    process, context, writer = make_guard("proc"), make_guard("ctx"), make_guard("writer-g")
+    resolver = GuardResolver(default=process)
+    resolver.bind("writer", writer)
+    assert resolver.resolve() == (process,)
+    assert resolver.resolve("writer") == (writer, process)
+    assert resolver.resolve("reader") == (process,)
+    with context.activate():
+        assert resolver.resolve("writer") == (writer, context, process)
+        assert resolver.resolve() == (context, process)
+    with process.activate():
+        assert resolver.resolve() == (process,)
+    resolver.unbind("writer")
+    assert resolver.resolve("writer") == (process,)
+    assert GuardResolver().resolve() == ()
+
+
+def test_default_may_be_a_callable_read_live(make_guard: Callable[..., Guard]) -> None:
+    current: list[Guard] = [make_guard("first")]
+    resolver = GuardResolver(default=lambda: current[0])
+    assert resolver.resolve() == (current[0],)
+    current[0] = make_guard("second")
+    assert resolver.resolve()[0].name == "second"
+
+
+def test_a_per_object_guard_still_answers_to_the_process_guard(guard: Guard, make_guard: Callable[..., Guard]) -> None:
+    own = make_guard("own")
+    assert scoped(own)(None) == (own, guard)
+    assert scoped(guard)(None) == (guard,)
+    default_resolver.bind("writer", own)
+    assert scoped(None)("writer") == (own, guard)
+    with pytest.raises(TypeError):
+        scoped("not a guard")  # type: ignore[arg-type]

@@ -1,0 +1,145 @@
+"""LangChain behaviours ``m99.adapters.langchain`` relies on; a failure here means an upgrade changed
+one of them, and the adapter must be revisited before the kill switch can be trusted again."""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tracers import context as lc_context
+
+from tests.adapters.lc_fakes import call, model, tool_loop_graph, tools
+
+pytestmark = pytest.mark.timeout(60)
+GO = {"messages": [HumanMessage("go")]}
+
+
+class Stop(Exception):
+    pass
+
+
+class Raising(BaseCallbackHandler):
+    raise_error = True
+    run_inline = True
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def on_tool_start(self, serialized: dict[str, Any], input_str: str, **kwargs: Any) -> None:
+        raise Stop("no")
+
+    def on_tool_error(self, error: BaseException, **kwargs: Any) -> None:
+        self.errors.append(error)
+
+
+class Quiet(Raising):
+    raise_error = False
+
+
+class AsyncRaising(AsyncCallbackHandler):
+    raise_error = True
+
+    async def on_tool_start(self, serialized: dict[str, Any], input_str: str, **kwargs: Any) -> None:
+        raise Stop("no")
+
+
+def test_on_tool_start_runs_before_the_body_and_raise_error_propagates() -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    handler = Raising()
+    with pytest.raises(Stop):
+        write_file.invoke({"text": "x"}, config={"callbacks": [handler]})
+    assert effects == [] and handler.errors == []  # refused before the try: no on_tool_error
+
+
+def test_without_raise_error_the_exception_is_swallowed_and_the_tool_runs() -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    assert write_file.invoke({"text": "x"}, config={"callbacks": [Quiet()]}) == "wrote x"
+    assert effects == ["write:x"]
+
+
+def test_an_async_handler_on_a_sync_run_is_swallowed_even_with_raise_error() -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    assert write_file.invoke({"text": "x"}, config={"callbacks": [AsyncRaising()]}) == "wrote x"
+    assert effects == ["write:x"]
+
+
+def test_configure_hook_default_applies_everywhere_dedupes_by_class_and_can_be_removed() -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    handler = Raising()
+    var: ContextVar[Any] = ContextVar("contract", default=handler)
+    lc_context.register_configure_hook(var, True, Raising)
+    try:
+        with pytest.raises(Stop):
+            write_file.invoke({"text": "x"})  # no config at all
+        with pytest.raises(Stop):
+            asyncio.run(write_file.ainvoke({"text": "x"}))
+        explicit = Quiet()  # a subclass instance: the hook's handler is not added a second time
+        assert write_file.invoke({"text": "y"}, config={"callbacks": [explicit]}) == "wrote y"
+    finally:
+        # The adapter's uninstall removes its entry from this private list by identity.
+        entries = [entry for entry in lc_context._configure_hooks if entry[0] is var]
+        assert len(entries) == 1
+        lc_context._configure_hooks.remove(entries[0])
+    assert write_file.invoke({"text": "z"}) == "wrote z"
+    assert effects == ["write:y", "write:z"]
+
+
+def test_create_agent_reraises_a_callback_error_but_handle_tool_errors_absorbs_it() -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    agent = create_agent(model(call("write_file", {"text": "x"}), "done"), [write_file])
+    with pytest.raises(Stop):
+        agent.invoke(GO, config={"callbacks": [Raising()]})
+    graph = tool_loop_graph(model(call("write_file", {"text": "x"}), "done"), [write_file], handle_tool_errors=True)
+    result = graph.invoke(GO, config={"callbacks": [Raising()]})
+    error = next(m for m in result["messages"] if isinstance(m, ToolMessage))
+    assert error.status == "error" and result["messages"][-1].content == "done"
+    assert effects == []
+
+
+def test_create_agent_names_the_agent_in_run_metadata() -> None:
+    seen: list[Any] = []
+
+    class Spy(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            seen.append((kwargs.get("metadata") or {}).get("lc_agent_name"))
+
+    create_agent(model("done"), [], name="writer").invoke(GO, config={"callbacks": [Spy()]})
+    assert seen == ["writer"]
+
+
+def test_middleware_can_skip_the_tool_and_end_the_run() -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+
+    class Gate(AgentMiddleware):  # type: ignore[type-arg]
+        def wrap_tool_call(self, request: Any, handler: Any) -> ToolMessage:
+            call_ = request.tool_call
+            return ToolMessage(content="refused", tool_call_id=call_["id"], name=call_["name"], status="error")
+
+        def wrap_model_call(self, request: Any, handler: Any) -> Any:
+            if len(request.messages) > 1:
+                return AIMessage(content="stopped")
+            return handler(request)
+
+    chat = model(call("write_file", {"text": "x"}), "not reached")
+    result = create_agent(chat, [write_file], middleware=[Gate()]).invoke(GO)
+    assert [str(m.content) for m in result["messages"]][-2:] == ["refused", "stopped"]
+    assert effects == [] and len(chat.seen) == 1
+
+
+def test_the_stock_fake_chat_model_has_no_bind_tools() -> None:
+    # Why the tests' ScriptedModel overrides bind_tools: create_agent calls it.
+    with pytest.raises(NotImplementedError):
+        FakeMessagesListChatModel(responses=[AIMessage("x")]).bind_tools([])
