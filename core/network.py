@@ -33,6 +33,7 @@ __all__ = [
     "bind_context",
     "disallow_destination",
     "installed",
+    "retire",
     "state",
 ]
 

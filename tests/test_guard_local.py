@@ -461,6 +461,8 @@ PROCESS_WIDE = textwrap.dedent(
     seen["all_cut_thread"] = in_thread()
     b.apply_state(0)
     seen["one_restored"] = attempt()
+    network.retire(b)  # b's session closed: only a, at L2, is left
+    seen["the_other_retired"] = attempt()
     print(json.dumps(seen))
     """
 )
@@ -478,6 +480,7 @@ def test_without_a_guard_in_context_the_process_wide_rule_applies() -> None:
         "idle_all_cut": "shut down",  # unowned connections go once every Guard is cut
         "all_cut_thread": "refused",
         "one_restored": "ok",
+        "the_other_retired": "refused",
     }
 
 
