@@ -128,14 +128,11 @@ async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, F
         check_tool(guards, call.name)
         clean = _redact_arguments(guards, call)
     except ToolCallRefused as exc:
-        return call, FunctionExecutionResult(content=_refusal_text(exc), call_id=call.id, is_error=True, name=call.name)
+        return call, _error_execution(call, _refusal_text(exc))
     except Exception as exc:  # fail closed, and never raise on this path (it would hang the agent)
         logger.exception("m99: tool gate failed for %s", call.name)
-        return call, FunctionExecutionResult(
-            content=f"M99: tool {call.name!r} refused: the M99 gate failed ({exc!r}); failing closed",
-            call_id=call.id,
-            is_error=True,
-            name=call.name,
+        return call, _error_execution(
+            call, f"M99: tool {call.name!r} refused: the gate failed ({exc!r}); failing closed"
         )
     bound.arguments["tool_call"] = clean
     done, result = await func(*bound.args, **bound.kwargs)
@@ -148,6 +145,10 @@ async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, F
     if content is not result.content:
         result = result.model_copy(update={"content": content})
     return done, result
+
+
+def _error_execution(call: FunctionCall, text: str) -> FunctionExecutionResult:
+    return FunctionExecutionResult(content=text, call_id=call.id, is_error=True, name=call.name)
 
 
 def _redact_arguments(guards: Guards, call: FunctionCall) -> FunctionCall:
@@ -338,16 +339,16 @@ class GuardedWorkbench(Workbench):
             check_tool(guards, name)
             clean = redact(guards, dict(arguments or {}))
         except ToolCallRefused as exc:
-            return ToolResult(name=name, result=[TextResultContent(content=_refusal_text(exc))], is_error=True)
+            return _error_result(name, _refusal_text(exc))
         except Exception as exc:  # never raise into AssistantAgent's tool task: it would hang
             logger.exception("m99: tool gate failed for %s", name)
-            text = f"M99: tool {name!r} refused: the M99 gate failed ({exc!r}); failing closed"
-            return ToolResult(name=name, result=[TextResultContent(content=text)], is_error=True)
+            return _error_result(name, f"M99: tool {name!r} refused: the M99 gate failed ({exc!r}); failing closed")
         result = await self.inner.call_tool(name, clean, cancellation_token, call_id)
         if _state is None:  # with install() the agent-level seam reports the call
             record_tool(guards, name, ok=not result.is_error)
-        clean_result = redact(guards, result.result)
-        return result if clean_result is result.result else result.model_copy(update={"result": clean_result})
+        parts = [_redact_part(guards, part) for part in result.result]
+        changed = any(new is not old for new, old in zip(parts, result.result, strict=True))
+        return result.model_copy(update={"result": parts}) if changed else result
 
     async def call_tool_stream(
         self,
@@ -374,6 +375,18 @@ class GuardedWorkbench(Workbench):
         await self.inner.load_state(state)
 
 
+def _error_result(name: str, text: str) -> ToolResult:
+    return ToolResult(name=name, result=[TextResultContent(content=text)], is_error=True)
+
+
+def _redact_part(guards: Guards, part: Any) -> Any:
+    text = getattr(part, "content", None)
+    if isinstance(part, TextResultContent) and isinstance(text, str):
+        clean = redact(guards, text)
+        return part if clean is text else part.model_copy(update={"content": clean})
+    return part
+
+
 class GuardedModelClient(ChatCompletionClient):
     """A model client whose ``create`` raises ``ModelCallRefused`` (an ordinary exception) when halted.
 
@@ -384,61 +397,38 @@ class GuardedModelClient(ChatCompletionClient):
     def __init__(self, client: ChatCompletionClient, guard: Guard | GuardResolver | None = None) -> None:
         self.inner = client
         self._resolve = scoped(guard)
+        self._protected = False
         if isinstance(guard, Guard):
-            protect_model_client(guard, client, label=f"autogen:{type(client).__name__}")
+            self._protect(guard)
+
+    def _protect(self, guard: Guard) -> None:
+        self._protected = True
+        protect_model_client(guard, self.inner, label=f"autogen:{type(self.inner).__name__}")
 
     def _gate(self) -> Guards:
         guards = governing(self._resolve, None)
         check_model(guards)
+        if guards and not self._protected:  # a resolver-driven wrapper learns its Guard now
+            self._protect(guards[0])
         return guards
 
-    async def create(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = [],
-        tool_choice: Any = "auto",
-        json_output: bool | type[Any] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
-    ) -> CreateResult:
+    async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
         guards = self._gate()
         try:
-            result = await self.inner.create(
-                messages,
-                tools=tools,
-                tool_choice=tool_choice,
-                json_output=json_output,
-                extra_create_args=extra_create_args,
-                cancellation_token=cancellation_token,
-            )
+            result = await self.inner.create(messages, **kwargs)
         except Exception:
-            if _state is None:
+            if _state is None:  # with install() the agent-level seam reports the call
                 record_model(guards, ok=False)
             raise
         if _state is None:
             record_model(guards, tokens=_tokens(result.usage), ok=True)
         return result
 
-    async def create_stream(  # type: ignore[override]
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = [],
-        tool_choice: Any = "auto",
-        json_output: bool | type[Any] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
+    async def create_stream(
+        self, messages: Sequence[LLMMessage], **kwargs: Any
     ) -> AsyncGenerator[str | CreateResult, None]:
         guards = self._gate()
-        async for chunk in self.inner.create_stream(
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            json_output=json_output,
-            extra_create_args=extra_create_args,
-            cancellation_token=cancellation_token,
-        ):
+        async for chunk in self.inner.create_stream(messages, **kwargs):
             if isinstance(chunk, CreateResult) and _state is None:
                 record_model(guards, tokens=_tokens(chunk.usage), ok=True)
             yield chunk
@@ -459,8 +449,8 @@ class GuardedModelClient(ChatCompletionClient):
         return self.inner.remaining_tokens(messages, tools=tools)
 
     @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
-        return self.inner.capabilities  # type: ignore[no-any-return]
+    def capabilities(self) -> ModelCapabilities:
+        return self.inner.capabilities
 
     @property
     def model_info(self) -> ModelInfo:

@@ -212,19 +212,27 @@ class M99CallbackHandler(BaseCallbackHandler):
             record_model(observing(self._resolve, agent), ok=False)
 
 
-def _run_has_handler() -> bool:
-    """Whether an M99 callback handler already reports usage for the running graph node."""
+def _run_config() -> dict[str, Any]:
     try:
         from langgraph.config import get_config
 
-        callbacks = get_config().get("callbacks")
-    except Exception:
-        return False
-    handlers = getattr(callbacks, "handlers", callbacks) or []
+        return dict(get_config())
+    except Exception:  # outside a graph node
+        return {}
+
+
+def _run_agent() -> str | None:
+    return _agent_of(_run_config().get("metadata"))
+
+
+def _run_has_handler() -> bool:
+    """Whether an M99 callback handler already reports usage for the running graph node."""
+    callbacks = _run_config().get("callbacks")
+    handlers: Any = getattr(callbacks, "handlers", callbacks) or []
     return any(isinstance(h, M99CallbackHandler) and h.active for h in handlers)
 
 
-class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
+class M99Middleware(AgentMiddleware):
     """``create_agent(..., middleware=[M99Middleware(guard)])``: refuse, redact, stop cleanly.
 
     - A refused tool call never reaches the tool: the model gets an error ``ToolMessage`` that says
@@ -248,7 +256,7 @@ class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
         call = request.tool_call
         tool = str(call.get("name") or "tool")
         try:
-            guards = governing(self._resolve, self._agent, tool=tool)
+            guards = governing(self._resolve, self._agent or _run_agent(), tool=tool)
             check_tool(guards, tool)
         except M99KillSwitchTriggered as exc:
             return request, _refusal_message(call, exc), ()
@@ -258,7 +266,7 @@ class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
             request = request.override(tool_call={**call, "args": clean})
         return request, None, guards
 
-    def _tool_after(self, result: ToolMessage | Command, tool: str, guards: Guards) -> ToolMessage | Command:
+    def _tool_after(self, result: ToolMessage | Command[Any], tool: str, guards: Guards) -> ToolMessage | Command[Any]:
         if not _run_has_handler():
             ok = not (isinstance(result, ToolMessage) and result.status == "error")
             record_tool(guards, tool, ok=ok)
@@ -271,8 +279,8 @@ class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
     def wrap_tool_call(
         self,
         request: ToolCallRequest,
-        handler: Callable[[ToolCallRequest], ToolMessage | Command],
-    ) -> ToolMessage | Command:
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
         request, refusal, guards = self._tool_gate(request)
         if refusal is not None:
             return refusal
@@ -281,8 +289,8 @@ class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
     async def awrap_tool_call(
         self,
         request: ToolCallRequest,
-        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command]],
-    ) -> ToolMessage | Command:
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
         request, refusal, guards = self._tool_gate(request)
         if refusal is not None:
             return refusal
@@ -292,7 +300,7 @@ class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
 
     def _model_gate(self, request: ModelRequest) -> tuple[ModelRequest, AIMessage | None, Guards]:
         try:
-            guards = governing(self._resolve, self._agent)
+            guards = governing(self._resolve, self._agent or _run_agent())
             check_model(guards)
         except M99KillSwitchTriggered as exc:
             return request, _stop_message(exc), ()
@@ -304,8 +312,8 @@ class M99Middleware(AgentMiddleware):  # type: ignore[type-arg]
         return request, None, guards
 
     def _protect(self, model: Any, guard: Guard) -> None:
-        # Only the most specific Guard registers a client's key: two Guards revoking the same
-        # attribute would restore it out of order (see the adapters' notes).
+        # Only the most specific Guard registers a client's key: when two Guards revoke the same
+        # attribute and are restored in the wrong order, the key would stay revoked.
         key = (id(guard), id(model))
         if key in self._protected:
             return

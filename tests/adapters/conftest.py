@@ -130,8 +130,3 @@ def _serve() -> Iterator[OpenAIServer]:
 def openai_server() -> Iterator[OpenAIServer]:
     with _serve() as server:
         yield server
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # crewai's own import raises an ImportWarning (crewai.rag), an error under this repo's -W error.
-    config.addinivalue_line("filterwarnings", "ignore:Cannot set an attribute on:ImportWarning")

@@ -287,6 +287,20 @@ def test_usage_feed(guard: Guard) -> None:
     usage = guard.usage
     assert usage["tool_calls"] == 2 and usage["tool_errors"] == 1
     assert usage["model_calls"] == 3 and usage["tokens"] > 0
+    assert guard.snapshot()["task"] == "go"  # evidence: what the agent was doing
+
+
+def test_guarded_workbench_redacts_tool_output_at_l1(guard: Guard) -> None:
+    from autogen_core.tools import FunctionTool
+
+    def read_config(name: str) -> str:
+        return f"{name}={SECRET}"
+
+    guard.protect_secret(SECRET)
+    guard.apply_state(1)
+    workbench = aga.GuardedWorkbench(StaticWorkbench([FunctionTool(read_config, "Read a value.")]), guard)
+    result = run(workbench.call_tool("read_config", {"name": f"key {SECRET}"}))
+    assert not result.is_error and result.to_text() == f"key {REDACTED}={REDACTED}"
 
 
 def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:

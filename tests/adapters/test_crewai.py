@@ -240,6 +240,7 @@ def test_usage_feed(guard: Guard) -> None:
     crew(agent("writer", model, [write_file, broken])).kickoff()
     usage = guard.usage
     assert usage["tool_calls"] == 2 and usage["tool_errors"] == 1 and usage["model_calls"] == 3
+    assert guard.snapshot()["task"] == "writer: do the work"  # evidence: what the agent was doing
 
 
 def test_a_failing_resolver_fails_closed(make_guard: Callable[..., Guard]) -> None:

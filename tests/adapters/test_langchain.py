@@ -256,6 +256,7 @@ def test_usage_feed_counts_tools_models_tokens_and_errors(guard: Guard) -> None:
     usage = guard.usage
     assert usage["tool_calls"] == 2 and usage["tool_errors"] == 1
     assert usage["model_calls"] == 2 and usage["tokens"] == 20
+    assert guard.snapshot()["task"] == "go"  # evidence: what the agent was doing
 
 
 def test_per_agent_identity_in_a_multi_agent_process(guard: Guard, make_guard: Callable[..., Guard]) -> None:
@@ -274,6 +275,21 @@ def test_per_agent_identity_in_a_multi_agent_process(guard: Guard, make_guard: C
     guard.apply_state(3)  # the process Guard stops every agent, bound ones included
     with pytest.raises(ModelCallRefused):
         editor.invoke(GO)
+
+
+def test_middleware_without_a_guard_finds_the_agent_by_name(guard: Guard, make_guard: Callable[..., Guard]) -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    default_resolver.bind("writer", make_guard("research-bot-writer")).apply_state(3)
+    writer = create_agent(
+        model(call("write_file", {"text": "w"})), [write_file], name="writer", middleware=[lca.M99Middleware()]
+    )
+    editor = create_agent(
+        model(call("write_file", {"text": "e"}), "done"), [write_file], name="editor", middleware=[lca.M99Middleware()]
+    )
+    assert "research-bot-writer" in contents(writer.invoke(GO))[-1]
+    assert contents(editor.invoke(GO))[-1] == "done"
+    assert effects == ["write:e"]
 
 
 def test_explicit_handler_replaces_the_global_one(guard: Guard, make_guard: Callable[..., Guard]) -> None:
