@@ -26,6 +26,7 @@ from .store import Store
 log = logging.getLogger("m99.control")
 
 SYSTEM_ACTOR = {"by": "m99", "role": "system"}
+CHECKPOINT_EVERY = 1000
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,12 @@ class ControlPlane:
         self.store.append_audit(rows)
         checkpoint = audit.sign_checkpoint(self.key, seq, prev, audit.utc_now_iso())
         self.store.insert_checkpoint(checkpoint.seq, checkpoint.hash, checkpoint.ts, checkpoint.signature)
+        # Keep the newest checkpoint and one per CHECKPOINT_EVERY entries: each kept one costs a
+        # signature check at verification, and the hash links already cover everything before
+        # the newest.  The head file outside the database is rewritten every time regardless.
+        previous = self._head[0]
+        if previous > 0 and previous // CHECKPOINT_EVERY == seq // CHECKPOINT_EVERY:
+            self.store.delete_checkpoint(previous)
         return checkpoint
 
     def record_refusal(self, kind: str, actor: dict[str, Any], data: dict[str, Any]) -> None:

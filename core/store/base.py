@@ -127,6 +127,9 @@ class Store(abc.ABC):
     def insert_checkpoint(self, seq: int, hash_: str, ts: str, signature: str) -> None: ...
 
     @abc.abstractmethod
+    def delete_checkpoint(self, seq: int) -> None: ...
+
+    @abc.abstractmethod
     def iter_audit(self, start: int = 0, batch: int = 10_000) -> Iterator[tuple[int, bytes, str]]: ...
 
     @abc.abstractmethod

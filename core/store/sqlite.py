@@ -287,6 +287,9 @@ class SQLiteStore(Store):
             (seq, hash_, ts, signature),
         )
 
+    def delete_checkpoint(self, seq: int) -> None:
+        self._db.execute("DELETE FROM audit_checkpoints WHERE seq = ?", (seq,))
+
     def iter_audit(self, start: int = 0, batch: int = 10_000) -> Iterator[tuple[int, bytes, str]]:
         # A plain cursor without the dict row factory: verification reads every entry.
         cur = self._db.cursor()
