@@ -21,6 +21,7 @@ from .config import HEAD_FILE, SERVER_KEY_FILE, TOKEN_FILE
 from .crypto import SigningKey, VerifyKey, canonical_json, fingerprint, sha256_hex, write_private
 from .errors import BadRequest, Conflict, ControlPlaneError, NotAuthorised, NotFound
 from .levels import Level, Role, Scope, fleet_confirmation_phrase, valid_name
+from .link import sign_event
 from .store import Store
 
 log = logging.getLogger("m99.control")
@@ -121,8 +122,8 @@ class ControlPlane:
         self._pending: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         self._in_txn = False
         self._listeners: list[Callable[[bytes, list[str]], None]] = []
-        self._state_cache: dict[str, tuple[int, dict[str, Any]]] = {}
-        self._answer_cache: dict[str, tuple[int, bytes]] = {}
+        # Per agent: (state version, signed state, heartbeat answer as bytes), made once per version.
+        self._state_cache: dict[str, tuple[int, dict[str, Any], bytes]] = {}
         self._dirty: set[str] = set()
         self.admin_token: str | None = None
         self._load()
@@ -516,24 +517,22 @@ class ControlPlane:
             "issued_at": time.time(),
         }
 
+    def _cached_state(self, agent: Agent) -> tuple[int, dict[str, Any], bytes]:
+        cached = self._state_cache.get(agent.agent_id)
+        if cached is None or cached[0] != self.version:
+            doc = self.state_document(agent)
+            signed = {"document": doc, "signature": self.key.sign(canonical_json(doc))}
+            cached = (self.version, signed, canonical_json({"ok": True, "state": signed}))
+            self._state_cache[agent.agent_id] = cached
+        return cached
+
     def signed_state(self, agent: Agent) -> dict[str, Any]:
         """The agent's state signed by the server, cached until the state version changes."""
-        cached = self._state_cache.get(agent.agent_id)
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        doc = self.state_document(agent)
-        signed = {"document": doc, "signature": self.key.sign(canonical_json(doc))}
-        self._state_cache[agent.agent_id] = (self.version, signed)
-        return signed
+        return self._cached_state(agent)[1]
 
     def heartbeat_answer(self, agent: Agent) -> bytes:
         """The heartbeat response as bytes, serialised once per agent and state version."""
-        cached = self._answer_cache.get(agent.agent_id)
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        raw = canonical_json({"ok": True, "state": self.signed_state(agent)})
-        self._answer_cache[agent.agent_id] = (self.version, raw)
-        return raw
+        return self._cached_state(agent)[2]
 
     def agent_state(self, agent_id: str) -> dict[str, Any]:
         agent = self.agent_by_id(agent_id)
@@ -549,7 +548,7 @@ class ControlPlane:
         return self.version
 
     def _publish(self, event: dict[str, Any], affected: list[str]) -> None:
-        payload = canonical_json({"event": event, "signature": self.key.sign(canonical_json(event))})
+        payload = sign_event(self.key, event)
         for listener in list(self._listeners):
             try:
                 listener(payload, affected)

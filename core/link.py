@@ -45,6 +45,11 @@ def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     return raise_for_answer(response)
 
 
+def sign_event(key: SigningKey, event: dict[str, Any]) -> bytes:
+    """A pushed event as the control plane sends it: the event and its signature, canonical JSON."""
+    return canonical_json({"event": event, "signature": key.sign(canonical_json(event))})
+
+
 class ControlLink:
     """One agent identity talking to one control plane."""
 

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import httpx
 
 from . import network
-from .crypto import canonical_json
 from .errors import ControlPlaneError, M99Error, NotFound
 from .guard import Guard
 from .levels import Scope
@@ -102,7 +101,6 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         self._aclient: httpx.AsyncClient | None = None
         self._closed = False
-        self._wake = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Session:
@@ -300,8 +298,3 @@ class Session:
     # ------------------------------------------------------------------ async twins
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
-
-
-def signed_payload(link: ControlLink, event: dict[str, Any]) -> bytes:
-    """Bytes as the server would push them (used to show that forged events are ignored)."""
-    return canonical_json({"event": event, "signature": link.key.sign(canonical_json(event))})

@@ -12,8 +12,9 @@ import pytest
 
 from m99.errors import LeaseExpired, M99KillSwitchTriggered, ToolCallRefused
 from m99.guard import Guard
+from m99.link import sign_event
 from m99.server import EmbeddedControlPlane
-from m99.session import Session, signed_payload
+from m99.session import Session
 
 from .servers import ServeProcess
 
@@ -69,12 +70,6 @@ def test_execute_reaches_the_guard_by_push(session, admin: httpx.Client) -> None
     guard.check_tool("search")
 
 
-def signed_payload_with(key, event: dict) -> bytes:  # type: ignore[no-untyped-def]
-    from m99.crypto import canonical_json
-
-    return canonical_json({"event": event, "signature": key.sign(canonical_json(event))})
-
-
 def test_two_guards_in_one_process_are_scoped_independently(session, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
     lc, crew = session("lc-agent", framework="langchain"), session("crew-agent", framework="crewai")
     fire(admin, scope="agent:crew-agent")
@@ -96,13 +91,13 @@ def test_forged_push_events_are_ignored(session, embedded: EmbeddedControlPlane)
         "version": 999,
         "directive": {"id": "dir_forged", "level": 3, "scope": "global"},
     }
-    live._on_push("directive", signed_payload(impostor.link, event))
+    live._on_push("directive", sign_event(impostor.link.key, event))
     live._on_push("directive", b'{"event": {"type": "directive"}, "signature": "AAAA"}')
     live._on_push("directive", b"not json")
     impostor.link.close()
     assert not guard.frozen
     # The same event signed by the server's own key is obeyed: the check above could fail.
-    live._on_push("directive", signed_payload_with(embedded.control.key, event))
+    live._on_push("directive", sign_event(embedded.control.key, event))
     assert guard.frozen
 
 

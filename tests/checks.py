@@ -1,5 +1,6 @@
-"""`python -m tests`: lint, type-check the core, then run the test suite — the one test
-command of the README and of CI.  Extra arguments go to pytest."""
+"""`python -m tests.checks`: lint and type-check before the suite runs.
+
+The README's test command and .ci/run both run this, then pytest."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ def main() -> None:
     run("ruff", "check", ".")
     run("ruff", "format", "--check", ".")
     run("mypy", "--strict", "core")
-    run("pytest", *sys.argv[1:])
 
 
 if __name__ == "__main__":
