@@ -48,9 +48,12 @@ __all__ = [
     "NotFound",
     "OperatorClient",
     "Role",
+    "Runtime",
     "Scope",
     "ToolCallRefused",
     "__version__",
+    "init",
+    "shutdown",
 ]
 
 _LAZY = {
@@ -58,11 +61,15 @@ _LAZY = {
     "OperatorClient": "m99.client",
     "Guard": "m99.guard",
     "EmbeddedControlPlane": "m99.server",
+    "Runtime": "m99.runtime",
+    "init": "m99.runtime",
+    "shutdown": "m99.runtime",
 }
 
 if TYPE_CHECKING:
     from .client import M99Client, OperatorClient
     from .guard import Guard
+    from .runtime import Runtime, init, shutdown
     from .server import EmbeddedControlPlane
 
 

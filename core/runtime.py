@@ -1,0 +1,240 @@
+"""``m99.init``: the one line that puts an agent process under the kill switch.
+
+It creates the process's Guard, connects it to the control plane (register, signed heartbeats, pushed
+state), makes it the Guard every adapter asks, and installs the adapter of every framework that is
+importable.  ``Runtime.agent`` gives one framework agent (a CrewAI role, an AutoGen agent name, a
+LangChain ``create_agent(name=...)``) its own M99 identity, so a kill scoped to it stops only it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from .config import resolve_url
+from .errors import ConfigError
+from .guard import Guard
+from .session import Session
+
+__all__ = ["Runtime", "current", "init", "shutdown"]
+
+log = logging.getLogger("m99")
+
+# Environment variables protected at L1 by default: the usual names of model and SaaS API keys.
+_DEFAULT_CREDENTIAL = re.compile(r"^[A-Z0-9_]*(API_KEY|ACCESS_KEY|SECRET_KEY|AUTH_TOKEN|API_TOKEN)$")
+# M99's own settings are never stripped: the agent needs them to reach the control plane.
+_OWN_PREFIX = "M99_"
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def _adapters() -> Any:
+    # ``m99.adapters`` ships in the same distribution but outside ``core``; imported by name so that
+    # ``import m99`` stays light and the core type-checks on its own.
+    return importlib.import_module("m99.adapters")
+
+
+def default_credentials(environ: dict[str, str] | None = None) -> list[str]:
+    """The environment variables ``init`` protects when not told which: ``*_API_KEY`` and the like."""
+    env = os.environ if environ is None else environ
+    return sorted(n for n in env if _DEFAULT_CREDENTIAL.match(n) and not n.startswith(_OWN_PREFIX))
+
+
+class Runtime:
+    """What ``m99.init`` returns: the process Guard and its session, the adapters, per-agent identities."""
+
+    def __init__(self, guard: Guard, session: Session, *, url: str, options: dict[str, Any]) -> None:
+        self.guard = guard
+        self.session = session
+        self.url = url
+        self.installed: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self._options = options
+        self._agents: dict[str, tuple[Guard, Session]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.guard.name
+
+    @property
+    def agents(self) -> dict[str, Guard]:
+        """The framework agents given their own identity with ``agent()``."""
+        with self._lock:
+            return {name: guard for name, (guard, _) in self._agents.items()}
+
+    def agent(
+        self,
+        name: str,
+        *,
+        kind: str | None = None,
+        framework: str = "none",
+        read_only_tools: Iterable[str] = (),
+        bind: str | None = None,
+    ) -> Guard:
+        """Register the framework agent ``bind`` (default ``name``) as its own M99 agent ``name``.
+
+        The adapters then ask this Guard *and* the process Guard before each of its calls: a kill
+        scoped to ``name`` stops only this agent, a kill of the process (or fleet) stops it too.
+        ``bind`` is the framework's own name for it — a CrewAI role, an AutoGen agent name, a LangChain
+        ``create_agent(name=...)`` — when it differs from the M99 name.
+        """
+        default_resolver = _adapters().default_resolver
+        with self._lock:
+            if self._closed:
+                raise ConfigError("this m99 runtime is shut down")
+            if name in self._agents:
+                return self._agents[name][0]
+        guard = Guard(
+            name,
+            kind=kind or self.guard.kind,
+            framework=framework,
+            read_only_tools=set(read_only_tools) | self.guard.read_only_tools,
+            fail_open=self.guard.fail_open,
+            grace_seconds=self.guard.grace_seconds,
+        )
+        for env_name in self._options["credentials"]:
+            guard.protect_env(env_name)
+        session = Session(guard, self.url, lease_seconds=self._options["lease_seconds"]).start()
+        with self._lock:
+            self._agents[name] = (guard, session)
+        default_resolver.bind(bind or name, guard)
+        return guard
+
+    def close(self) -> None:
+        """Uninstall the adapters, deregister every agent of this runtime (idempotent)."""
+        global _runtime
+        adapters = _adapters()
+        default_resolver = adapters.default_resolver
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            agents = list(self._agents.items())
+            self._agents.clear()
+        adapters.uninstall_all()
+        own = {guard for _, (guard, _session) in agents}
+        for bound, guard in default_resolver.agents.items():
+            if guard in own:
+                default_resolver.unbind(bound)
+        if default_resolver.default is self.guard:
+            default_resolver.default = None
+        for _, (_guard, session) in agents:
+            session.close()
+        self.session.close()
+        with _lock:
+            if _runtime is self:
+                _runtime = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<m99 Runtime {self.name!r} at {self.url} adapters={self.installed}>"
+
+
+def init(
+    name: str,
+    *,
+    kind: str = "agent",
+    url: str | None = None,
+    framework: str | None = None,
+    read_only_tools: Iterable[str] = (),
+    credentials: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    fail_open: bool = False,
+    grace_seconds: float = 5.0,
+    lease_seconds: float | None = None,
+    key_file: str | None = None,
+) -> Runtime:
+    """Put this process under the kill switch as agent ``name`` and install every available adapter.
+
+    - ``url``: the control plane (default ``$M99_URL``, else http://localhost:8099).  Registration is
+      blocking: an unreachable control plane or a tombstoned name raises here, before the agent runs.
+    - ``credentials``: environment variable names stripped at L1 and put back on restore; by default
+      every ``*_API_KEY``/``*_SECRET_KEY``/``*_AUTH_TOKEN``-style variable set now.  Model clients the
+      adapters see are revoked too.
+    - ``read_only_tools``: tools that may still run under L4.
+    - ``exclude``: adapters to leave alone (default ``$M99_DISABLED_ADAPTERS``).
+    - ``fail_open``: keep running when the control plane is out of reach past the lease (default: freeze).
+
+    Calling ``init`` again with the same name returns the running ``Runtime``; another name is an error
+    until ``m99.shutdown()``.  The returned ``Runtime`` says which adapters were installed and which
+    skipped (and why); with no framework installed it still guards the process (``check_status``,
+    credentials, network).
+    """
+    global _runtime
+    adapters = _adapters()
+    default_resolver = adapters.default_resolver
+    with _lock:
+        if _runtime is not None:
+            if _runtime.name == name:
+                return _runtime
+            raise ConfigError(
+                f"m99 is already initialised as {_runtime.name!r} in this process; call m99.shutdown() first, "
+                f"or use runtime.agent({name!r}) to give a framework agent its own identity"
+            )
+        if isinstance(credentials, str):
+            raise ConfigError("credentials must be a list of environment variable names, not one string")
+        target = resolve_url(url)
+        env_names = default_credentials() if credentials is None else list(credentials)
+        if framework is None:
+            available = adapters.available_adapters()
+            framework = available[0] if len(available) == 1 else ("mixed" if available else "none")
+        guard = Guard(
+            name,
+            kind=kind,
+            framework=framework,
+            read_only_tools=read_only_tools,
+            fail_open=fail_open,
+            grace_seconds=grace_seconds,
+        )
+        for env_name in env_names:
+            guard.protect_env(env_name)
+        session = Session(guard, target, key_file=key_file, lease_seconds=lease_seconds).start()
+        runtime = Runtime(
+            guard, session, url=target, options={"credentials": env_names, "lease_seconds": lease_seconds}
+        )
+        default_resolver.default = guard
+        try:
+            runtime.installed, runtime.skipped = adapters.install_all(default_resolver, exclude=exclude)
+        except BaseException:
+            default_resolver.default = None
+            session.close()
+            raise
+        _runtime = runtime
+    skipped = "; ".join(f"{k}: {v}" for k, v in runtime.skipped.items())
+    log.info(
+        "m99: %s registered at %s (L%d); adapters installed: %s%s",
+        name,
+        target,
+        guard.level,
+        ", ".join(runtime.installed) or "none",
+        f"; skipped: {skipped}" if skipped else "",
+    )
+    return runtime
+
+
+def current() -> Runtime | None:
+    """The runtime ``init`` started in this process, if any."""
+    return _runtime
+
+
+def shutdown() -> None:
+    """Undo ``init``: uninstall the adapters and deregister (no-op when not initialised)."""
+    runtime = _runtime
+    if runtime is not None:
+        runtime.close()

@@ -1,0 +1,119 @@
+"""`m99.init`: the one line installs every available adapter, still guards a process with no framework,
+gives framework agents their own identities, and fails before the agent runs when it cannot register."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+import m99
+from m99.adapters import default_resolver, installed_adapters
+from m99.errors import ConfigError, ControlPlaneUnreachable, ToolCallRefused
+from m99.runtime import default_credentials
+from m99.server import EmbeddedControlPlane, free_port
+
+from .test_session import fire, wait_for
+
+
+@pytest.fixture
+def init(embedded: EmbeddedControlPlane) -> Iterator[Callable[..., m99.Runtime]]:
+    def start(name: str = "research-bot", **kwargs: object) -> m99.Runtime:
+        return m99.init(name, url=embedded.url, **kwargs)  # type: ignore[arg-type]
+
+    yield start
+    m99.shutdown()
+    assert default_resolver.default is None and not default_resolver.agents
+
+
+def test_init_installs_every_framework_adapter_and_shutdown_removes_them(init, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    runtime = init(kind="autonomous")
+    assert runtime.installed == ["langchain", "crewai", "autogen"]
+    assert runtime.skipped == {}
+    assert installed_adapters() == ["langchain", "crewai", "autogen"]
+    assert default_resolver.default is runtime.guard
+    agents = {a["name"]: a for a in admin.get("/api/agents").json()}
+    assert agents["research-bot"]["kind"] == "autonomous"
+    assert agents["research-bot"]["framework"] == "mixed"
+    m99.shutdown()
+    assert installed_adapters() == []
+    assert admin.get("/api/agents").json()[0]["status"] != "active"
+
+
+def test_init_again_returns_the_runtime_and_another_name_is_an_error(init) -> None:  # type: ignore[no-untyped-def]
+    runtime = init(exclude=["crewai", "autogen"])
+    assert init(exclude=["crewai", "autogen"]) is runtime
+    assert m99.runtime.current() is runtime
+    with pytest.raises(ConfigError, match="already initialised"):
+        init("other-bot")
+    with pytest.raises(ConfigError, match="one string"):
+        m99.shutdown()
+        init(credentials="OPENAI_API_KEY")
+
+
+def test_init_fails_before_the_agent_runs_when_the_control_plane_is_unreachable() -> None:
+    with pytest.raises(ControlPlaneUnreachable):
+        m99.init("lonely-bot", url=f"http://127.0.0.1:{free_port()}")
+    assert m99.runtime.current() is None
+    assert default_resolver.default is None
+    assert installed_adapters() == []
+
+
+def test_a_framework_agent_gets_its_own_identity(init, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    runtime = init(exclude=["crewai", "autogen", "langchain"])
+    researcher = runtime.agent("researcher", framework="crewai", bind="Senior Researcher")
+    writer = runtime.agent("writer", framework="autogen")
+    assert runtime.agent("researcher") is researcher
+    assert default_resolver.resolve("Senior Researcher") == (researcher, runtime.guard)
+    names = {a["name"] for a in admin.get("/api/agents").json()}
+    assert {"research-bot", "researcher", "writer"} <= names
+    # A kill scoped to one framework agent stops it alone.
+    fire(admin, scope="agent:researcher")
+    wait_for(lambda: researcher.frozen)
+    assert not writer.frozen and not runtime.guard.frozen
+    # A kill scoped to a framework reaches the agents registered for it.
+    fire(admin, scope="framework:autogen")
+    wait_for(lambda: writer.frozen)
+    assert not runtime.guard.frozen
+    # A kill of the process's own identity governs every framework agent in it (asked by the adapters).
+    admin.post("/api/restore", json={"scope": "global", "by": "a@example.com", "reason": "ok"})
+    wait_for(lambda: not researcher.frozen and not writer.frozen)
+    fire(admin, scope="agent:research-bot")
+    wait_for(lambda: runtime.guard.frozen)
+    with pytest.raises(ToolCallRefused):
+        for guard in default_resolver.resolve("writer"):
+            guard.check_tool("search")
+
+
+def test_default_credentials_are_api_key_style_variables() -> None:
+    env = {"OPENAI_API_KEY": "x", "AWS_SECRET_KEY": "x", "GH_AUTH_TOKEN": "x", "HOME": "/", "M99_API_KEY": "x"}
+    assert default_credentials(env) == ["AWS_SECRET_KEY", "GH_AUTH_TOKEN", "OPENAI_API_KEY"]
+
+
+NO_FRAMEWORKS = textwrap.dedent(
+    """
+    import json, sys
+    for name in ("langchain_core", "langchain", "langgraph", "crewai", "autogen_agentchat", "autogen_core"):
+        sys.modules[name] = None  # as if not installed
+    import m99
+    runtime = m99.init("plain-bot", url=sys.argv[1])
+    print(json.dumps({"installed": runtime.installed, "skipped": runtime.skipped, "level": runtime.guard.level}))
+    runtime.guard.check_status()
+    m99.shutdown()
+    """
+)
+
+
+def test_init_without_any_framework_still_guards_and_says_what_was_skipped(embedded: EmbeddedControlPlane) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NO_FRAMEWORKS, embedded.url], capture_output=True, text=True, timeout=60, check=True
+    )
+    report = json.loads(out.stdout)
+    assert report["installed"] == [] and report["level"] == 0
+    assert set(report["skipped"]) == {"langchain", "crewai", "autogen"}
+    assert "pip install 'm99[crewai]'" in report["skipped"]["crewai"]
