@@ -78,14 +78,15 @@ class Runtime:
         kind: str | None = None,
         framework: str = "none",
         read_only_tools: Iterable[str] = (),
-        bind: str | None = None,
+        bind: str | Iterable[str] | None = None,
     ) -> Guard:
         """Register the framework agent ``bind`` (default ``name``) as its own M99 agent ``name``.
 
         The adapters then ask this Guard *and* the process Guard before each of its calls: a kill
         scoped to ``name`` stops only this agent, a kill of the process (or fleet) stops it too.
         ``bind`` is the framework's own name for it — a CrewAI role, an AutoGen agent name, a LangChain
-        ``create_agent(name=...)`` — when it differs from the M99 name.
+        ``create_agent(name=...)`` — when it differs from the M99 name; several names make the M99
+        agent a group (an AutoGen team's members, say).
         """
         default_resolver = _adapters().default_resolver
         with self._lock:
@@ -106,7 +107,8 @@ class Runtime:
         session = Session(guard, self.url, lease_seconds=self._options["lease_seconds"]).start()
         with self._lock:
             self._agents[name] = (guard, session)
-        default_resolver.bind(bind or name, guard)
+        for framework_name in [bind] if isinstance(bind, str) else list(bind or [name]):
+            default_resolver.bind(framework_name, guard)
         return guard
 
     def close(self) -> None:
