@@ -70,8 +70,10 @@ def test_a_framework_agent_gets_its_own_identity(init, admin: httpx.Client) -> N
     writer = runtime.agent("writer", framework="autogen")
     assert runtime.agent("researcher") is researcher
     assert default_resolver.resolve("Senior Researcher") == (researcher, runtime.guard)
+    team = runtime.agent("team", framework="autogen", bind=["alice", "bob"])
+    assert default_resolver.resolve("alice")[0] is team and default_resolver.resolve("bob")[0] is team
     names = {a["name"] for a in admin.get("/api/agents").json()}
-    assert {"research-bot", "researcher", "writer"} <= names
+    assert {"research-bot", "researcher", "writer", "team"} <= names
     # A kill scoped to one framework agent stops it alone.
     fire(admin, scope="agent:researcher")
     wait_for(lambda: researcher.frozen)

@@ -14,7 +14,7 @@ from m99.errors import LeaseExpired, M99KillSwitchTriggered, ToolCallRefused
 from m99.guard import Guard
 from m99.link import sign_event
 from m99.server import EmbeddedControlPlane
-from m99.session import Session
+from m99.session import Session, _Loop
 
 from .servers import ServeProcess
 
@@ -121,3 +121,20 @@ def test_lease_fails_closed_when_the_server_dies_and_recovers(tmp_path: Path) ->
     finally:
         s.close()
         server.kill()
+
+
+def test_a_lost_push_is_repaired_by_the_next_heartbeat(embedded: EmbeddedControlPlane, admin: httpx.Client) -> None:
+    guard = Guard("deaf-bot", kind="autonomous")
+    s = Session(guard, embedded.url, heartbeat_interval=0.3).start()
+    try:
+        # Cut the push stream for good (as a proxy that drops SSE would): only heartbeats remain.
+        loop = _Loop.get()
+        push = next(t for t in s._tasks if t.get_name().startswith("m99-push"))
+        loop.call_soon_threadsafe(push.cancel)
+        wait_for(push.done, timeout=5)
+        fire(admin, scope="agent:deaf-bot")
+        wait_for(lambda: guard.frozen, timeout=5)  # the heartbeat answer carries the signed state
+        admin.post("/api/restore", json={"scope": "global", "by": "a@example.com", "reason": "ok"})
+        wait_for(lambda: not guard.frozen, timeout=5)
+    finally:
+        s.close()
