@@ -45,6 +45,7 @@ def test_help_explains_every_command(m99) -> None:  # type: ignore[no-untyped-de
         "disarm",
         "restore",
         "lift",
+        "run",
         "audit",
         "token",
     ):
