@@ -63,6 +63,7 @@ class GuardResolver:
         agents: Mapping[str, Guard] | None = None,
     ) -> None:
         self._default = default
+        self._plain = _plain(default)
         self._agents: dict[str, Guard] = dict(agents or {})
         self._lock = threading.Lock()
 
@@ -75,7 +76,9 @@ class GuardResolver:
 
     @default.setter
     def default(self, value: Guard | Callable[[], Guard | None] | None) -> None:
+        self._plain = None  # a reader between these two writes takes the slow path
         self._default = value
+        self._plain = _plain(value)
 
     def bind(self, agent: str, guard: Guard) -> Guard:
         """Make ``guard`` the M99 identity of the framework agent called ``agent``."""
@@ -93,12 +96,17 @@ class GuardResolver:
         return dict(self._agents)
 
     def resolve(self, agent: str | None = None) -> Guards:
+        in_context = current_guard.get()
+        if in_context is None and not (agent and agent in self._agents):
+            # The hot path: no bound agent, no context Guard, a fixed default -> a prebuilt tuple.
+            plain = self._plain
+            if plain is not None:
+                return plain
         found: list[Guard] = []
         if agent:
             bound = self._agents.get(agent)
             if bound is not None:
                 found.append(bound)
-        in_context = current_guard.get()
         if in_context is not None and in_context not in found:
             found.append(in_context)
         default = self.default
@@ -107,6 +115,16 @@ class GuardResolver:
         return tuple(found)
 
     __call__ = resolve
+
+
+def _plain(default: Guard | Callable[[], Guard | None] | None) -> Guards | None:
+    """What ``resolve`` returns with no bound agent and no context Guard; None when ``default`` is a
+    callable, which must be asked on every call."""
+    if default is None:
+        return ()
+    if isinstance(default, Guard):
+        return (default,)
+    return None
 
 
 GuardSource: TypeAlias = GuardResolver | Guard | Callable[[], Guard | None] | None
@@ -183,8 +201,9 @@ def check_tool(guards: Iterable[Guard], tool: str) -> None:
                 tool=tool,
                 agent=_name(guard),
             ) from exc
-    for guard in guards:
-        _streak.allowed(guard)
+    if _streak.counting():  # usually no streak at all: skip the per-Guard weakref lookups
+        for guard in guards:
+            _streak.allowed(guard)
 
 
 def check_model(guards: Iterable[Guard]) -> None:
@@ -290,7 +309,13 @@ class RefusalStreak:
     def allowed(self, guard: Guard) -> None:
         self._counts.pop(guard, None)
 
+    def counting(self) -> bool:
+        """Whether any Guard has a streak (cheap: the hot path asks it on every allowed tool call)."""
+        return bool(self._counts.data)
+
     def reset(self, guards: Iterable[Guard]) -> None:
+        if not self._counts.data:
+            return
         for guard in guards:
             self._counts.pop(guard, None)
 

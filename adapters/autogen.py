@@ -107,12 +107,26 @@ _lock = threading.Lock()
 _state: _State | None = None
 _originals: dict[str, Any] = {}
 _PATCHED = ("_execute_tool_call", "_call_llm", "_reflect_on_tool_use_flow", "on_messages_stream")
+# The unpatched functions while installed (staticmethod/classmethod unwrapped), read on every call.
+_funcs: dict[str, Any] = {}
+_TOOL_CALL_SIGNATURE: inspect.Signature | None = None  # for a positional call (AutoGen uses keywords)
 
 
 def _original(name: str) -> Any:
     """The unpatched function (unwrapping staticmethod/classmethod)."""
+    func = _funcs.get(name)
+    if func is not None:
+        return func
     value = _originals.get(name) or AssistantAgent.__dict__[name]
     return getattr(value, "__func__", value)
+
+
+def _redacting(guards: Guards) -> bool:
+    """Whether any Guard redacts now (L1+); below L1 ``Guard.redact`` is the identity, so skip the work."""
+    for guard in guards:  # a loop, not any(<generator>): this runs on every tool call
+        if getattr(guard, "_redact_gate", True):
+            return True
+    return False
 
 
 async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, FunctionExecutionResult]:
@@ -120,23 +134,30 @@ async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, F
     state = _state
     if state is None:
         return await func(*args, **kwargs)  # type: ignore[no-any-return]
-    bound = inspect.signature(func).bind(*args, **kwargs)
-    call: FunctionCall = bound.arguments["tool_call"]
-    agent = bound.arguments.get("agent_name")
+    if args or "tool_call" not in kwargs:  # AutoGen passes keywords only; anything else takes the slow path
+        global _TOOL_CALL_SIGNATURE
+        if _TOOL_CALL_SIGNATURE is None:
+            _TOOL_CALL_SIGNATURE = inspect.signature(func)
+        kwargs = dict(_TOOL_CALL_SIGNATURE.bind(*args, **kwargs).arguments)
+        args = ()
+    call: FunctionCall = kwargs["tool_call"]
+    name = call.name
     try:
-        guards = governing(state.resolver.resolve, agent, tool=call.name)
-        check_tool(guards, call.name)
-        clean = _redact_arguments(guards, call)
+        guards = governing(state.resolver.resolve, kwargs.get("agent_name"), tool=name)
+        check_tool(guards, name)
+        redacting = _redacting(guards)
+        clean = _redact_arguments(guards, call) if redacting else call
     except ToolCallRefused as exc:
         return call, _error_execution(call, _refusal_text(exc))
     except Exception as exc:  # fail closed, and never raise on this path (it would hang the agent)
-        logger.exception("m99: tool gate failed for %s", call.name)
-        return call, _error_execution(
-            call, f"M99: tool {call.name!r} refused: the gate failed ({exc!r}); failing closed"
-        )
-    bound.arguments["tool_call"] = clean
-    done, result = await func(*bound.args, **bound.kwargs)
-    record_tool(guards, call.name, ok=not result.is_error)
+        logger.exception("m99: tool gate failed for %s", name)
+        return call, _error_execution(call, f"M99: tool {name!r} refused: the gate failed ({exc!r}); failing closed")
+    if clean is not call:
+        kwargs = {**kwargs, "tool_call": clean}
+    done, result = await func(**kwargs)
+    record_tool(guards, name, ok=not result.is_error)
+    if not _redacting(guards):  # asked again: the level may have risen while the tool ran
+        return done, result
     try:
         content = redact(guards, result.content)
     except Exception:
@@ -168,13 +189,13 @@ def _model_gate(state: _State, agent: str | None, client: Any) -> tuple[Guards, 
     team goes on without it; a halted process or context Guard ends the whole run with an error.
     """
     guards = governing(state.resolver.resolve, agent)
-    bound = state.resolver.agents.get(agent) if agent else None
     stop: M99KillSwitchTriggered | None = None
     for guard in guards:
         try:
             check_model((guard,))
         except M99KillSwitchTriggered as exc:
-            if guard is not bound:
+            # Only on a refusal: ``agents`` copies the bindings.
+            if not agent or guard is not state.resolver.agents.get(agent):
                 raise
             stop = exc
     if guards and stop is None:
@@ -233,21 +254,19 @@ async def _reflect_on_tool_use_flow(cls: Any, *args: Any, **kwargs: Any) -> Asyn
         yield item
 
 
-async def _on_messages_stream(
+def _on_messages_stream(
     self: AssistantAgent, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
 ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+    # A plain function returning the original stream, not an async generator re-yielding it: every
+    # caller iterates the result at once (``async for ... in agent.on_messages_stream(...)``), and a
+    # re-yielding layer would cost each event an extra generator step.
     func = _original("on_messages_stream")
     state = _state
     if state is not None:
         messages = _withhold_incoming(state.resolver.resolve, self.name, messages)
         if messages:
             note_task(observing(state.resolver.resolve, self.name), getattr(messages[-1], "content", None))
-    stream = func(self, messages, cancellation_token)
-    try:
-        async for item in stream:
-            yield item
-    finally:
-        await stream.aclose()
+    return func(self, messages, cancellation_token)  # type: ignore[no-any-return]
 
 
 def _withhold_incoming(resolve: Resolve, receiver: str, messages: Sequence[BaseChatMessage]) -> list[Any]:
@@ -286,7 +305,8 @@ def install(guard_resolver: GuardSource = None) -> None:
             _state.resolver = resolver
             return
         for name in _PATCHED:
-            _originals[name] = AssistantAgent.__dict__[name]
+            value = _originals[name] = AssistantAgent.__dict__[name]
+            _funcs[name] = getattr(value, "__func__", value)
             setattr(AssistantAgent, name, _REPLACEMENTS[name])
         _state = _State(resolver)
 
@@ -298,6 +318,7 @@ def uninstall() -> None:
         if _state is None:
             return
         _state = None
+        _funcs.clear()
         for name in _PATCHED:
             if AssistantAgent.__dict__.get(name) is _REPLACEMENTS[name]:
                 setattr(AssistantAgent, name, _originals.pop(name))
@@ -337,7 +358,8 @@ class GuardedWorkbench(Workbench):
         try:
             guards = governing(self._resolve, None, tool=name)
             check_tool(guards, name)
-            clean = redact(guards, dict(arguments or {}))
+            # Below L1 redaction is the identity: hand the arguments on as they came, uncopied.
+            clean = redact(guards, dict(arguments or {})) if _redacting(guards) else arguments
         except ToolCallRefused as exc:
             return _error_result(name, _refusal_text(exc))
         except Exception as exc:  # never raise into AssistantAgent's tool task: it would hang
@@ -346,6 +368,8 @@ class GuardedWorkbench(Workbench):
         result = await self.inner.call_tool(name, clean, cancellation_token, call_id)
         if _state is None:  # with install() the agent-level seam reports the call
             record_tool(guards, name, ok=not result.is_error)
+        if not _redacting(guards):  # asked again: the level may have risen while the tool ran
+            return result
         parts = [_redact_part(guards, part) for part in result.result]
         changed = any(new is not old for new, old in zip(parts, result.result, strict=True))
         return result.model_copy(update={"result": parts}) if changed else result

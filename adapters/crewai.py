@@ -1,6 +1,15 @@
-"""CrewAI adapter: global before/after tool-call and before/after LLM-call hooks that consult the live
-Guard state (``install()``), and ``wrap_tool`` for one tool.  A refused tool never runs; a halted
-agent's next model call raises ``M99RunStopped`` out of ``kickoff()`` / ``kickoff_async()``.
+"""CrewAI adapter: a check in front of CrewAI's tool-hook dispatcher and global before/after LLM-call
+hooks that consult the live Guard state (``install()``), and ``wrap_tool`` for one tool.  A refused
+tool never runs; a halted agent's next model call raises ``M99RunStopped`` out of ``kickoff()`` /
+``kickoff_async()``.
+
+Why not registered tool hooks: CrewAI emits a ``HookDispatchedEvent`` (a pydantic event through its
+event bus) after every tool-hook dispatch that finds a hook, which cost more than the Guard check
+itself on every allowed tool call.  ``install()`` instead wraps ``crewai.hooks.tool_hooks.dispatch``,
+the one function both tool paths (native function calling and ReAct) reach through
+``run_before_tool_call_hooks`` / ``run_after_tool_call_hooks``: M99 runs first among the
+before-hooks and last among the after-hooks, with the hook semantics unchanged (a refusal is a
+``HookAborted``: "blocked by hook", the tool never runs).
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from m99.errors import AdapterUnavailable, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
@@ -43,6 +53,8 @@ try:
     from crewai.events.event_bus import crewai_event_bus
     from crewai.events.types.llm_events import LLMCallFailedEvent
     from crewai.hooks import HookAborted, LLMCallHookContext, ToolCallHookContext
+    from crewai.hooks import tool_hooks as _tool_hooks
+    from crewai.hooks.dispatch import InterceptionPoint
     from crewai.tools import BaseTool
     from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
     from pydantic import PrivateAttr
@@ -122,6 +134,8 @@ class _State:
                 self.pending.popitem(last=False)
 
     def take_refusal(self, key: int) -> str | None:
+        if not self.pending:  # the allowed path; a refusal for this call was stored by this thread
+            return None
         with self.lock:
             return self.pending.pop(key, None)
 
@@ -142,7 +156,9 @@ def _before_tool_call(ctx: ToolCallHookContext) -> None:
     try:
         guards = governing(state.resolve, _role(ctx.agent), tool=tool)
         check_tool(guards, tool)
-        if _is_delegation(ctx):
+        # Without a coworker named and with messages allowed, the check cannot refuse: skip the
+        # (pydantic private attribute) lookup that tells a delegation on every other call.
+        if ("coworker" in ctx.tool_input or not allows_messages(guards)) and _is_delegation(ctx):
             _check_messages(state, guards, ctx, tool)
         # CrewAI only sees in-place changes to tool_input.
         for key, value in list(ctx.tool_input.items()):
@@ -300,38 +316,83 @@ def _heal_executor(agent: Any) -> None:
         logger.exception("m99: could not add the LLM hooks to an existing executor")
 
 
+# -- the tool-hook dispatcher -----------------------------------------------------------------------------
+
+_PRE_TOOL = InterceptionPoint.PRE_TOOL_CALL
+_POST_TOOL = InterceptionPoint.POST_TOOL_CALL
+# The dispatcher ``_dispatch`` hands over to (CrewAI's), and whether ``_dispatch`` is in CrewAI's chain:
+# it stays there, inert, when ``uninstall`` finds another wrapper on top of it.
+_next_dispatch: Callable[..., Any] = _tool_hooks.dispatch
+_hooked = False
+
+
+def _dispatch(point: Any, ctx: Any, *args: Any, **kwargs: Any) -> Any:
+    """``crewai.hooks.tool_hooks.dispatch`` with M99 first among the before-tool hooks and last among
+    the after-tool hooks; other hooks (and other points) run exactly as CrewAI runs them."""
+    if _state is None:
+        return _next_dispatch(point, ctx, *args, **kwargs)
+    if point == _PRE_TOOL:
+        # M99ToolBlocked is a HookAborted: run_before_tool_call_hooks reports the call blocked and
+        # the tool never runs; no other before-hook runs for a refused call.
+        _before_tool_call(ctx)
+        return _next_dispatch(point, ctx, *args, **kwargs)
+    if point == _POST_TOOL:
+        try:
+            return _next_dispatch(point, ctx, *args, **kwargs)
+        finally:
+            # Last, so no other after-hook can put back what M99 redacted or replaced.
+            _finish_tool_call(ctx)
+    return _next_dispatch(point, ctx, *args, **kwargs)
+
+
+def _finish_tool_call(ctx: Any) -> None:
+    try:
+        result = _after_tool_call(ctx)
+    except Exception:
+        logger.exception("m99: the after-tool check failed; withholding the tool output")
+        result = "[REDACTED:m99] (the tool output was withheld: the M99 check failed)"
+    if isinstance(result, str):  # CrewAI's after_tool_call_reducer semantics
+        ctx.tool_result = result
+
+
 # -- install / uninstall ---------------------------------------------------------------------------------
 
 
 def install(guard_resolver: GuardSource = None) -> None:
-    """Register M99's CrewAI hooks process-wide; idempotent (again: only the resolver changes).
+    """Put M99 in CrewAI's tool path and register its LLM hooks process-wide; idempotent (again:
+    only the resolver changes).
 
     Install before the first ``kickoff``: CrewAI copies the LLM-hook list into each agent executor
     when it is built (an older executor gets the hooks at its next tool call).
     """
-    global _state
+    global _state, _next_dispatch, _hooked
     resolver = as_resolver(guard_resolver)
     with _lock:
         if _state is not None:
             _state.resolve = resolver.resolve
             return
         _state = _State(resolver)
-        _hooks.register_before_tool_call_hook(_before_tool_call)
-        _hooks.register_after_tool_call_hook(_after_tool_call)
+        if not _hooked:
+            _next_dispatch = _tool_hooks.dispatch
+            _tool_hooks.dispatch = _dispatch
+            _hooked = True
         _hooks.register_before_llm_call_hook(_before_llm_call)
         _hooks.register_after_llm_call_hook(_after_llm_call)
         crewai_event_bus.register_handler(LLMCallFailedEvent, _on_llm_failed)
 
 
 def uninstall() -> None:
-    """Unregister exactly the hooks ``install`` registered; idempotent."""
-    global _state
+    """Undo exactly what ``install`` did; idempotent."""
+    global _state, _hooked
     with _lock:
         if _state is None:
             return
-        _state = None  # executors that copied the LLM hooks now find them inert
-        _hooks.unregister_before_tool_call_hook(_before_tool_call)
-        _hooks.unregister_after_tool_call_hook(_after_tool_call)
+        _state = None  # executors that copied the LLM hooks now find them inert, and _dispatch too
+        if _tool_hooks.dispatch is _dispatch:
+            _tool_hooks.dispatch = _next_dispatch
+            _hooked = False
+        else:  # someone wrapped it after us: leave their wrapper (ours under it is inert now)
+            logger.warning("m99: crewai.hooks.tool_hooks.dispatch was wrapped after install(); left in place")
         _hooks.unregister_before_llm_call_hook(_before_llm_call)
         _hooks.unregister_after_llm_call_hook(_after_llm_call)
         crewai_event_bus.off(LLMCallFailedEvent, _on_llm_failed)

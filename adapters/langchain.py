@@ -110,7 +110,7 @@ class M99CallbackHandler(BaseCallbackHandler):
         super().__init__()
         self._resolve: Resolve = scoped(guard)
         self.active = True
-        self._runs: dict[UUID, tuple[str, str | None]] = {}
+        self._runs: dict[UUID, tuple[str, Guards]] = {}
 
     # -- enforcement ----------------------------------------------------------------------------------
 
@@ -125,10 +125,12 @@ class M99CallbackHandler(BaseCallbackHandler):
     ) -> None:
         if not self.active:
             return
-        tool = str((serialized or {}).get("name") or kwargs.get("name") or "tool")
-        agent = _agent_of(metadata)
-        check_tool(governing(self._resolve, agent, tool=tool), tool)
-        self._remember(run_id, tool, agent)
+        name = serialized.get("name") if serialized else None
+        tool = name if type(name) is str and name else str(name or kwargs.get("name") or "tool")
+        agent = _agent_of(metadata) if metadata else None
+        guards = governing(self._resolve, agent, tool=tool)
+        check_tool(guards, tool)
+        self._remember(run_id, tool, guards)
 
     def on_chat_model_start(
         self,
@@ -155,16 +157,24 @@ class M99CallbackHandler(BaseCallbackHandler):
     def _model_start(self, run_id: UUID, metadata: dict[str, Any] | None) -> None:
         if not self.active:
             return
-        agent = _agent_of(metadata)
-        check_model(governing(self._resolve, agent))
-        self._remember(run_id, "", agent)
+        guards = governing(self._resolve, _agent_of(metadata) if metadata else None)
+        check_model(guards)
+        self._remember(run_id, "", guards)
 
-    def _remember(self, run_id: UUID, tool: str, agent: str | None) -> None:
+    def _remember(self, run_id: UUID, tool: str, guards: Guards) -> None:
+        # The Guards that allowed the call also record its end: no second resolution.
         runs = self._runs
-        runs[run_id] = (tool, agent)
+        runs[run_id] = (tool, guards)
         if len(runs) > 4096:  # runs that never ended (interrupted): forget the oldest
             for stale in list(runs)[:1024]:
                 runs.pop(stale, None)
+
+    def _ended(self, run_id: UUID) -> tuple[str, Guards]:
+        """Forget a run; what it was and the Guards that governed it (resolved now if never seen)."""
+        entry = self._runs.pop(run_id, None)
+        if entry is not None:
+            return entry
+        return "", observing(self._resolve, None)
 
     # -- observation: never raises (raise_error would carry a bug here into the host) ------------------
 
@@ -191,25 +201,27 @@ class M99CallbackHandler(BaseCallbackHandler):
         self._tool_done(run_id, ok=False)
 
     def _tool_done(self, run_id: UUID, *, ok: bool) -> None:
-        tool, agent = self._runs.pop(run_id, ("", None))
-        if tool and self.active:
-            record_tool(observing(self._resolve, agent), tool, ok=ok)
+        entry = self._runs.pop(run_id, None)
+        if entry is not None and entry[0] and self.active:
+            record_tool(entry[1], entry[0], ok=ok)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        _, agent = self._runs.pop(run_id, ("", None))
         if not self.active:
+            self._runs.pop(run_id, None)
             return
+        _, guards = self._ended(run_id)
         try:
             tokens = _tokens(response)
         except Exception:
             logger.exception("m99: could not read token usage")
             tokens = 0
-        record_model(observing(self._resolve, agent), tokens=tokens, ok=True)
+        record_model(guards, tokens=tokens, ok=True)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        _, agent = self._runs.pop(run_id, ("", None))
-        if self.active:
-            record_model(observing(self._resolve, agent), ok=False)
+        if not self.active:
+            self._runs.pop(run_id, None)
+            return
+        record_model(self._ended(run_id)[1], ok=False)
 
 
 def _run_config() -> dict[str, Any]:

@@ -196,6 +196,11 @@ class Guard:
         return self._tool_gate
 
     @property
+    def redacting(self) -> bool:
+        """True at L1+, where ``redact`` replaces protected secrets; below, ``redact`` returns its input."""
+        return self._redact_gate
+
+    @property
     def level(self) -> int:
         """The level last applied by the control plane, 0 when running normally."""
         return self._level

@@ -20,6 +20,7 @@ from crewai.hooks import (
     get_after_tool_call_hooks,
     get_before_llm_call_hooks,
     get_before_tool_call_hooks,
+    tool_hooks,
 )
 
 import m99.adapters.crewai as cra
@@ -274,13 +275,17 @@ def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     write_file, _ = tools(effects)
     lists = (get_before_tool_call_hooks, get_after_tool_call_hooks, get_before_llm_call_hooks, get_after_llm_call_hooks)
     before = [f() for f in lists]
+    crewai_dispatch = tool_hooks.dispatch
     cra.install()
     cra.install()
-    assert [len(f()) for f in lists] == [len(b) + 1 for b in before]
+    # The tool path goes through M99's wrapper of CrewAI's tool-hook dispatcher, not a registered hook.
+    assert [len(f()) for f in lists] == [len(b) + d for b, d in zip(before, (0, 0, 1, 1), strict=True)]
+    assert tool_hooks.dispatch is cra._dispatch and cra._next_dispatch is crewai_dispatch
     assert cra._on_llm_failed in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
     cra.uninstall()
     cra.uninstall()
     assert [f() for f in lists] == before and not cra.installed()
+    assert tool_hooks.dispatch is crewai_dispatch
     assert cra._on_llm_failed not in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
     guard.apply_state(3)
     assert crew(agent("writer", llm(react("write_file", {"text": "x"}), FINAL), [write_file])).kickoff().raw == "done"
