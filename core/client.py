@@ -17,7 +17,7 @@ import httpx
 from .config import resolve_token, resolve_url
 from .errors import M99Error, NotAuthorised
 from .guard import Guard
-from .link import request
+from .link import request, tls_context
 from .session import Session
 
 log = logging.getLogger("m99.client")
@@ -37,7 +37,7 @@ class OperatorClient:
         self.url = resolve_url(url)
         self.token = resolve_token(token, data_dir)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=tls_context())
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -22,7 +22,7 @@ from . import network
 from .errors import ControlPlaneError, M99Error, NotFound
 from .guard import Guard
 from .levels import Scope
-from .link import ControlLink, raise_for_answer
+from .link import ControlLink, raise_for_answer, tls_context
 
 log = logging.getLogger("m99.session")
 
@@ -127,7 +127,9 @@ class Session:
         return self
 
     async def _start_tasks(self) -> None:
-        self._aclient = httpx.AsyncClient(base_url=self.link.url, timeout=httpx.Timeout(10.0, read=45.0))
+        self._aclient = httpx.AsyncClient(
+            base_url=self.link.url, timeout=httpx.Timeout(10.0, read=45.0), verify=tls_context()
+        )
         loop = asyncio.get_running_loop()
         for name, coro in (("heartbeat", self._heartbeats()), ("push", self._push()), ("lease", self._lease())):
             task = loop.create_task(coro, name=f"m99-{name}-{self.guard.name}")
