@@ -105,6 +105,10 @@ _severed = 0
 # socket object, because TLS wrapping detaches the fd into a new socket object; bounded by the fd table.
 # Entries of closed sockets linger until their fd is reused and are verified with getpeername.
 _connections: dict[int, tuple[weakref.ref[Guard] | None, str, int]] = {}
+# The same fds by owner, so a Guard reaching L2 visits its own connections only: with a Guard per
+# agent, a scan of every connection per Guard would make a fleet-wide L2 quadratic in the Guards.
+_owned: weakref.WeakKeyDictionary[Guard, set[int]] = weakref.WeakKeyDictionary()
+_unowned: set[int] = set()
 
 
 def _normalise(host: Any) -> str:
@@ -151,9 +155,25 @@ def _track(args: tuple[Any, ...]) -> None:
         if fd < 0:
             return
         guard = _current.get()
-        _connections[fd] = (weakref.ref(guard) if guard is not None else None, _normalise(address[0]), int(address[1]))
+        previous = _connections.get(fd)
+        if previous is not None:  # the fd was reused: it no longer belongs to its old owner
+            _index(previous[0]).discard(fd)
+        entry = (weakref.ref(guard) if guard is not None else None, _normalise(address[0]), int(address[1]))
+        _connections[fd] = entry
+        if guard is None:
+            _unowned.add(fd)
+        else:
+            _owned.setdefault(guard, set()).add(fd)
     except Exception:  # bookkeeping must never break the host's connect
         return
+
+
+def _index(owner_ref: weakref.ref[Guard] | None) -> set[int]:
+    """The index set an entry's fd is in (a fresh empty set for a collected owner)."""
+    if owner_ref is None:
+        return _unowned
+    owner = owner_ref()
+    return _owned.get(owner, set()) if owner is not None else set()
 
 
 def _check(event: str, args: tuple[Any, ...]) -> None:
@@ -253,10 +273,18 @@ def _sever(guard: Guard, everyone: bool) -> int:
     if sys.platform == "win32":
         return 0
     count = 0
-    for fd, (owner_ref, host, port) in list(_connections.items()):
-        owner = owner_ref() if owner_ref is not None else None
-        if owner is not guard and not (owner is None and everyone):
+    candidates = set(_owned.pop(guard, ()))
+    if everyone:
+        candidates |= _unowned
+        _unowned.clear()
+    for fd in candidates:
+        entry = _connections.get(fd)
+        if entry is None:
             continue
+        owner_ref, host, port = entry
+        owner = owner_ref() if owner_ref is not None else None
+        if owner is not guard and not (owner_ref is None and everyone):
+            continue  # reused by another owner since it was indexed
         if (host, port) in _allowed_pairs:
             continue
         if _shutdown_if_peer(fd, host, port):
