@@ -197,13 +197,15 @@ class SQLiteStore(Store):
         # 0 live, 1 revoked (restorable), 2 revoked for good: raising only ever goes up, and a
         # restore (0) only reverses 1, never 2.
         cond = "revoked = 1" if revoked == 0 else "revoked < ?"
-        total = 0
-        for name in agents:
-            params: tuple[Any, ...] = (revoked, at, name) if revoked == 0 else (revoked, at, name, revoked)
-            total += self._db.execute(
-                f"UPDATE credentials SET revoked = ?, revoked_at = ? WHERE agent = ? AND {cond}", params
-            ).rowcount
-        return total
+        params: list[tuple[Any, ...]] = [
+            (revoked, at, name) if revoked == 0 else (revoked, at, name, revoked) for name in agents
+        ]
+        # One statement for the whole fleet (executemany sums the rowcounts): an execute in scope of
+        # thousands of agents commits the kill a statement per agent sooner.
+        cursor = self._db.executemany(
+            f"UPDATE credentials SET revoked = ?, revoked_at = ? WHERE agent = ? AND {cond}", params
+        )
+        return max(0, cursor.rowcount)
 
     # tokens
     def insert_token(self, row: Row) -> None:
