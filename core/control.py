@@ -28,6 +28,8 @@ log = logging.getLogger("m99.control")
 
 SYSTEM_ACTOR = {"by": "m99", "role": "system"}
 CHECKPOINT_EVERY = 1000
+# What an agent signs in an acknowledgement (``applied_at`` too: the time-to-halt is the agent's word).
+ACK_FIELDS = ("seq", "ts", "version", "applied_at")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class Agent:
     read_only_tools: list[str]
     metadata: dict[str, Any]
     verify_key: VerifyKey = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    # Acks have their own sequence high-water mark: an agent signs them on its push thread while a
+    # heartbeat may be in flight, so the two kinds can overtake each other on the wire.  In memory
+    # only: a replayed ack can only repeat what the agent already acknowledged.
+    last_ack_seq: int = field(repr=False, compare=False, default=0)
 
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _AGENT_COLUMNS}
@@ -149,6 +155,7 @@ class ControlPlane:
         for row in self.store.list_agents():
             agent = Agent(**row)
             agent.verify_key = VerifyKey.from_b64(agent.public_key)
+            agent.last_ack_seq = agent.last_seq
             self._index(agent)
         self.directives = self.store.active_directives()
         if not self.store.list_tokens():
@@ -374,17 +381,27 @@ class ControlPlane:
             raise NotFound(f"unknown agent id {agent_id!r}: register first", status_code=404, code="unknown_agent")
         return agent
 
-    def check_signed(self, agent: Agent, kind: str, body: dict[str, Any], fields: tuple[str, ...]) -> None:
-        """Check an agent's signed request: signature, strictly increasing seq, clock skew."""
-        message = canonical_json({"type": kind, "agent_id": agent.agent_id, **{f: body[f] for f in fields}})
-        signature_ok = agent.verify_key.verify(message, body["signature"])
+    def check_signed(
+        self,
+        agent: Agent,
+        kind: str,
+        body: dict[str, Any],
+        fields: tuple[str, ...],
+        last: int | None = None,
+        signature_ok: bool | None = None,
+    ) -> None:
+        """Check an agent's signed request: signature (unless already checked: ``signature_ok``), seq
+        above ``last`` (default: the agent's heartbeat sequence), clock skew."""
+        if signature_ok is None:
+            signature_ok = self.signature_ok(agent, kind, body, fields)
+        last = agent.last_seq if last is None else last
         reason = None
         code = ""
         if not signature_ok:
             reason, code = "bad signature", "bad_signature"
-        elif body["seq"] <= agent.last_seq:
+        elif body["seq"] <= last:
             reason, code = (
-                f"replayed or out-of-order sequence {body['seq']} (last {agent.last_seq})",
+                f"replayed or out-of-order sequence {body['seq']} (last {last})",
                 "replayed",
             )
         elif abs(body["ts"] - time.time()) > self.settings.clock_skew:
@@ -406,6 +423,24 @@ class ControlPlane:
         raise (NotAuthorised if code == "bad_signature" else Conflict)(
             f"{kind} rejected: {reason}", status_code=401 if code == "bad_signature" else 409, code=code
         )
+
+    @staticmethod
+    def signature_ok(agent: Agent, kind: str, body: dict[str, Any], fields: tuple[str, ...]) -> bool:
+        """Whether ``body`` carries ``agent``'s signature over ``fields`` (no state: safe on any thread)."""
+        message = canonical_json({"type": kind, "agent_id": agent.agent_id, **{f: body[f] for f in fields}})
+        return agent.verify_key.verify(message, body["signature"])
+
+    def ack_signatures(self, acks: list[dict[str, Any]]) -> list[bool | None]:
+        """The signature check of each ack of a batch (None: unknown agent), for ``acknowledge_batch``.
+
+        Reads only immutable agent fields, so the server runs it on a worker thread: Ed25519 checks
+        release the GIL, and a batch of them must not hold up the event loop's pushes.
+        """
+        results: list[bool | None] = []
+        for body in acks:
+            agent = self.by_id.get(body["agent_id"])
+            results.append(None if agent is None else self.signature_ok(agent, "ack", body, ACK_FIELDS))
+        return results
 
     def heartbeat(self, agent_id: str, body: dict[str, Any]) -> Agent:
         """Accept a signed heartbeat.  It is kept in memory and written by ``flush_heartbeats``
@@ -980,19 +1015,49 @@ class ControlPlane:
     # ------------------------------------------------------------------ acknowledgements
     def acknowledge(self, agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """An agent applied state ``version``: record time-to-halt against the executions it covers."""
-        agent = self.agent_by_id(agent_id)
-        self.check_signed(agent, "ack", body, ("seq", "ts", "version"))
-        agent.last_seq = body["seq"]
-        now = time.time()
-        recorded = []
-        with self.store.transaction():
-            self.store.record_heartbeat(agent.name, agent.last_seq, now)
-            for d in self.directives_for(agent):
-                if d["version"] <= body["version"] and d["origin"] in ("execute", "deadman"):
-                    ms = (body.get("applied_at", now) - d["created_at"]) * 1000
-                    self.store.record_ack(d["execution_id"], agent.name, body["version"], now, ms)
-                    recorded.append(d["execution_id"])
+        agent = self._checked_ack(agent_id, body)
+        with self._txn():
+            recorded = self._record_ack(agent, body)
         return {"ok": True, "executions": recorded}
+
+    def acknowledge_batch(
+        self, acks: list[dict[str, Any]], signatures: list[bool | None] | None = None
+    ) -> dict[str, Any]:
+        """Many agents' signed acks in one request (a process holding a Guard per agent sends its
+        acks together): each is checked on its own, the accepted ones are recorded in one transaction.
+        ``signatures``: ``ack_signatures(acks)``, when the caller checked them already."""
+        results: list[dict[str, Any]] = []
+        accepted: list[tuple[Agent, dict[str, Any], dict[str, Any]]] = []
+        for i, body in enumerate(acks):
+            result: dict[str, Any] = {"agent_id": body["agent_id"], "ok": True}
+            try:
+                checked = signatures[i] if signatures is not None else None
+                accepted.append((self._checked_ack(body["agent_id"], body, checked), body, result))
+            except ControlPlaneError as exc:  # refused ones are audited by the check itself
+                result.update(ok=False, error={"code": exc.code, "message": exc.message})
+            results.append(result)
+        with self._txn():
+            for agent, body, result in accepted:
+                result["executions"] = self._record_ack(agent, body)
+        return {"ok": True, "results": results}
+
+    def _checked_ack(self, agent_id: str, body: dict[str, Any], signature_ok: bool | None = None) -> Agent:
+        agent = self.agent_by_id(agent_id)
+        self.check_signed(agent, "ack", body, ACK_FIELDS, last=agent.last_ack_seq, signature_ok=signature_ok)
+        agent.last_ack_seq = body["seq"]
+        return agent
+
+    def _record_ack(self, agent: Agent, body: dict[str, Any]) -> list[str]:
+        # A signed ack is contact too: it goes with the next group commit of heartbeats.
+        agent.last_seen = time.time()
+        self._dirty.add(agent.name)
+        recorded = []
+        for d in self.directives_for(agent):
+            if d["version"] <= body["version"] and d["origin"] in ("execute", "deadman"):
+                ms = (body["applied_at"] - d["created_at"]) * 1000
+                self.store.record_ack(d["execution_id"], agent.name, body["version"], agent.last_seen, ms)
+                recorded.append(d["execution_id"])
+        return recorded
 
     def get_execution(self, execution_id: str) -> dict[str, Any]:
         row = self.store.get_execution(execution_id)

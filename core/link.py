@@ -85,6 +85,9 @@ class ControlLink:
         self._pinned = VerifyKey.from_b64(server_public_key) if server_public_key else None
         self._server_key: VerifyKey | None = self._pinned
         self._seq = 0
+        # _seq_lock guards the counter and signing only (microseconds), so the push thread can sign
+        # acks while a heartbeat is in flight; _send_lock keeps heartbeats and deregistration in order.
+        self._seq_lock = threading.Lock()
         self._send_lock = threading.Lock()
 
     @property
@@ -123,32 +126,36 @@ class ControlLink:
         return answer
 
     def _signed(self, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        if self.agent_id is None:
+        agent_id = self.agent_id
+        if agent_id is None:
             raise M99Error("not registered: call register() first")
-        self._seq += 1
-        body: dict[str, Any] = {"seq": self._seq, "ts": time.time(), **(extra or {})}
-        message = canonical_json({"type": kind, "agent_id": self.agent_id, **body})
-        body["signature"] = self.key.sign(message)
+        with self._seq_lock:
+            self._seq += 1
+            body: dict[str, Any] = {"seq": self._seq, "ts": time.time(), **(extra or {})}
+            message = canonical_json({"type": kind, "agent_id": agent_id, **body})
+            body["signature"] = self.key.sign(message)
         return body
 
-    def send_signed(
-        self,
-        kind: str,
-        path: str,
-        extra: dict[str, Any] | None = None,
-        unsigned: dict[str, Any] | None = None,
-    ) -> Any:
+    def send_signed(self, kind: str, path: str, extra: dict[str, Any] | None = None) -> Any:
         # One signed request at a time, so sequence numbers reach the server in order.
         with self._send_lock:
             body = self._signed(kind, extra)
-            return request(self.http, "POST", f"/api/agents/{self.agent_id}/{path}", json={**body, **(unsigned or {})})
+            return request(self.http, "POST", f"/api/agents/{self.agent_id}/{path}", json=body)
 
     def heartbeat(self) -> dict[str, Any]:
         answer: dict[str, Any] = self.send_signed("heartbeat", "heartbeat")
         return self.verify_state(answer["state"])
 
-    def acknowledge(self, version: int, applied_at: float) -> Any:
-        return self.send_signed("ack", "ack", {"version": version}, {"applied_at": applied_at})
+    def acknowledge(self, version: int, applied_at: float, *, timeout: float | None = None) -> Any:
+        """One acknowledgement, sent at once.  Not behind ``_send_lock``: acks have their own sequence
+        on the server, and a terminating Guard must not wait for a heartbeat in flight."""
+        body = self._signed("ack", {"version": version, "applied_at": applied_at})
+        extra = {} if timeout is None else {"timeout": timeout}
+        return request(self.http, "POST", f"/api/agents/{self.agent_id}/ack", json=body, **extra)
+
+    def signed_ack(self, version: int, applied_at: float) -> dict[str, Any]:
+        """An acknowledgement for ``POST /api/acks``, which takes those of many agents at once."""
+        return {"agent_id": self.agent_id, **self._signed("ack", {"version": version, "applied_at": applied_at})}
 
     def deregister(self) -> Any:
         return self.send_signed("deregister", "deregister")

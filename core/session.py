@@ -9,19 +9,21 @@ waits on any of this: it answers from memory, and this module changes its state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
-from . import network
+from . import network, push
 from .errors import ControlPlaneError, M99Error, NotFound
 from .guard import Guard
-from .levels import Scope
+from .levels import Level, Scope
 from .link import ControlLink, raise_for_answer, tls_context
 
 log = logging.getLogger("m99.session")
@@ -34,6 +36,7 @@ class _Loop:
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
 
     @classmethod
     def get(cls) -> asyncio.AbstractEventLoop:
@@ -42,8 +45,12 @@ class _Loop:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="m99-sessions", daemon=True)
                 thread.start()
-                cls._loop = loop
+                cls._loop, cls._thread = loop, thread
             return cls._loop
+
+    @classmethod
+    def on_loop(cls) -> bool:
+        return threading.current_thread() is cls._thread
 
     @classmethod
     def run(cls, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -75,6 +82,126 @@ class _VerifiedEvents:
 _events = _VerifiedEvents()
 
 
+class _Acks:
+    """The acknowledgements of every session in the process, sent together.
+
+    A fleet-wide stop reaches every Guard of a process at once; a request per acknowledgement would
+    compete for the CPU, on both ends, with the pushes still being delivered.  So they wait until the
+    process's pushes have been quiet for ``QUIET`` seconds (at most ``MAX_DELAY`` after the first) and
+    go ``BATCH`` to a request.  Each carries the moment its Guard applied the change, so the wait does
+    not count in the time-to-halt the control plane records.  Runs on the sessions' loop only.
+    """
+
+    QUIET = 0.2
+    MAX_DELAY = 1.0
+    BATCH = 200  # about 50 KB: under the control plane's request body limit
+    ATTEMPTS = 3
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Session, int, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._first = self._last = 0.0
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._users: dict[str, int] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def add(self, session: Session, version: int, applied_at: float) -> None:
+        self._pending.append((session, version, applied_at))
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if self._timer is None:  # one timer per burst, not one per acknowledgement
+            self._first = self._last
+            self._timer = loop.call_at(self._last + self.QUIET, self._due)
+
+    def _due(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = min(self._last + self.QUIET, self._first + self.MAX_DELAY)
+        if loop.time() < due:
+            self._timer = loop.call_at(due, self._due)
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        self._timer = None
+        pending, self._pending = self._pending, []
+        by_url: dict[str, list[tuple[Session, int, float]]] = {}
+        for item in pending:
+            by_url.setdefault(item[0].link.url, []).append(item)
+        loop = asyncio.get_running_loop()
+        for url, items in by_url.items():
+            for start in range(0, len(items), self.BATCH):
+                task = loop.create_task(self._send(url, items[start : start + self.BATCH]))
+                self._sending.add(task)  # the loop holds tasks weakly
+                task.add_done_callback(self._sending.discard)
+
+    async def flush_for(self, session: Session) -> None:
+        """Send ``session``'s pending acknowledgements now (it is closing)."""
+        mine = [item for item in self._pending if item[0] is session]
+        if mine:
+            self._pending = [item for item in self._pending if item[0] is not session]
+            await self._send(session.link.url, mine)
+
+    async def _send(self, url: str, items: list[tuple[Session, int, float]]) -> None:
+        acks = [s.link.signed_ack(v, t) for s, v, t in items if s.link.agent_id is not None]
+        if not acks:
+            return
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                client = self._client(url)
+                response = await client.post("/api/acks", json={"acks": acks})
+                answer = raise_for_answer(response)
+                refused = [r for r in answer.get("results", ()) if not r.get("ok")]
+                if refused:
+                    log.warning("m99: the control plane refused %d acknowledgement(s): %s", len(refused), refused[0])
+                return
+            except (M99Error, httpx.HTTPError) as exc:
+                # The next heartbeat still shows the control plane the state each Guard holds.
+                log.warning("m99: sending %d acknowledgement(s) failed (attempt %d): %s", len(acks), attempt, exc)
+                if isinstance(exc, ControlPlaneError) and 400 <= exc.status_code < 500:
+                    return
+                await asyncio.sleep(0.5 * attempt)
+
+    def _client(self, url: str) -> httpx.AsyncClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = httpx.AsyncClient(base_url=url, timeout=10.0, verify=tls_context())
+        return client
+
+    def use(self, url: str) -> None:
+        self._users[url] = self._users.get(url, 0) + 1
+
+    async def release(self, url: str) -> None:
+        """One session of ``url`` closed; the last one closes the shared client."""
+        left = self._users.get(url, 1) - 1
+        if left > 0:
+            self._users[url] = left
+            return
+        self._users.pop(url, None)
+        client = self._clients.pop(url, None)
+        if client is not None:
+            await client.aclose()
+
+
+_acks = _Acks()
+
+
+@functools.lru_cache(maxsize=256)
+def _scope(text: str) -> Scope:
+    """A directive's scope, parsed once per process: every session in it reads the same event."""
+    return Scope.parse(text)
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment sends requests to ``url`` through an HTTP proxy (httpx honours it)."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 class Session:
     """Connects ``guard`` to the control plane at ``url`` and keeps its state current."""
 
@@ -98,9 +225,11 @@ class Session:
         self.connected = False
         self._directives: dict[str, dict[str, Any]] = {}
         self._applied_version = -1
+        self._acked_version = -1
         self._tasks: list[asyncio.Task[None]] = []
-        self._aclient: httpx.AsyncClient | None = None
+        self._aclient: httpx.AsyncClient | None = None  # the push stream's, behind an HTTP proxy only
         self._closed = False
+        guard.on_change(self._acknowledge_termination)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Session:
@@ -127,9 +256,11 @@ class Session:
         return self
 
     async def _start_tasks(self) -> None:
-        self._aclient = httpx.AsyncClient(
-            base_url=self.link.url, timeout=httpx.Timeout(10.0, read=45.0), verify=tls_context()
-        )
+        if _proxied(self.link.url):
+            self._aclient = httpx.AsyncClient(
+                base_url=self.link.url, timeout=httpx.Timeout(10.0, read=45.0), verify=tls_context()
+            )
+        _acks.use(self.link.url)
         loop = asyncio.get_running_loop()
         for name, coro in (("heartbeat", self._heartbeats()), ("push", self._push()), ("lease", self._lease())):
             task = loop.create_task(coro, name=f"m99-{name}-{self.guard.name}")
@@ -139,6 +270,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self.guard.remove_on_change(self._acknowledge_termination)
         try:
             _Loop.run(self._stop_tasks(), timeout=10)
         except Exception as exc:  # closing must not crash the host
@@ -155,6 +287,8 @@ class Session:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _acks.flush_for(self)
+        await _acks.release(self.link.url)
         if self._aclient is not None:
             await self._aclient.aclose()
 
@@ -168,8 +302,8 @@ class Session:
     def _matches(self, directive: dict[str, Any]) -> bool:
         g = self.guard
         try:
-            return Scope.parse(directive["scope"]).matches(g.name, g.kind, g.framework or "none")
-        except (KeyError, ValueError):
+            return _scope(directive["scope"]).matches(g.name, g.kind, g.framework or "none")
+        except (KeyError, TypeError, ValueError):
             return False
 
     def _apply_level(self, version: int, reason: str, ack: bool) -> None:
@@ -178,7 +312,7 @@ class Session:
             return  # an older document than one already applied (a push overtook a heartbeat)
         self._applied_version = version
         changed = self.guard.apply_state(level, reason=reason, version=version)
-        if changed and ack:
+        if changed and ack and self._acked_version < version:
             self._acknowledge(version)
 
     def _apply_document(self, doc: dict[str, Any], *, ack: bool = True) -> None:
@@ -204,14 +338,22 @@ class Session:
 
     def _acknowledge(self, version: int) -> None:
         applied_at = time.time()
-        loop = _Loop.get()
-        loop.call_soon_threadsafe(lambda: loop.create_task(self._send_ack(version, applied_at)))
+        self._acked_version = version
+        if _Loop.on_loop():
+            _acks.add(self, version, applied_at)
+        else:  # a re-registration applies its state on a worker thread
+            _Loop.get().call_soon_threadsafe(_acks.add, self, version, applied_at)
 
-    async def _send_ack(self, version: int, applied_at: float) -> None:
+    def _acknowledge_termination(self, guard: Guard, old: int, new: int) -> None:
+        """At L5+ the Guard's terminator runs right after its callbacks: acknowledge now, or never."""
+        if new < Level.TARGETED_TERMINATION or old >= Level.TARGETED_TERMINATION or self.link.agent_id is None:
+            return
+        version = self._applied_version
+        self._acked_version = version
         try:
-            await asyncio.to_thread(self.link.acknowledge, version, applied_at)
-        except M99Error as exc:  # the next heartbeat still shows the server we hold the state
-            log.warning("m99 ack of version %s failed: %s", version, exc)
+            self.link.acknowledge(version, time.time(), timeout=2.0)
+        except M99Error as exc:
+            log.warning("m99 acknowledgement of termination (version %s) failed: %s", version, exc)
 
     # ------------------------------------------------------------------ tasks
     async def _heartbeats(self) -> None:
@@ -242,22 +384,34 @@ class Session:
             log.warning("m99 re-registration failed: %s", exc)
 
     async def _push(self) -> None:
-        assert self._aclient is not None
         backoff = 0.1
+
+        def opened() -> None:
+            nonlocal backoff
+            backoff = 0.1
+
         while True:
+            path = f"/api/agents/{self.link.agent_id}/events"
             try:
-                async with self._aclient.stream("GET", f"/api/agents/{self.link.agent_id}/events") as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise_for_answer(response)
-                    backoff = 0.1
-                    await self._read_stream(response)
+                if self._aclient is None:
+                    await push.follow(self.link.url, path, self._on_push, tls=tls_context(), on_open=opened)
+                else:
+                    await self._push_via_proxy(path, opened)
             except asyncio.CancelledError:
                 raise
-            except (M99Error, httpx.HTTPError, ValueError) as exc:
+            except (M99Error, httpx.HTTPError, OSError, ValueError) as exc:
                 log.info("m99 push stream: %s", exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _push_via_proxy(self, path: str, opened: Callable[[], None]) -> None:
+        assert self._aclient is not None
+        async with self._aclient.stream("GET", path) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise_for_answer(response)
+            opened()
+            await self._read_stream(response)
 
     async def _read_stream(self, response: httpx.Response) -> None:
         kind, data = "", b""

@@ -180,11 +180,16 @@ def start_agent_process(serve: ServeProcess, name: str) -> subprocess.Popen[str]
 def test_l5_terminates_the_agent_process_and_it_cannot_register_again(serve: ServeProcess) -> None:
     proc = start_agent_process(serve, "doomed")
     try:
-        kill(serve, "agent:doomed", 5)
+        out = kill(serve, "agent:doomed", 5)
         assert proc.wait(timeout=20) == -15  # SIGTERM from its own Guard
     finally:
         if proc.poll() is None:
             proc.kill()
+    # It acknowledged before its terminator ran, so its time-to-halt is on record.
+    execution = re.search(r"exe_[0-9a-f]+", out)
+    assert execution, out
+    halt = serve.api().get(f"/api/executions/{execution.group(0)}").json()["time_to_halt"]
+    assert halt["acknowledged"] == 1 and 0 <= halt["per_agent"]["doomed"] < 5000
     status = {a["name"]: a["status"] for a in serve.api().get("/api/agents").json()}
     assert status["doomed"] == "tombstoned"
     # Anti-resurrection: the same identity is refused, through the same one line.

@@ -22,12 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..control import ControlPlane, Principal
-from ..crypto import canonical_json
 from ..errors import ControlPlaneError, M99Error
+from .stream import EventStream, PushHub
 
 log = logging.getLogger("m99.server")
 
 MAX_BODY = 64 * 1024
+MAX_ACKS = 1000  # per batch; in practice MAX_BODY holds about 250
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
@@ -62,7 +63,15 @@ class SignedIn(Strict):
 
 class AckIn(SignedIn):
     version: int = Field(ge=0)
-    applied_at: float | None = None
+    applied_at: float
+
+
+class AgentAckIn(AckIn):
+    agent_id: str = Field(min_length=1, max_length=100)
+
+
+class AckBatchIn(Strict):
+    acks: list[AgentAckIn] = Field(min_length=1, max_length=MAX_ACKS)
 
 
 class ArmIn(Strict):
@@ -211,45 +220,15 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class PushHub:
-    """Per-agent queues of signed events for the Server-Sent Events stream."""
-
-    def __init__(self) -> None:
-        self.queues: dict[str, set[asyncio.Queue[bytes]]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, name: str) -> asyncio.Queue[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
-        self.queues.setdefault(name, set()).add(queue)
-        return queue
-
-    def remove(self, name: str, queue: asyncio.Queue[bytes]) -> None:
-        group = self.queues.get(name)
-        if group is not None:
-            group.discard(queue)
-            if not group:
-                del self.queues[name]
-
-    def publish(self, payload: bytes, names: list[str]) -> None:
-        for name in names:
-            for queue in self.queues.get(name, ()):
-                with contextlib.suppress(asyncio.QueueFull):  # a stuck client repairs at its next heartbeat
-                    queue.put_nowait(payload)
-
-    @property
-    def connections(self) -> int:
-        return sum(len(q) for q in self.queues.values())
-
-
 def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> FastAPI:
     hub = PushHub()
     cp.subscribe(hub.publish)
-    counters = {"heartbeats": 0, "heartbeats_rejected": 0, "requests_refused": 0}
+    counters = {"heartbeats": 0, "heartbeats_rejected": 0, "requests_refused": 0, "acks": 0, "ack_requests": 0}
     period = deadman_period or max(0.05, min(1.0, cp.settings.heartbeat_interval / 4))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub.loop = asyncio.get_running_loop()
+        hub.bind(asyncio.get_running_loop())
 
         async def deadman() -> None:
             next_check = time.monotonic() + period
@@ -263,13 +242,13 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
                 except Exception:  # keep watching: one failed round must not disable the switch
                     log.exception("heartbeat flush or dead man's switch check failed")
 
-        task = asyncio.create_task(deadman())
+        tasks = [asyncio.create_task(deadman()), asyncio.create_task(hub.keep_alive())]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(
         title="M99 control plane",
@@ -330,7 +309,11 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
 
     @app.post("/api/execute")
     async def execute(body: ExecuteIn, who: Who) -> dict[str, Any]:
-        return cp.execute(who, body.authorization_id, body.confirm)
+        result = cp.execute(who, body.authorization_id, body.confirm)
+        # Yield once before answering: every push stream the kill woke writes its event first, and
+        # only then is the operator's answer (thousands of agent names, for a fleet) serialised.
+        await asyncio.sleep(0)
+        return result
 
     @app.post("/api/disarm")
     async def disarm(who: Who, body: DisarmIn | None = None) -> dict[str, Any]:
@@ -415,35 +398,30 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
 
     @app.post("/api/agents/{agent_id}/ack")
     async def ack(agent_id: str, body: AckIn) -> dict[str, Any]:
-        return cp.acknowledge(agent_id, body.model_dump())
+        counters["ack_requests"] += 1
+        result = cp.acknowledge(agent_id, body.model_dump())
+        counters["acks"] += 1
+        return result
+
+    @app.post("/api/acks")
+    async def acks(body: AckBatchIn) -> dict[str, Any]:
+        """Signed acknowledgements of several agents at once (each ``{agent_id, seq, ts, version,
+        applied_at, signature}``); the answer lists each one's outcome."""
+        acks = [ack.model_dump() for ack in body.acks]
+        counters["ack_requests"] += 1
+        result = cp.acknowledge_batch(acks, await asyncio.to_thread(cp.ack_signatures, acks))
+        counters["acks"] += sum(1 for r in result["results"] if r["ok"])
+        return result
 
     @app.get("/api/agents/{agent_id}/state")
     async def agent_state(agent_id: str) -> dict[str, Any]:
         return cp.agent_state(agent_id)
 
-    @app.get("/api/agents/{agent_id}/events")
-    async def events(agent_id: str, request: Request) -> StreamingResponse:
-        agent = cp.agent_by_id(agent_id)
-        queue = hub.add(agent.name)
-
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield b"event: state\ndata: " + canonical_json(cp.signed_state(agent)) + b"\n\n"
-                while True:
-                    try:
-                        payload = await asyncio.wait_for(queue.get(), timeout=15)
-                    except TimeoutError:
-                        yield b": keep-alive\n\n"
-                        continue
-                    yield b"event: directive\ndata: " + payload + b"\n\n"
-            finally:
-                hub.remove(agent.name, queue)
-
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    @app.get("/api/agents/{agent_id}/events", response_class=EventStream)
+    async def events(agent_id: str) -> EventStream:
+        """The agent's push stream (Server-Sent Events): its signed state document, then each signed
+        directive event that concerns it, and a keep-alive comment every 15 s."""
+        return EventStream(cp, hub, cp.agent_by_id(agent_id))
 
     # ---------------------------------------------------------------- metrics and dashboard
     @app.get("/metrics")
@@ -467,6 +445,10 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
             f"m99_heartbeats_rejected_total {counters['heartbeats_rejected']}",
             "# TYPE m99_requests_refused_total counter",
             f"m99_requests_refused_total {counters['requests_refused']}",
+            "# TYPE m99_acks_total counter",
+            f"m99_acks_total {counters['acks']}",
+            "# TYPE m99_ack_requests_total counter",
+            f"m99_ack_requests_total {counters['ack_requests']}",
             "# TYPE m99_push_connections gauge",
             f"m99_push_connections {hub.connections}",
             "# TYPE m99_audit_head_seq gauge",
