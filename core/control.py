@@ -123,6 +123,9 @@ class ControlPlane:
         self.data_dir = data_dir
         self.settings = settings or Settings()
         self.started_at = time.time()
+        # Silence is counted from here at the earliest: ``serving()`` moves it to the moment agents can
+        # reach the server (loading the web framework can take longer than a short dead man's window).
+        self.deadman_since = self.started_at
         self.key = SigningKey.load_or_create(data_dir / SERVER_KEY_FILE)
         self.head_file = data_dir / HEAD_FILE
         self._pending: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
@@ -975,6 +978,10 @@ class ControlPlane:
         }
 
     # ------------------------------------------------------------------ dead man's switch
+    def serving(self) -> None:
+        """The server accepts connections from now on: no agent could have reached it before."""
+        self.deadman_since = time.time()
+
     def check_deadman(self, now: float | None = None) -> list[dict[str, Any]]:
         """Kill every agent silent for ``missed_heartbeats`` intervals; evidence first."""
         now = now or time.time()
@@ -982,7 +989,7 @@ class ControlPlane:
         fired = []
         for agent in list(self.agents.values()):
             # After a restart, silence is counted from the restart, not from before it.
-            seen = max(agent.last_seen, self.started_at)
+            seen = max(agent.last_seen, self.deadman_since)
             if agent.status != "active" or now - seen <= window:
                 continue
             evidence = {

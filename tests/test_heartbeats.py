@@ -12,7 +12,7 @@ from m99.control import Settings
 from m99.crypto import SigningKey, canonical_json
 from m99.errors import Conflict, NotAuthorised, NotFound
 from m99.link import ControlLink
-from m99.server import EmbeddedControlPlane
+from m99.server import EmbeddedControlPlane, build
 
 
 def raw_heartbeat(link: ControlLink, seq: int, ts: float, key: SigningKey | None = None) -> httpx.Response:
@@ -109,6 +109,20 @@ def test_dead_mans_switch_fires_on_silence(tmp_path: Path) -> None:
         assert admin.get("/api/agents/silent").json()["status"] == "active"
         assert silent.fetch_state()["level"] == 3
         admin.close()
+
+
+def test_silence_is_counted_from_when_the_server_serves_not_from_before(tmp_path: Path) -> None:
+    settings = Settings(heartbeat_interval=0.2, missed_heartbeats=2, deadman_level=3)
+    cp = build(tmp_path / "d", settings)
+    try:
+        cp.register({"name": "early", "public_key": SigningKey.generate().public_b64})
+        time.sleep(0.6)  # longer than the window: what loading the web framework can take on a busy host
+        cp.serving()
+        assert cp.check_deadman() == []  # no agent could have reached a server not yet listening
+        time.sleep(0.5)
+        assert [r["scope"] for r in cp.check_deadman()] == ["agent:early"]  # now it really is silent
+    finally:
+        cp.store.close()
 
 
 def test_link_errors_map_to_classes(embedded: EmbeddedControlPlane) -> None:

@@ -229,6 +229,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
+        cp.serving()
 
         async def deadman() -> None:
             next_check = time.monotonic() + period
