@@ -23,6 +23,8 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TESTING", "true")
 
 _T0 = time.monotonic()
+# A tool call the Guard admitted just before the freeze may reach its body just after it.
+IN_FLIGHT_SECONDS = 0.5
 _print_lock = threading.Lock()
 
 
@@ -127,8 +129,20 @@ class Work:
             return sum(1 for a, _, _ in self.calls if a == agent)
 
     def after(self, agent: str, moment: float) -> int:
+        """Tool bodies that started after ``moment`` (when the agent froze), not counting the one that
+        may have been admitted just before it and was still on its way to the body (AutoGen hands a
+        sync tool to a thread pool after the check): these agents call one tool at a time."""
         with self._lock:
-            return sum(1 for a, _, ts in self.calls if a == agent and ts > moment)
+            started = sorted(ts for a, _, ts in self.calls if a == agent and ts > moment)
+        in_flight = 1 if started and started[0] - moment < IN_FLIGHT_SECONDS else 0
+        return len(started) - in_flight
+
+    def report(self, agent: str, moment: float) -> str:
+        late = self.after(agent, moment)
+        with self._lock:
+            started = sum(1 for a, _, ts in self.calls if a == agent and ts > moment)
+        note = f" ({started - late} admitted just before it, still in flight)" if started > late else ""
+        return f"tool calls started after the freeze: {late}{note}"
 
 
 class AgentRun(threading.Thread):

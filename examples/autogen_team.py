@@ -96,7 +96,7 @@ def main() -> int:
             team.join(30)
             halt = operator.wait_for_acks(execution["execution_id"], 1)
             say("m99", f"time to halt (acknowledged by the agent): {halt['per_agent']} ms")
-            say("m99", f"tool calls started after the freeze: {work.after('ag-team', froze() or sent)}")
+            say("m99", work.report("ag-team", froze() or sent))
         m99.shutdown()
     ok = halted_by_m99(team)
     say("m99", "halted by the kill switch" if ok else f"NOT halted by M99: {team.outcome}")

@@ -88,7 +88,7 @@ def main() -> int:
             agent.join(30)
             halt = operator.wait_for_acks(execution["execution_id"], 1)
             say("m99", f"time to halt (acknowledged by the agent): {halt['per_agent']} ms")
-            say("m99", f"tool calls started after the freeze: {work.after('lc-researcher', froze() or sent)}")
+            say("m99", work.report("lc-researcher", froze() or sent))
         m99.shutdown()
     ok = halted_by_m99(agent)
     say("m99", "halted by the kill switch" if ok else f"NOT halted by M99: {agent.outcome}")
