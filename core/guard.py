@@ -48,6 +48,8 @@ logger = logging.getLogger("m99.guard")
 ChangeCallback = Callable[["Guard", int, int], object]
 
 _TASK_LIMIT = 2000  # characters of the current task kept for evidence
+_FOLD_AT = 256  # noted calls kept before they are folded into the usage counters
+_now = time.time
 
 # The Guard governing the running context: adapters read it, and so does the L2 network hook.
 current_guard: ContextVar[Guard | None] = ContextVar("m99_current_guard", default=None)
@@ -86,6 +88,7 @@ class Guard:
         "_level",
         "_lock",
         "_msg_gate",
+        "_noted",
         "_read_only",
         "_reason",
         "_recent",
@@ -103,6 +106,7 @@ class Guard:
         "kind",
         "name",
         "pid",
+        "quiet",
         "started_at",
     )
 
@@ -150,7 +154,13 @@ class Guard:
         self._halt_gate = False
         self._msg_gate = False
         self._redact_gate = False
+        # True while no gate is set (level 0, lease held): adapters then have nothing to check or
+        # redact and skip the per-gate questions.  One attribute read, not a property call.
+        self.quiet = True
         self._usage_lock = threading.Lock()
+        # What the adapters report, appended as they go (one atomic deque append per call) and folded
+        # into ``_usage`` when read or when many have piled up.
+        self._noted: collections.deque[tuple[str | None, float, bool, int, float]] = collections.deque()
         self._usage: dict[str, Any] = {
             "tool_calls": 0,
             "tool_errors": 0,
@@ -346,10 +356,15 @@ class Guard:
     def _update_gates(self) -> None:
         level = self._level
         lease = self._lease_frozen()
+        quiet = level == 0 and not lease
+        if not quiet:
+            self.quiet = False  # first, so no reader skips a gate about to be set
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
         self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
         self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease
         self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease
+        if quiet:
+            self.quiet = True  # last, once every gate is clear
 
     def set_lease_lost(self, reason: str) -> bool:
         """The control plane is out of reach past the lease: freeze (L3 behaviour) unless ``fail_open``."""
@@ -459,30 +474,49 @@ class Guard:
         self._task = None if text is None else str(text)[:_TASK_LIMIT]
 
     def record_tool_call(self, tool: str, *, ok: bool = True) -> None:
-        with self._usage_lock:
-            usage = self._usage
-            usage["tool_calls"] += 1
-            if ok:
-                usage["consecutive_failures"] = 0
-            else:
-                usage["tool_errors"] += 1
-                usage["consecutive_failures"] += 1
-            self._recent.append((tool, time.time(), ok))
+        """A tool call ended (``ok`` False: with an error).  Cheap: it runs after every tool call."""
+        noted = self._noted
+        noted.append((tool, _now(), ok, 0, 0.0))
+        if len(noted) > _FOLD_AT:
+            self._fold()
 
     def record_model_call(self, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True) -> None:
+        noted = self._noted
+        noted.append((None, _now(), ok, int(tokens), float(cost_usd)))
+        if len(noted) > _FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Move the noted calls into the counters, in the order they were noted."""
+        noted = self._noted
         with self._usage_lock:
-            usage = self._usage
-            usage["model_calls"] += 1
-            usage["tokens"] += int(tokens)
-            usage["cost_usd"] += float(cost_usd)
-            if ok:
-                usage["consecutive_failures"] = 0
-            else:
-                usage["model_errors"] += 1
-                usage["consecutive_failures"] += 1
+            usage, recent = self._usage, self._recent
+            tools = tool_errors = models = model_errors = tokens = 0
+            cost = 0.0
+            failures = usage["consecutive_failures"]
+            while noted:
+                tool, ts, ok, used, spent = noted.popleft()  # atomic: appends from other threads go on
+                if tool is None:
+                    models += 1
+                    tokens += used
+                    cost += spent
+                    model_errors += not ok
+                else:
+                    tools += 1
+                    tool_errors += not ok
+                    recent.append((tool, ts, ok))
+                failures = 0 if ok else failures + 1
+            usage["tool_calls"] += tools
+            usage["tool_errors"] += tool_errors
+            usage["model_calls"] += models
+            usage["model_errors"] += model_errors
+            usage["tokens"] += tokens
+            usage["cost_usd"] += cost
+            usage["consecutive_failures"] = failures
 
     @property
     def usage(self) -> dict[str, Any]:
+        self._fold()
         with self._usage_lock:
             usage = dict(self._usage)
         usage["errors"] = usage["tool_errors"] + usage["model_errors"]
@@ -491,6 +525,7 @@ class Guard:
 
     def snapshot(self) -> dict[str, Any]:
         """Evidence of what this agent was doing; every protected secret is redacted, at any level."""
+        self._fold()
         with self._usage_lock:
             recent = [{"tool": t, "ts": ts, "ok": ok} for t, ts, ok in self._recent]
         with self._lock:
