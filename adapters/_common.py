@@ -33,6 +33,7 @@ __all__ = [
     "record_model",
     "record_tool",
     "redact",
+    "redacting",
     "reset_streaks",
     "scoped",
     "set_refusal_limit",
@@ -190,6 +191,8 @@ def check_tool(guards: Iterable[Guard], tool: str) -> None:
     """Raise ``ToolCallRefused`` unless every Guard lets ``tool`` run now."""
     for guard in guards:
         try:
+            if guard.quiet:  # nothing set: the common case, one attribute read
+                continue
             guard.check_tool(tool)
         except M99KillSwitchTriggered:
             _streak.refused(guard)
@@ -210,7 +213,8 @@ def check_model(guards: Iterable[Guard]) -> None:
     """Raise ``ModelCallRefused`` when a Guard halts model calls, or the agent kept calling refused tools."""
     for guard in guards:
         try:
-            guard.check_model()
+            if not guard.quiet:
+                guard.check_model()
         except M99KillSwitchTriggered:
             raise
         except Exception as exc:
@@ -218,7 +222,8 @@ def check_model(guards: Iterable[Guard]) -> None:
                 f"M99: model call refused: the Guard check failed ({exc!r}); failing closed",
                 agent=_name(guard),
             ) from exc
-        _streak.check(guard)
+        if _streak.counting():
+            _streak.check(guard)
 
 
 def halted(guards: Iterable[Guard]) -> M99KillSwitchTriggered | None:
@@ -235,10 +240,26 @@ def halted(guards: Iterable[Guard]) -> M99KillSwitchTriggered | None:
 
 def allows_messages(guards: Iterable[Guard]) -> bool:
     try:
-        return all(guard.allows_messages for guard in guards)
+        for guard in guards:  # a loop, not all(<generator>): adapters ask on every tool call
+            if not guard.quiet and not guard.allows_messages:
+                return False
+        return True
     except Exception:
         logger.exception("m99: allows_messages failed; withholding (fail closed)")
         return False
+
+
+def redacting(guards: Iterable[Guard]) -> bool:
+    """Whether any Guard redacts now (L1+).  Below, ``redact`` is the identity, so an adapter may skip
+    the work (copies, rebuilt messages) of applying it; a Guard that cannot say counts as redacting."""
+    try:
+        for guard in guards:  # a loop, not any(<generator>): adapters ask on every call
+            if not guard.quiet and guard.redacting:
+                return True
+    except Exception:
+        logger.exception("m99: redacting check failed; redacting (fail closed)")
+        return True
+    return False
 
 
 def redact(guards: Iterable[Guard], value: Any) -> Any:

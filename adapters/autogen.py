@@ -32,6 +32,7 @@ from ._common import (
     record_model,
     record_tool,
     redact,
+    redacting,
     scoped,
 )
 from ._credentials import protect_model_client
@@ -121,14 +122,6 @@ def _original(name: str) -> Any:
     return getattr(value, "__func__", value)
 
 
-def _redacting(guards: Guards) -> bool:
-    """Whether any Guard redacts now (L1+); below L1 ``Guard.redact`` is the identity, so skip the work."""
-    for guard in guards:  # a loop, not any(<generator>): this runs on every tool call
-        if getattr(guard, "_redact_gate", True):
-            return True
-    return False
-
-
 async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, FunctionExecutionResult]:
     func = _original("_execute_tool_call")
     state = _state
@@ -145,8 +138,7 @@ async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, F
     try:
         guards = governing(state.resolver.resolve, kwargs.get("agent_name"), tool=name)
         check_tool(guards, name)
-        redacting = _redacting(guards)
-        clean = _redact_arguments(guards, call) if redacting else call
+        clean = _redact_arguments(guards, call) if redacting(guards) else call
     except ToolCallRefused as exc:
         return call, _error_execution(call, _refusal_text(exc))
     except Exception as exc:  # fail closed, and never raise on this path (it would hang the agent)
@@ -156,7 +148,7 @@ async def _execute_tool_call(*args: Any, **kwargs: Any) -> tuple[FunctionCall, F
         kwargs = {**kwargs, "tool_call": clean}
     done, result = await func(**kwargs)
     record_tool(guards, name, ok=not result.is_error)
-    if not _redacting(guards):  # asked again: the level may have risen while the tool ran
+    if not redacting(guards):  # asked again: the level may have risen while the tool ran
         return done, result
     try:
         content = redact(guards, result.content)
@@ -271,6 +263,11 @@ def _on_messages_stream(
 
 def _withhold_incoming(resolve: Resolve, receiver: str, messages: Sequence[BaseChatMessage]) -> list[Any]:
     """At L2 another agent's messages reach this one as ``WITHHELD`` (the user's task still does)."""
+    for message in messages:
+        if getattr(message, "source", None) not in (None, "user", receiver):
+            break
+    else:  # only the user's task and the agent's own messages: nothing to withhold
+        return list(messages)
     receiver_open = allows_messages(governing(resolve, receiver))
     out: list[Any] = []
     for message in messages:
@@ -359,7 +356,7 @@ class GuardedWorkbench(Workbench):
             guards = governing(self._resolve, None, tool=name)
             check_tool(guards, name)
             # Below L1 redaction is the identity: hand the arguments on as they came, uncopied.
-            clean = redact(guards, dict(arguments or {})) if _redacting(guards) else arguments
+            clean = redact(guards, dict(arguments or {})) if redacting(guards) else arguments
         except ToolCallRefused as exc:
             return _error_result(name, _refusal_text(exc))
         except Exception as exc:  # never raise into AssistantAgent's tool task: it would hang
@@ -368,7 +365,7 @@ class GuardedWorkbench(Workbench):
         result = await self.inner.call_tool(name, clean, cancellation_token, call_id)
         if _state is None:  # with install() the agent-level seam reports the call
             record_tool(guards, name, ok=not result.is_error)
-        if not _redacting(guards):  # asked again: the level may have risen while the tool ran
+        if not redacting(guards):  # asked again: the level may have risen while the tool ran
             return result
         parts = [_redact_part(guards, part) for part in result.result]
         changed = any(new is not old for new, old in zip(parts, result.result, strict=True))

@@ -39,6 +39,7 @@ from ._common import (
     record_model,
     record_tool,
     redact,
+    redacting,
     reset_streaks,
     scoped,
 )
@@ -134,8 +135,6 @@ class _State:
                 self.pending.popitem(last=False)
 
     def take_refusal(self, key: int) -> str | None:
-        if not self.pending:  # the allowed path; a refusal for this call was stored by this thread
-            return None
         with self.lock:
             return self.pending.pop(key, None)
 
@@ -160,11 +159,11 @@ def _before_tool_call(ctx: ToolCallHookContext) -> None:
         # (pydantic private attribute) lookup that tells a delegation on every other call.
         if ("coworker" in ctx.tool_input or not allows_messages(guards)) and _is_delegation(ctx):
             _check_messages(state, guards, ctx, tool)
-        # CrewAI only sees in-place changes to tool_input.
-        for key, value in list(ctx.tool_input.items()):
-            clean = redact(guards, value)
-            if clean is not value:
-                ctx.tool_input[key] = clean
+        if redacting(guards):  # CrewAI only sees in-place changes to tool_input
+            for key, value in list(ctx.tool_input.items()):
+                clean = redact(guards, value)
+                if clean is not value:
+                    ctx.tool_input[key] = clean
     except ToolCallRefused as exc:
         state.remember_refusal(id(ctx.tool_input), _refusal_text(exc))
         raise M99ToolBlocked(exc) from None
@@ -203,15 +202,18 @@ def _after_tool_call(ctx: ToolCallHookContext) -> str | None:
     state = _state
     if state is None:
         return None
-    refusal = state.take_refusal(id(ctx.tool_input))
-    if refusal is not None:
-        return refusal
+    if state.pending:  # a refusal of this call was stored by the before-hook
+        refusal = state.take_refusal(id(ctx.tool_input))
+        if refusal is not None:
+            return refusal
     guards = observing(state.resolve, _role(ctx.agent))
     if not guards:
         return None
     raw = ctx.raw_tool_result
     failed = isinstance(raw, str) and raw.startswith(("Error executing tool", "Tool execution blocked"))
     record_tool(guards, str(ctx.tool_name), ok=not failed)
+    if not redacting(guards):
+        return None
     result = ctx.tool_result
     try:
         clean = redact(guards, result)
@@ -307,13 +309,17 @@ def _heal_executor(agent: Any) -> None:
     """Give an executor built before ``install()`` the LLM hooks it snapshotted without."""
     try:
         executor = getattr(agent, "agent_executor", None)
-        pairs = (("before_llm_call_hooks", _before_llm_call), ("after_llm_call_hooks", _after_llm_call))
-        for attr, hook in pairs:
+        if executor is None or _before_llm_call in getattr(executor, "before_llm_call_hooks", ()):
+            return  # the usual case: built after install(), or healed at an earlier tool call
+        for attr, hook in _LLM_HOOKS:
             hooks = getattr(executor, attr, None)
-            if isinstance(hooks, list) and hook not in hooks:
+            if type(hooks) is list and hook not in hooks:
                 hooks.append(hook)
     except Exception:
         logger.exception("m99: could not add the LLM hooks to an existing executor")
+
+
+_LLM_HOOKS = (("before_llm_call_hooks", _before_llm_call), ("after_llm_call_hooks", _after_llm_call))
 
 
 # -- the tool-hook dispatcher -----------------------------------------------------------------------------
@@ -331,12 +337,12 @@ def _dispatch(point: Any, ctx: Any, *args: Any, **kwargs: Any) -> Any:
     the after-tool hooks; other hooks (and other points) run exactly as CrewAI runs them."""
     if _state is None:
         return _next_dispatch(point, ctx, *args, **kwargs)
-    if point == _PRE_TOOL:
+    if point is _PRE_TOOL:
         # M99ToolBlocked is a HookAborted: run_before_tool_call_hooks reports the call blocked and
         # the tool never runs; no other before-hook runs for a refused call.
         _before_tool_call(ctx)
         return _next_dispatch(point, ctx, *args, **kwargs)
-    if point == _POST_TOOL:
+    if point is _POST_TOOL:
         try:
             return _next_dispatch(point, ctx, *args, **kwargs)
         finally:
