@@ -1,6 +1,14 @@
-"""LangChain adapter: a callback handler that refuses tool and model calls from inside LangChain,
-an ``AgentMiddleware`` for ``create_agent`` that also redacts secrets and ends a frozen run cleanly,
-and ``install()``, which puts the handler on every run in the process (one line, no ``config``).
+"""LangChain adapter: ``install()`` puts M99 in LangChain's callback managers, so every tool and model
+call in the process is checked (one line, no ``config``); ``M99CallbackHandler`` does the same for the
+runs it is passed to; ``M99Middleware`` for ``create_agent`` also redacts secrets and ends a frozen run
+cleanly.
+
+Why ``install()`` does not register a callback handler: every run of every runnable then dispatches
+its events to that handler, which measured here cost a tool call 3-5 % before the handler did
+anything.  Instead it wraps the callback managers' ``on_tool_start`` / ``on_chat_model_start`` /
+``on_llm_start`` (and their ``*_end`` / ``*_error`` for usage): the methods LangChain calls before
+every tool body and every model call, with or without handlers.  A refusal raises there, at the point
+where a handler with ``raise_error`` would, so LangChain treats it the same way.
 """
 
 from __future__ import annotations
@@ -8,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +36,7 @@ from ._common import (
     record_model,
     record_tool,
     redact,
+    redacting,
     reset_streaks,
     scoped,
 )
@@ -37,9 +45,9 @@ from ._credentials import protect_model_client
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
     from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.callbacks import manager as _lc_manager
     from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
     from langchain_core.outputs import LLMResult
-    from langchain_core.tracers import context as _lc_context
     from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.types import Command
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -224,22 +232,21 @@ class M99CallbackHandler(BaseCallbackHandler):
         record_model(self._ended(run_id)[1], ok=False)
 
 
-def _run_config() -> dict[str, Any]:
+def _run_config() -> Any:
+    """The running graph node's config (LangGraph's; not copied), or an empty one outside a graph."""
     try:
         from langgraph.config import get_config
 
-        return dict(get_config())
+        return get_config()
     except Exception:  # outside a graph node
         return {}
 
 
-def _run_agent() -> str | None:
-    return _agent_of(_run_config().get("metadata"))
-
-
-def _run_has_handler() -> bool:
-    """Whether an M99 callback handler already reports usage for the running graph node."""
-    callbacks = _run_config().get("callbacks")
+def _usage_reported(config: Any) -> bool:
+    """Whether ``install()`` or an M99 callback handler already reports usage for this graph node."""
+    if _installed is not None:
+        return True
+    callbacks = config.get("callbacks")
     handlers: Any = getattr(callbacks, "handlers", callbacks) or []
     return any(isinstance(h, M99CallbackHandler) and h.active for h in handlers)
 
@@ -264,25 +271,32 @@ class M99Middleware(AgentMiddleware):
 
     # -- tools ----------------------------------------------------------------------------------------
 
-    def _tool_gate(self, request: ToolCallRequest) -> tuple[ToolCallRequest, ToolMessage | None, Guards]:
+    def _agent_of_run(self, config: Any) -> str | None:
+        return self._agent or _agent_of(config.get("metadata"))
+
+    def _tool_gate(self, request: ToolCallRequest, config: Any) -> tuple[ToolCallRequest, ToolMessage | None, Guards]:
         call = request.tool_call
         tool = str(call.get("name") or "tool")
         try:
-            guards = governing(self._resolve, self._agent or _run_agent(), tool=tool)
+            guards = governing(self._resolve, self._agent_of_run(config), tool=tool)
             check_tool(guards, tool)
         except M99KillSwitchTriggered as exc:
             return request, _refusal_message(call, exc), ()
-        args = call.get("args")
-        clean = redact(guards, args)
-        if clean is not args:
-            request = request.override(tool_call={**call, "args": clean})
+        if redacting(guards):
+            args = call.get("args")
+            clean = redact(guards, args)
+            if clean is not args:
+                request = request.override(tool_call={**call, "args": clean})
         return request, None, guards
 
-    def _tool_after(self, result: ToolMessage | Command[Any], tool: str, guards: Guards) -> ToolMessage | Command[Any]:
-        if not _run_has_handler():
+    def _tool_after(
+        self, result: ToolMessage | Command[Any], tool: str, guards: Guards, config: Any
+    ) -> ToolMessage | Command[Any]:
+        if not _usage_reported(config):
             ok = not (isinstance(result, ToolMessage) and result.status == "error")
             record_tool(guards, tool, ok=ok)
-        if isinstance(result, ToolMessage):
+        # Asked again after the tool ran: the level may have risen meanwhile.
+        if isinstance(result, ToolMessage) and redacting(guards):
             content = redact(guards, result.content)
             if content is not result.content:
                 return result.model_copy(update={"content": content})
@@ -293,34 +307,37 @@ class M99Middleware(AgentMiddleware):
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
     ) -> ToolMessage | Command[Any]:
-        request, refusal, guards = self._tool_gate(request)
+        config = _run_config()
+        request, refusal, guards = self._tool_gate(request, config)
         if refusal is not None:
             return refusal
-        return self._tool_after(handler(request), str(request.tool_call.get("name")), guards)
+        return self._tool_after(handler(request), str(request.tool_call.get("name")), guards, config)
 
     async def awrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        request, refusal, guards = self._tool_gate(request)
+        config = _run_config()
+        request, refusal, guards = self._tool_gate(request, config)
         if refusal is not None:
             return refusal
-        return self._tool_after(await handler(request), str(request.tool_call.get("name")), guards)
+        return self._tool_after(await handler(request), str(request.tool_call.get("name")), guards, config)
 
     # -- model ----------------------------------------------------------------------------------------
 
-    def _model_gate(self, request: ModelRequest) -> tuple[ModelRequest, AIMessage | None, Guards]:
+    def _model_gate(self, request: ModelRequest, config: Any) -> tuple[ModelRequest, AIMessage | None, Guards]:
         try:
-            guards = governing(self._resolve, self._agent or _run_agent())
+            guards = governing(self._resolve, self._agent_of_run(config))
             check_model(guards)
         except M99KillSwitchTriggered as exc:
             return request, _stop_message(exc), ()
         if guards:
             self._protect(request.model, guards[0])
-            messages = [_redact_message(guards, m) for m in request.messages]
-            if any(new is not old for new, old in zip(messages, request.messages, strict=True)):
-                request = request.override(messages=messages)
+            if redacting(guards):
+                messages = [_redact_message(guards, m) for m in request.messages]
+                if any(new is not old for new, old in zip(messages, request.messages, strict=True)):
+                    request = request.override(messages=messages)
         return request, None, guards
 
     def _protect(self, model: Any, guard: Guard) -> None:
@@ -335,8 +352,8 @@ class M99Middleware(AgentMiddleware):
         except Exception:
             logger.exception("m99: could not register %s's API key", type(model).__name__)
 
-    def _model_after(self, response: Any, guards: Guards) -> Any:
-        if not _run_has_handler():
+    def _model_after(self, response: Any, guards: Guards, config: Any) -> Any:
+        if not _usage_reported(config):
             messages = getattr(response, "result", None) or [response]
             record_model(guards, tokens=sum(_message_tokens(m) for m in messages), ok=True)
         return response
@@ -344,18 +361,20 @@ class M99Middleware(AgentMiddleware):
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse | AIMessage:
-        request, stop, guards = self._model_gate(request)
+        config = _run_config()
+        request, stop, guards = self._model_gate(request, config)
         if stop is not None:
             return stop
-        return self._model_after(handler(request), guards)  # type: ignore[no-any-return]
+        return self._model_after(handler(request), guards, config)  # type: ignore[no-any-return]
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse | AIMessage:
-        request, stop, guards = self._model_gate(request)
+        config = _run_config()
+        request, stop, guards = self._model_gate(request, config)
         if stop is not None:
             return stop
-        return self._model_after(await handler(request), guards)  # type: ignore[no-any-return]
+        return self._model_after(await handler(request), guards, config)  # type: ignore[no-any-return]
 
 
 def _m99_meta(exc: M99KillSwitchTriggered) -> dict[str, Any]:
@@ -402,53 +421,238 @@ def protect_model(model: Any, guard: Guard | None = None) -> Any:
     return model
 
 
-# -- one-line global install ------------------------------------------------------------------------------
+# -- one-line global install: M99 inside LangChain's callback managers ----------------------------------
 
 
 class _Installed:
-    def __init__(self, handler: M99CallbackHandler, var: ContextVar[Any]) -> None:
-        self.handler = handler
-        self.var = var
+    def __init__(self, resolve: Resolve) -> None:
+        self.resolve = resolve
+        # Shared by this install's wrappers: False once uninstalled, for any wrapper that could not be
+        # taken out (another library wrapped the same method after us); it then passes calls through.
+        self.live = [True]
+        self.wrapped: list[tuple[type, str, Callable[..., Any], Any]] = []  # (class, method, ours, own before)
 
 
 _lock = threading.Lock()
 _installed: _Installed | None = None
+_RUN = "_m99_run"  # the attribute a started run's manager carries: (tool name or "", governing Guards)
 
 
-def install(guard_resolver: GuardSource = None) -> M99CallbackHandler:
-    """Put an ``M99CallbackHandler`` on every LangChain run in the process; idempotent.
+def _explicit(handlers: list[Any]) -> bool:
+    """Whether the run has an active ``M99CallbackHandler`` of its own (it wins: no double checks)."""
+    for handler in handlers:
+        if isinstance(handler, M99CallbackHandler) and handler.active:
+            return True
+    return False
 
-    Uses LangChain's ``register_configure_hook`` with a ContextVar whose *default* is the handler, so
-    every thread and task gets it without ``config``; LangChain skips it for a run that already has
-    an ``M99CallbackHandler`` (an explicit one wins).  Calling again only updates the resolver.
-    """
+
+def _tool_gate(manager: Any, serialized: Any, kwargs: dict[str, Any]) -> tuple[str, Guards] | None:
+    state = _installed
+    if state is None or (manager.handlers and _explicit(manager.handlers)):
+        return None
+    name = serialized.get("name") if serialized else None
+    tool = name if type(name) is str and name else str(name or kwargs.get("name") or "tool")
+    metadata = manager.metadata
+    guards = governing(state.resolve, _agent_of(metadata) if metadata else None, tool=tool)
+    check_tool(guards, tool)
+    return tool, guards
+
+
+def _model_gate(manager: Any) -> tuple[str, Guards] | None:
+    state = _installed
+    if state is None or (manager.handlers and _explicit(manager.handlers)):
+        return None
+    metadata = manager.metadata
+    guards = governing(state.resolve, _agent_of(metadata) if metadata else None)
+    check_model(guards)
+    return "", guards
+
+
+def _note_top_level(manager: Any, inputs: Any) -> None:
+    """A new top-level run: a refusal streak from an earlier run must not stop this one."""
+    state = _installed
+    if manager.parent_run_id is not None or state is None:
+        return
+    try:
+        if manager.handlers and _explicit(manager.handlers):
+            return
+        metadata = manager.metadata
+        guards = observing(state.resolve, _agent_of(metadata) if metadata else None)
+        reset_streaks(guards)
+        note_task(guards, _task_text(inputs))
+    except Exception:  # observation never reaches the host
+        logger.exception("m99: could not note the start of a LangChain run")
+
+
+def _ended(run: Any, ok: bool, response: Any = None) -> None:
+    """Usage of a run checked at its start; never raises."""
+    gate = getattr(run, _RUN, None)
+    if gate is None:
+        return
+    tool, guards = gate
+    if tool:
+        record_tool(guards, tool, ok=ok)
+        return
+    tokens = 0
+    if response is not None:
+        try:
+            tokens = _tokens(response)
+        except Exception:
+            logger.exception("m99: could not read token usage")
+    record_model(guards, tokens=tokens, ok=ok)
+
+
+# Wrapper factories: each wrapper calls the method it replaced (``previous``) and is inert once ``live[0]``
+# is False.  Tool and model starts are checked before LangChain's own handlers see the run start.
+
+Factory = Callable[[Any, list[bool]], Callable[..., Any]]
+
+
+def _tool_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    def on_tool_start(self: Any, serialized: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _tool_gate(self, serialized, kwargs) if live[0] else None
+        run = previous(self, serialized, *args, **kwargs)
+        if gate is not None:
+            setattr(run, _RUN, gate)
+        return run
+
+    return on_tool_start
+
+
+def _atool_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    async def on_tool_start(self: Any, serialized: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _tool_gate(self, serialized, kwargs) if live[0] else None
+        run = await previous(self, serialized, *args, **kwargs)
+        if gate is not None:
+            setattr(run, _RUN, gate)
+        return run
+
+    return on_tool_start
+
+
+def _model_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    def on_model_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _model_gate(self) if live[0] else None
+        runs = previous(self, *args, **kwargs)
+        if gate is not None:
+            for run in runs:
+                setattr(run, _RUN, gate)
+        return runs
+
+    return on_model_start
+
+
+def _amodel_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    async def on_model_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+        gate = _model_gate(self) if live[0] else None
+        runs = await previous(self, *args, **kwargs)
+        if gate is not None:
+            for run in runs:
+                setattr(run, _RUN, gate)
+        return runs
+
+    return on_model_start
+
+
+def _chain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    def on_chain_start(self: Any, serialized: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if live[0]:
+            _note_top_level(self, inputs)
+        return previous(self, serialized, inputs, *args, **kwargs)
+
+    return on_chain_start
+
+
+def _achain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    async def on_chain_start(self: Any, serialized: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if live[0]:
+            _note_top_level(self, inputs)
+        return await previous(self, serialized, inputs, *args, **kwargs)
+
+    return on_chain_start
+
+
+def _run_end(ok: bool, is_async: bool) -> Factory:
+    def factory(previous: Any, live: list[bool]) -> Callable[..., Any]:
+        def on_end(self: Any, result: Any, **kwargs: Any) -> Any:
+            previous(self, result, **kwargs)
+            if live[0]:
+                _ended(self, ok, result if ok else None)
+
+        async def aon_end(self: Any, result: Any, **kwargs: Any) -> Any:
+            await previous(self, result, **kwargs)
+            if live[0]:
+                _ended(self, ok, result if ok else None)
+
+        return aon_end if is_async else on_end
+
+    return factory
+
+
+def _patches() -> list[tuple[type, str, Factory]]:
+    m = _lc_manager
+    plain, aio = m.CallbackManager, m.AsyncCallbackManager
+    starts: list[tuple[type, str, Factory]] = [
+        (plain, "on_tool_start", _tool_start),
+        (aio, "on_tool_start", _atool_start),
+        (plain, "on_chat_model_start", _model_start),
+        (aio, "on_chat_model_start", _amodel_start),
+        (plain, "on_llm_start", _model_start),
+        (aio, "on_llm_start", _amodel_start),
+        (plain, "on_chain_start", _chain_start),
+        (aio, "on_chain_start", _achain_start),
+    ]
+    ends: list[tuple[type, str, Factory]] = []
+    for cls, is_async, kind in (
+        (m.CallbackManagerForToolRun, False, "tool"),
+        (m.AsyncCallbackManagerForToolRun, True, "tool"),
+        (m.CallbackManagerForLLMRun, False, "llm"),
+        (m.AsyncCallbackManagerForLLMRun, True, "llm"),
+    ):
+        ends += [
+            (cls, f"on_{kind}_end", _run_end(True, is_async)),
+            (cls, f"on_{kind}_error", _run_end(False, is_async)),
+        ]
+    return starts + ends
+
+
+def install(guard_resolver: GuardSource = None) -> None:
+    """Check every LangChain tool and model call in the process against the Guard; idempotent (calling
+    again only updates the resolver).  A run that has an ``M99CallbackHandler`` of its own is left to it."""
     global _installed
     resolver = as_resolver(guard_resolver)
     with _lock:
         if _installed is not None:
-            _installed.handler._resolve = resolver.resolve
-            return _installed.handler
-        handler = M99CallbackHandler(resolver)
-        var: ContextVar[Any] = ContextVar("m99_langchain_handler", default=handler)
-        _lc_context.register_configure_hook(var, True, M99CallbackHandler)
-        _installed = _Installed(handler, var)
-        return handler
+            _installed.resolve = resolver.resolve
+            return
+        state = _Installed(resolver.resolve)
+        for cls, method, factory in _patches():
+            own = cls.__dict__.get(method)  # None: inherited, so uninstall deletes ours instead
+            wrapper = factory(getattr(cls, method), state.live)
+            setattr(cls, method, wrapper)
+            state.wrapped.append((cls, method, wrapper, own))
+        _installed = state
 
 
 def uninstall() -> None:
-    """Remove exactly the hook ``install`` added; idempotent."""
+    """Undo exactly what ``install`` did; idempotent.  A method someone else wrapped after ``install``
+    keeps their wrapper (ours under it then passes calls through)."""
     global _installed
     with _lock:
         state, _installed = _installed, None
         if state is None:
             return
-        state.handler.active = False  # runs already configured with it stop consulting the Guard
-        # LangChain has no unregister: remove our own entry (matched by identity) from its list.
-        hooks = getattr(_lc_context, "_configure_hooks", None)
-        if isinstance(hooks, list):
-            hooks[:] = [entry for entry in hooks if entry[0] is not state.var]
-        else:
-            logger.warning("m99: langchain_core changed; the inactive M99 hook stays registered")
+        state.live[0] = False
+        for cls, method, wrapper, own in reversed(state.wrapped):
+            if cls.__dict__.get(method) is wrapper:
+                if own is None:
+                    delattr(cls, method)
+                else:
+                    setattr(cls, method, own)
+            else:
+                logger.warning(
+                    "m99: langchain_core %s.%s was wrapped after install(); left in place", cls.__name__, method
+                )
 
 
 def installed() -> bool:

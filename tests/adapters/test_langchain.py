@@ -259,6 +259,31 @@ def test_usage_feed_counts_tools_models_tokens_and_errors(guard: Guard) -> None:
     assert guard.snapshot()["task"] == "go"  # evidence: what the agent was doing
 
 
+def test_async_tools_and_models_are_checked_and_counted(guard: Guard) -> None:
+    effects: list[str] = []
+
+    @tool
+    async def send_mail(to: str) -> str:
+        """Send a mail."""
+        effects.append(f"mail:{to}")
+        return "sent"
+
+    lca.install()
+    chat = model(call("send_mail", {"to": "a@example.com"}), "done", usage=7)
+    result = asyncio.run(create_agent(chat, [send_mail]).ainvoke(GO))
+    assert contents(result)[-1] == "done" and effects == ["mail:a@example.com"]
+    usage = guard.usage
+    assert usage["tool_calls"] == 1 and usage["model_calls"] == 2 and usage["tokens"] == 14
+    guard.apply_state(3)
+    with pytest.raises(ToolCallRefused):
+        asyncio.run(send_mail.ainvoke({"to": "b@example.com"}))
+    with pytest.raises(ModelCallRefused):
+        asyncio.run(chat.ainvoke("hi"))
+    guard.apply_state(0)
+    assert asyncio.run(send_mail.ainvoke({"to": "c@example.com"})) == "sent"
+    assert effects == ["mail:a@example.com", "mail:c@example.com"]
+
+
 def test_per_agent_identity_in_a_multi_agent_process(guard: Guard, make_guard: Callable[..., Guard]) -> None:
     effects: list[str] = []
     write_file, _ = tools(effects)
@@ -309,16 +334,84 @@ def test_explicit_handler_replaces_the_global_one(guard: Guard, make_guard: Call
     assert effects == []
 
 
+def _manager_methods() -> dict[str, object]:
+    from langchain_core.callbacks import manager
+
+    return {
+        f"{cls.__name__}.{name}": value
+        for cls in (
+            manager.CallbackManager,
+            manager.AsyncCallbackManager,
+            manager.CallbackManagerForToolRun,
+            manager.AsyncCallbackManagerForToolRun,
+            manager.CallbackManagerForLLMRun,
+            manager.AsyncCallbackManagerForLLMRun,
+        )
+        for name, value in vars(cls).items()
+        if name.startswith("on_")
+    }
+
+
 def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     effects: list[str] = []
     write_file, _ = tools(effects)
     hooks = list(lc_context._configure_hooks)
-    first = lca.install()
-    assert lca.install() is first and lca.installed()
-    assert len(lc_context._configure_hooks) == len(hooks) + 1
+    before = _manager_methods()
+    lca.install()
+    lca.install()
+    assert lca.installed()
+    changed = {k for k, v in _manager_methods().items() if before.get(k) is not v}
+    assert changed == {
+        "CallbackManager.on_tool_start",
+        "AsyncCallbackManager.on_tool_start",
+        "CallbackManager.on_chat_model_start",
+        "AsyncCallbackManager.on_chat_model_start",
+        "CallbackManager.on_llm_start",
+        "AsyncCallbackManager.on_llm_start",
+        "CallbackManager.on_chain_start",
+        "AsyncCallbackManager.on_chain_start",
+        "CallbackManagerForToolRun.on_tool_end",
+        "CallbackManagerForToolRun.on_tool_error",
+        "AsyncCallbackManagerForToolRun.on_tool_end",
+        "AsyncCallbackManagerForToolRun.on_tool_error",
+        "CallbackManagerForLLMRun.on_llm_end",
+        "CallbackManagerForLLMRun.on_llm_error",
+        "AsyncCallbackManagerForLLMRun.on_llm_end",
+        "AsyncCallbackManagerForLLMRun.on_llm_error",
+    }
+    assert lc_context._configure_hooks == hooks  # no callback handler on every run
     lca.uninstall()
     lca.uninstall()
-    assert lc_context._configure_hooks == hooks and not lca.installed()
-    assert not first.active
+    assert _manager_methods() == before and not lca.installed()
     guard.apply_state(3)
     assert write_file.invoke({"text": "x"}) == "wrote x"  # nothing of M99 left in LangChain
+
+
+def test_uninstall_leaves_a_wrapper_added_after_it_and_goes_inert(guard: Guard) -> None:
+    from langchain_core.callbacks import manager
+
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    original = manager.CallbackManager.__dict__["on_tool_start"]
+    lca.install()
+    ours = manager.CallbackManager.on_tool_start
+    seen: list[str] = []
+
+    def theirs(self, serialized, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(serialized["name"])
+        return ours(self, serialized, *args, **kwargs)
+
+    manager.CallbackManager.on_tool_start = theirs
+    try:
+        lca.uninstall()
+        assert manager.CallbackManager.on_tool_start is theirs  # another library's wrapper stays
+        guard.apply_state(3)
+        assert write_file.invoke({"text": "x"}) == "wrote x"  # ours under it no longer refuses
+        lca.install()  # a new install goes on top, and only it checks
+        with pytest.raises(ToolCallRefused):
+            write_file.invoke({"text": "y"})
+        assert guard.usage["refusals"] == 1
+    finally:
+        lca.uninstall()
+        manager.CallbackManager.on_tool_start = original
+    assert seen == ["write_file"] and effects == ["write:x"]  # the refused call never reached their wrapper

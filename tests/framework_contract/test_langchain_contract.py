@@ -13,6 +13,7 @@ from langchain.agents.middleware import AgentMiddleware
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
 from langchain_core.tracers import context as lc_context
 
 from tests.adapters.lc_fakes import call, model, tool_loop_graph, tools
@@ -143,3 +144,108 @@ def test_the_stock_fake_chat_model_has_no_bind_tools() -> None:
     # Why the tests' ScriptedModel overrides bind_tools: create_agent calls it.
     with pytest.raises(NotImplementedError):
         FakeMessagesListChatModel(responses=[AIMessage("x")]).bind_tools([])
+
+
+# -- the callback-manager seam install() wraps ------------------------------------------------------------
+
+
+class Seam:
+    """Wraps a callback-manager method as ``install()`` does, raising ``Stop`` or recording calls."""
+
+    def __init__(self, cls: type, name: str, *, stop: bool = False) -> None:
+        self.cls, self.name, self.stop = cls, name, stop
+        self.original = cls.__dict__[name]
+        self.calls: list[Any] = []
+
+    def __enter__(self) -> Seam:
+        original, calls, stop = self.original, self.calls, self.stop
+        if asyncio.iscoroutinefunction(original):
+
+            async def wrapper(manager: Any, *args: Any, **kwargs: Any) -> Any:
+                calls.append((manager, args))
+                if stop:
+                    raise Stop("no")
+                return await original(manager, *args, **kwargs)
+
+        else:
+
+            def wrapper(manager: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                calls.append((manager, args))
+                if stop:
+                    raise Stop("no")
+                return original(manager, *args, **kwargs)
+
+        setattr(self.cls, self.name, wrapper)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(self.cls, self.name, self.original)
+
+
+def test_every_tool_path_starts_its_run_through_the_callback_manager_before_the_body() -> None:
+    from langchain_core.callbacks import manager
+
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    with Seam(manager.CallbackManager, "on_tool_start", stop=True) as sync_seam:
+        with pytest.raises(Stop):  # a plain invoke, no callbacks configured at all
+            write_file.invoke({"text": "x"})
+        with pytest.raises(Stop):  # create_agent's default ToolNode lets the exception out
+            create_agent(model(call("write_file", {"text": "x"}), "done"), [write_file]).invoke(GO)
+        # ainvoke of a sync tool runs invoke in a thread: the sync manager again.
+        with pytest.raises(Stop):
+            asyncio.run(write_file.ainvoke({"text": "x"}))
+
+    @tool
+    async def send_mail(to: str) -> str:
+        """Send a mail."""
+        effects.append(f"mail:{to}")
+        return "sent"
+
+    with Seam(manager.AsyncCallbackManager, "on_tool_start", stop=True) as async_seam:
+        with pytest.raises(Stop):
+            asyncio.run(send_mail.ainvoke({"to": "a@example.com"}))
+    assert effects == [] and len(sync_seam.calls) == 3 and len(async_seam.calls) == 1
+    assert sync_seam.calls[0][1][0]["name"] == "write_file"  # serialized carries the tool's name
+
+
+def test_every_model_path_starts_its_run_through_the_callback_manager() -> None:
+    from langchain_core.callbacks import manager
+
+    chat = model("hello")
+    with Seam(manager.CallbackManager, "on_chat_model_start", stop=True):
+        for run in (lambda: chat.invoke("hi"), lambda: list(chat.stream("hi"))):
+            with pytest.raises(Stop):
+                run()
+    with Seam(manager.AsyncCallbackManager, "on_chat_model_start", stop=True):
+        with pytest.raises(Stop):
+            asyncio.run(chat.ainvoke("hi"))
+
+        async def stream() -> None:
+            async for _ in chat.astream("hi"):
+                pass
+
+        with pytest.raises(Stop):
+            asyncio.run(stream())
+    assert chat.seen == []  # the model was never reached
+
+
+def test_a_run_ends_on_the_manager_its_start_returned_and_carries_the_agent_name() -> None:
+    from langchain_core.callbacks import manager
+
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    agent = create_agent(model(call("write_file", {"text": "x"}), "done"), [write_file], name="writer")
+    with (
+        Seam(manager.CallbackManager, "on_tool_start") as tool_start,
+        Seam(manager.CallbackManagerForToolRun, "on_tool_end") as tool_end,
+        Seam(manager.CallbackManager, "on_chat_model_start") as model_start,
+        Seam(manager.CallbackManagerForLLMRun, "on_llm_end") as model_end,
+    ):
+        agent.invoke(GO)
+    assert effects == ["write:x"]
+    assert tool_start.calls[0][0].metadata.get("lc_agent_name") == "writer"
+    assert model_start.calls[0][0].metadata.get("lc_agent_name") == "writer"
+    assert len(tool_end.calls) == 1 and len(model_end.calls) == 2
+    assert type(tool_end.calls[0][0]) is manager.CallbackManagerForToolRun
+    assert tool_end.calls[0][0].__dict__ is not None  # run managers take the attribute install() sets
