@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 from m99.errors import AdapterUnavailable, M99KillSwitchTriggered
@@ -102,8 +102,52 @@ def _message_tokens(message: Any) -> int:
     return 0
 
 
+# What a started tool or model run is, for its end: the tool's name ("" for a model) and its Guards.
+Run: TypeAlias = tuple[str, Guards]
+
+
+def _admit_tool(resolve: Resolve, serialized: Any, metadata: Any, name: Any) -> Run:
+    """Refuse the tool run about to start (raising), or say what it is."""
+    named = serialized.get("name") if serialized else None
+    tool = named if type(named) is str and named else str(named or name or "tool")
+    guards = governing(resolve, _agent_of(metadata) if metadata else None, tool=tool)
+    check_tool(guards, tool)
+    return tool, guards
+
+
+def _admit_model(resolve: Resolve, metadata: Any) -> Run:
+    guards = governing(resolve, _agent_of(metadata) if metadata else None)
+    check_model(guards)
+    return "", guards
+
+
+def _note_run_start(resolve: Resolve, metadata: Any, inputs: Any) -> None:
+    """A new top-level run: a refusal streak from an earlier run must not stop this one."""
+    guards = observing(resolve, _agent_of(metadata) if metadata else None)
+    reset_streaks(guards)
+    note_task(guards, _task_text(inputs))
+
+
+def _record_end(run: Run | None, ok: bool, response: Any = None) -> None:
+    """Usage of a run admitted at its start; never raises."""
+    if run is None:
+        return
+    tool, guards = run
+    if tool:
+        record_tool(guards, tool, ok=ok)
+        return
+    tokens = 0
+    if response is not None:
+        try:
+            tokens = _tokens(response)
+        except Exception:
+            logger.exception("m99: could not read token usage")
+    record_model(guards, tokens=tokens, ok=ok)
+
+
 class M99CallbackHandler(BaseCallbackHandler):
-    """Refuses tool and model calls by raising from ``on_tool_start`` / ``on_chat_model_start``.
+    """Refuses tool and model calls by raising from ``on_tool_start`` / ``on_chat_model_start``, for the
+    runs it is passed to (``config={"callbacks": [M99CallbackHandler(guard)]}``).
 
     Sync, ``raise_error`` and ``run_inline`` on purpose: LangChain swallows exceptions from handlers
     without ``raise_error`` and from async handlers on sync runs.  ``on_tool_start`` runs before
@@ -118,7 +162,7 @@ class M99CallbackHandler(BaseCallbackHandler):
         super().__init__()
         self._resolve: Resolve = scoped(guard)
         self.active = True
-        self._runs: dict[UUID, tuple[str, Guards]] = {}
+        self._runs: dict[UUID, Run] = {}
 
     # -- enforcement ----------------------------------------------------------------------------------
 
@@ -131,14 +175,8 @@ class M99CallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not self.active:
-            return
-        name = serialized.get("name") if serialized else None
-        tool = name if type(name) is str and name else str(name or kwargs.get("name") or "tool")
-        agent = _agent_of(metadata) if metadata else None
-        guards = governing(self._resolve, agent, tool=tool)
-        check_tool(guards, tool)
-        self._remember(run_id, tool, guards)
+        if self.active:
+            self._remember(run_id, _admit_tool(self._resolve, serialized, metadata, kwargs.get("name")))
 
     def on_chat_model_start(
         self,
@@ -149,7 +187,8 @@ class M99CallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._model_start(run_id, metadata)
+        if self.active:
+            self._remember(run_id, _admit_model(self._resolve, metadata))
 
     def on_llm_start(
         self,
@@ -160,29 +199,16 @@ class M99CallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._model_start(run_id, metadata)
+        if self.active:
+            self._remember(run_id, _admit_model(self._resolve, metadata))
 
-    def _model_start(self, run_id: UUID, metadata: dict[str, Any] | None) -> None:
-        if not self.active:
-            return
-        guards = governing(self._resolve, _agent_of(metadata) if metadata else None)
-        check_model(guards)
-        self._remember(run_id, "", guards)
-
-    def _remember(self, run_id: UUID, tool: str, guards: Guards) -> None:
+    def _remember(self, run_id: UUID, run: Run) -> None:
         # The Guards that allowed the call also record its end: no second resolution.
         runs = self._runs
-        runs[run_id] = (tool, guards)
+        runs[run_id] = run
         if len(runs) > 4096:  # runs that never ended (interrupted): forget the oldest
             for stale in list(runs)[:1024]:
                 runs.pop(stale, None)
-
-    def _ended(self, run_id: UUID) -> tuple[str, Guards]:
-        """Forget a run; what it was and the Guards that governed it (resolved now if never seen)."""
-        entry = self._runs.pop(run_id, None)
-        if entry is not None:
-            return entry
-        return "", observing(self._resolve, None)
 
     # -- observation: never raises (raise_error would carry a bug here into the host) ------------------
 
@@ -197,39 +223,27 @@ class M99CallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         if self.active and parent_run_id is None:
-            # A new top-level run: a refusal streak from an earlier run must not stop this one.
-            guards = observing(self._resolve, _agent_of(metadata))
-            reset_streaks(guards)
-            note_task(guards, _task_text(inputs))
+            _note_run_start(self._resolve, metadata, inputs)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._tool_done(run_id, ok=True)
+        self._end(run_id, ok=True)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._tool_done(run_id, ok=False)
-
-    def _tool_done(self, run_id: UUID, *, ok: bool) -> None:
-        entry = self._runs.pop(run_id, None)
-        if entry is not None and entry[0] and self.active:
-            record_tool(entry[1], entry[0], ok=ok)
+        self._end(run_id, ok=False)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        if not self.active:
-            self._runs.pop(run_id, None)
-            return
-        _, guards = self._ended(run_id)
-        try:
-            tokens = _tokens(response)
-        except Exception:
-            logger.exception("m99: could not read token usage")
-            tokens = 0
-        record_model(guards, tokens=tokens, ok=True)
+        self._end(run_id, ok=True, response=response, model=True)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, ok=False, model=True)
+
+    def _end(self, run_id: UUID, *, ok: bool, response: Any = None, model: bool = False) -> None:
+        run = self._runs.pop(run_id, None)
         if not self.active:
-            self._runs.pop(run_id, None)
             return
-        record_model(self._ended(run_id)[1], ok=False)
+        if run is None and model:  # a model run that started before this handler saw it
+            run = ("", observing(self._resolve, None))
+        _record_end(run, ok, response)
 
 
 def _run_config() -> Any:
@@ -446,60 +460,33 @@ def _explicit(handlers: list[Any]) -> bool:
     return False
 
 
-def _tool_gate(manager: Any, serialized: Any, kwargs: dict[str, Any]) -> tuple[str, Guards] | None:
+def _tool_gate(manager: Any, serialized: Any, kwargs: dict[str, Any]) -> Run | None:
     state = _installed
     if state is None or (manager.handlers and _explicit(manager.handlers)):
         return None
-    name = serialized.get("name") if serialized else None
-    tool = name if type(name) is str and name else str(name or kwargs.get("name") or "tool")
-    metadata = manager.metadata
-    guards = governing(state.resolve, _agent_of(metadata) if metadata else None, tool=tool)
-    check_tool(guards, tool)
-    return tool, guards
+    return _admit_tool(state.resolve, serialized, manager.metadata, kwargs.get("name"))
 
 
-def _model_gate(manager: Any) -> tuple[str, Guards] | None:
+def _model_gate(manager: Any) -> Run | None:
     state = _installed
     if state is None or (manager.handlers and _explicit(manager.handlers)):
         return None
-    metadata = manager.metadata
-    guards = governing(state.resolve, _agent_of(metadata) if metadata else None)
-    check_model(guards)
-    return "", guards
+    return _admit_model(state.resolve, manager.metadata)
 
 
 def _note_top_level(manager: Any, inputs: Any) -> None:
-    """A new top-level run: a refusal streak from an earlier run must not stop this one."""
     state = _installed
     if manager.parent_run_id is not None or state is None:
         return
     try:
-        if manager.handlers and _explicit(manager.handlers):
-            return
-        metadata = manager.metadata
-        guards = observing(state.resolve, _agent_of(metadata) if metadata else None)
-        reset_streaks(guards)
-        note_task(guards, _task_text(inputs))
+        if not (manager.handlers and _explicit(manager.handlers)):
+            _note_run_start(state.resolve, manager.metadata, inputs)
     except Exception:  # observation never reaches the host
         logger.exception("m99: could not note the start of a LangChain run")
 
 
-def _ended(run: Any, ok: bool, response: Any = None) -> None:
-    """Usage of a run checked at its start; never raises."""
-    gate = getattr(run, _RUN, None)
-    if gate is None:
-        return
-    tool, guards = gate
-    if tool:
-        record_tool(guards, tool, ok=ok)
-        return
-    tokens = 0
-    if response is not None:
-        try:
-            tokens = _tokens(response)
-        except Exception:
-            logger.exception("m99: could not read token usage")
-    record_model(guards, tokens=tokens, ok=ok)
+def _ended(run_manager: Any, ok: bool, response: Any = None) -> None:
+    _record_end(getattr(run_manager, _RUN, None), ok, response)
 
 
 # Wrapper factories: each wrapper calls the method it replaced (``previous``) and is inert once ``live[0]``
