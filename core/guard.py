@@ -55,6 +55,10 @@ _now = time.time
 current_guard: ContextVar[Guard | None] = ContextVar("m99_current_guard", default=None)
 
 
+def log_change(agent: str, old: int, new: int, reason: str) -> None:
+    logger.warning("m99: agent %s L%d -> L%d%s", agent, old, new, f" ({reason})" if reason else "")
+
+
 def terminate_process(grace_seconds: float) -> None:
     """The default L5 terminator: SIGTERM to this process, then SIGKILL after ``grace_seconds``.
 
@@ -100,6 +104,7 @@ class Guard:
         "_usage",
         "_usage_lock",
         "_version",
+        "applied_at",
         "framework",
         "grace_seconds",
         "host",
@@ -157,6 +162,8 @@ class Guard:
         # True while no gate is set (level 0, lease held): adapters then have nothing to check or
         # redact and skip the per-gate questions.  One attribute read, not a property call.
         self.quiet = True
+        # Wall clock of the last applied level change: from then on it was enforced (time-to-halt).
+        self.applied_at = 0.0
         self._usage_lock = threading.Lock()
         # What the adapters report, appended as they go (one atomic deque append per call) and folded
         # into ``_usage`` when read or when many have piled up.
@@ -293,11 +300,23 @@ class Guard:
 
     # -- state changes --------------------------------------------------------------------------------
 
-    def apply_state(self, level: int, *, reason: str = "", version: int = 0) -> bool:
+    def apply_state(
+        self,
+        level: int,
+        *,
+        reason: str = "",
+        version: int = 0,
+        defer: Callable[[Callable[[], object]], object] | None = None,
+        log: bool = True,
+    ) -> bool:
         """Move to ``level`` (0-6); True when the effective level changed.
 
-        A ``version`` lower than the last one applied is stale and ignored.  At L5+ the terminator runs
-        after the ``on_change`` callbacks, in the calling thread.
+        A ``version`` lower than the last one applied is stale and ignored.  The change is enforced
+        before this returns; what follows it (the log line, the ``on_change`` callbacks, at L5+ the
+        terminator) runs here, or is handed to ``defer`` (the session passes its event loop's
+        ``call_soon``: a push that reaches many Guards of a process at once then enforces on all of
+        them before any of them logs).  ``log=False``: the caller logs the change (the session logs
+        the changes of one push together).
         """
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 6:
             raise ValueError(f"level must be an int from 0 to 6, not {level!r}")
@@ -329,11 +348,19 @@ class Guard:
             terminate = level >= Level.TARGETED_TERMINATION and not self._terminating
             if terminate:
                 self._terminating = True
-        logger.warning("m99: agent %s L%d -> L%d%s", self.name, old, level, f" ({reason})" if reason else "")
-        self._notify(old, level)
+            self.applied_at = _now()
+        if defer is None:
+            self._after_change(old, level, reason, terminate, log)
+        else:
+            defer(lambda: self._after_change(old, level, reason, terminate, log))
+        return True
+
+    def _after_change(self, old: int, new: int, reason: str, terminate: bool, log: bool) -> None:
+        if log:
+            log_change(self.name, old, new, reason)
+        self._notify(old, new)
         if terminate:
             self._run_terminator()
-        return True
 
     def _run_effect(self, step: int, *, entering: bool) -> None:
         # Each step is isolated: one failing effect must not stop the others (fail closed).

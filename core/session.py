@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,7 +23,8 @@ import httpx
 
 from . import network, push
 from .errors import ControlPlaneError, M99Error, NotFound
-from .guard import Guard
+from .guard import Guard, log_change
+from .guard import logger as guard_log
 from .levels import Level, Scope
 from .link import ControlLink, raise_for_answer, tls_context
 
@@ -92,8 +94,8 @@ class _Acks:
     not count in the time-to-halt the control plane records.  Runs on the sessions' loop only.
     """
 
-    QUIET = 0.2
-    MAX_DELAY = 1.0
+    QUIET = 0.5
+    MAX_DELAY = 2.0
     BATCH = 200  # about 50 KB: under the control plane's request body limit
     ATTEMPTS = 3
 
@@ -104,6 +106,7 @@ class _Acks:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._users: dict[str, int] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        self._signing: ThreadPoolExecutor | None = None
 
     def add(self, session: Session, version: int, applied_at: float) -> None:
         self._pending.append((session, version, applied_at))
@@ -142,7 +145,9 @@ class _Acks:
             await self._send(session.link.url, mine)
 
     async def _send(self, url: str, items: list[tuple[Session, int, float]]) -> None:
-        acks = [s.link.signed_ack(v, t) for s, v, t in items if s.link.agent_id is not None]
+        # Signed on one thread (Ed25519 releases the GIL): the loop goes on reading pushes meanwhile.
+        loop = asyncio.get_running_loop()
+        acks = await loop.run_in_executor(self._signer(), _sign_acks, items)
         if not acks:
             return
         for attempt in range(1, self.ATTEMPTS + 1):
@@ -160,6 +165,11 @@ class _Acks:
                 if isinstance(exc, ControlPlaneError) and 400 <= exc.status_code < 500:
                     return
                 await asyncio.sleep(0.5 * attempt)
+
+    def _signer(self) -> ThreadPoolExecutor:
+        if self._signing is None:
+            self._signing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m99-ack-sign")
+        return self._signing
 
     def _client(self, url: str) -> httpx.AsyncClient:
         client = self._clients.get(url)
@@ -182,7 +192,43 @@ class _Acks:
             await client.aclose()
 
 
+def _sign_acks(items: list[tuple[Session, int, float]]) -> list[dict[str, Any]]:
+    return [s.link.signed_ack(v, t) for s, v, t in items if s.link.agent_id is not None]
+
+
 _acks = _Acks()
+
+
+class _Changes:
+    """The level changes the sessions of a process applied in one pass of their loop, logged together:
+    one line for one agent (the Guard's own), one line per distinct change for a fleet of them."""
+
+    SHOWN = 5  # names listed in a fleet's line
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, int, int, str]] = []
+
+    def add(self, agent: str, old: int, new: int, reason: str) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((agent, old, new, reason))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        groups: dict[tuple[int, int, str], list[str]] = {}
+        for agent, old, new, reason in pending:
+            groups.setdefault((old, new, reason), []).append(agent)
+        for (old, new, reason), agents in groups.items():
+            if len(agents) == 1:
+                log_change(agents[0], old, new, reason)
+                continue
+            more = len(agents) - self.SHOWN
+            shown = ", ".join(agents[: self.SHOWN]) + (f" and {more} more" if more > 0 else "")
+            why = f" ({reason})" if reason else ""
+            guard_log.warning("m99: %d agents L%d -> L%d%s: %s", len(agents), old, new, why, shown)
+
+
+_changes = _Changes()
 
 
 @functools.lru_cache(maxsize=256)
@@ -311,8 +357,17 @@ class Session:
         if version < self._applied_version:
             return  # an older document than one already applied (a push overtook a heartbeat)
         self._applied_version = version
-        changed = self.guard.apply_state(level, reason=reason, version=version)
-        if changed and ack and self._acked_version < version:
+        # On the loop, what follows the change (log, callbacks) waits until every connection that was
+        # ready with this push has been read: a fleet-wide stop is enforced on all of a process's Guards
+        # first.  A re-registration applies its state on a worker thread: there it runs inline.
+        on_loop = _Loop.on_loop()
+        old = self.guard.level
+        defer = _Loop.get().call_soon if on_loop else None
+        changed = self.guard.apply_state(level, reason=reason, version=version, defer=defer, log=not on_loop)
+        if changed and on_loop:
+            _changes.add(self.guard.name, old, self.guard.level, reason)
+        # From L5 on, _acknowledge_termination acknowledges before the terminator runs.
+        if changed and ack and level < Level.TARGETED_TERMINATION and self._acked_version < version:
             self._acknowledge(version)
 
     def _apply_document(self, doc: dict[str, Any], *, ack: bool = True) -> None:
@@ -337,7 +392,7 @@ class Session:
         self._apply_level(int(event["version"]), reason, ack=True)
 
     def _acknowledge(self, version: int) -> None:
-        applied_at = time.time()
+        applied_at = self.guard.applied_at or time.time()
         self._acked_version = version
         if _Loop.on_loop():
             _acks.add(self, version, applied_at)
@@ -351,7 +406,7 @@ class Session:
         version = self._applied_version
         self._acked_version = version
         try:
-            self.link.acknowledge(version, time.time(), timeout=2.0)
+            self.link.acknowledge(version, guard.applied_at or time.time(), timeout=2.0)
         except M99Error as exc:
             log.warning("m99 acknowledgement of termination (version %s) failed: %s", version, exc)
 
