@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Annotated, Any
 
@@ -223,6 +224,9 @@ class BodyLimit:
 def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> FastAPI:
     hub = PushHub()
     cp.subscribe(hub.publish)
+    # One thread checks acknowledgement signatures (they release the GIL): a flood of them after a
+    # fleet-wide change then takes one core at most, never every core the next kill needs.
+    ack_checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m99-ack-check")
     counters = {"heartbeats": 0, "heartbeats_rejected": 0, "requests_refused": 0, "acks": 0, "ack_requests": 0}
     period = deadman_period or max(0.05, min(1.0, cp.settings.heartbeat_interval / 4))
 
@@ -250,6 +254,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            ack_checker.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="M99 control plane",
@@ -410,7 +415,8 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         applied_at, signature}``); the answer lists each one's outcome."""
         acks = [ack.model_dump() for ack in body.acks]
         counters["ack_requests"] += 1
-        result = cp.acknowledge_batch(acks, await asyncio.to_thread(cp.ack_signatures, acks))
+        checked = await asyncio.get_running_loop().run_in_executor(ack_checker, cp.ack_signatures, acks)
+        result = cp.acknowledge_batch(acks, checked)
         counters["acks"] += sum(1 for r in result["results"] if r["ok"])
         return result
 
