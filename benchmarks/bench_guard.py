@@ -12,9 +12,14 @@
     python benchmarks/bench_guard.py --quick        # 100 Guards, 2 processes, a smoke run
 
 Per Guard, time-to-halt is t_refuse - t_execute_sent: t_execute_sent is the wall clock just
-before the operator's ``POST /api/execute`` leaves this process; t_refuse is the wall clock
-in the Guard's ``on_change`` callback, which runs after ``check_tool`` has started refusing
-(so the figure is an upper bound).  Every process is on this machine, so the clocks agree.
+before the operator's ``POST /api/execute`` leaves this process; t_refuse is the Guard's
+``applied_at``, the wall clock taken once the change is enforced (``check_tool`` refuses from then
+on; read in its ``on_change`` callback, which the session runs after the burst).  After each round
+every Guard is asked ``check_tool`` to show it refuses.  Every process is on this machine, so the clocks agree.
+
+Diagnostics (environment): ``M99_BENCH_DIAG=arrive`` prints when the pushed events reached the
+client processes, ``noack`` turns acknowledgements off, ``nolog`` silences the Guards' log lines;
+``M99_BENCH_PIDS=FILE`` writes the server's and workers' pids there and waits 4 s, for a profiler.
 """
 
 from __future__ import annotations
@@ -257,7 +262,7 @@ def worker_main(argv: list[str]) -> None:
 
     def watcher(i: int) -> Callable[[Any, int, int], None]:
         def on_change(guard: Any, old: int, new: int) -> None:
-            now = time.time()
+            now = guard.applied_at
             with lock:
                 if new >= LEVEL > old and halted[i] is None:
                     halted[i] = now
@@ -466,13 +471,18 @@ def halt_round(
             break
         time.sleep(0.25)
     acks = sorted(server_view.get("per_agent", {}).values())
+    acked_before = server.metric("m99_acks_total")
     op.restore("global", by=BY, reason="time-to-halt benchmark: reset")
     for w in workers:
         w.send(op="reset", timeout=timeout)
     released = sum(w.expect("released", timeout + 30)["released"] for w in workers)
     if released < agents:
         print(f"  warning: only {released} of {agents} Guards came back to L0 after restore", flush=True)
-    time.sleep(1.0)  # let the restore's acks drain before the next round
+    # Each round starts on a settled control plane: the restore's acknowledgements all recorded.
+    deadline = time.monotonic() + 60
+    while server.metric("m99_acks_total") < acked_before + released and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(0.5)
     return {
         "halted": len(halted),
         "refusing": refusing,
@@ -548,7 +558,7 @@ def time_to_halt(agents: int, procs: int, rounds: int, timeout: float, poll_late
             )
         p50s, maxes = sorted(r["p50"] for r in results), sorted(r["max"] for r in results)
         median_p50, median_max = percentile(p50s, 50), percentile(maxes, 50)
-        halted_min = min(r["halted"] for r in results)
+        halted_min = min(min(r["halted"], r["refusing"]) for r in results)  # halted, and check_tool refuses
         target, ok = verdict(agents, median_p50, max(maxes), halted_min)
         model = polling_model(agents, poll_latency_ms)
         print(
