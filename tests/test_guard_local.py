@@ -594,6 +594,48 @@ def test_l5_runs_evidence_callbacks_then_the_terminator(make_guard: Callable[...
     assert terminations.calls == [2.5]  # terminated once
 
 
+def test_a_deferred_change_is_enforced_before_its_callbacks_and_terminator_run(
+    make_guard: Callable[..., Guard], caplog: pytest.LogCaptureFixture
+) -> None:
+    terminations = Terminations()
+    g = make_guard(terminate=terminations)
+    later: list[Callable[[], object]] = []
+    seen: list[tuple[int, int]] = []
+    g.on_change(lambda guard, old, new: seen.append((old, new)))
+    before = time.time()
+    assert g.apply_state(3, reason="drill", defer=later.append) is True
+    with pytest.raises(ToolCallRefused):  # enforced at once ...
+        g.check_tool("search")
+    assert before <= g.applied_at <= time.time()
+    assert seen == [] and "L0 -> L3" not in caplog.text  # ... the rest waits for the caller's loop
+    later.pop()()
+    assert seen == [(0, 3)] and "L0 -> L3 (drill)" in caplog.text
+    g.apply_state(5, defer=later.append, log=False)
+    assert g.terminating and terminations.calls == []
+    later.pop()()
+    assert seen[-1] == (3, 5) and terminations.calls == [g.grace_seconds]
+    assert "L3 -> L5" not in caplog.text  # log=False: the caller logs it
+
+
+def test_usage_recorded_from_many_threads_adds_up_in_order(make_guard: Callable[..., Guard]) -> None:
+    g = make_guard()
+
+    def calls() -> None:
+        for i in range(2000):
+            g.record_tool_call("search", ok=i % 2 == 0)
+            g.record_model_call(tokens=1)
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    usage = g.usage
+    assert usage["tool_calls"] == 8000 and usage["tool_errors"] == 4000
+    assert usage["model_calls"] == 8000 and usage["tokens"] == 8000
+    assert len(g.snapshot()["recent_tool_calls"]) == 64
+
+
 def test_a_failing_custom_terminator_falls_back_to_the_default() -> None:
     script = textwrap.dedent(
         """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -264,6 +265,26 @@ def test_the_guards_of_one_process_acknowledge_together(embedded: EmbeddedContro
         assert metric(admin, "m99_ack_requests_total") - requests_before < 5  # not one request per Guard
         per_agent = admin.get(execution).json()["time_to_halt"]["per_agent"]
         assert all(0 <= ms < 5000 for ms in per_agent.values())
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_a_push_to_many_guards_of_a_process_is_logged_once(
+    embedded: EmbeddedControlPlane, admin: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="m99.guard")
+    sessions = [Session(Guard(f"herd-{i:02d}", kind="herd"), embedded.url).start() for i in range(12)]
+    try:
+        fire(admin, scope="class:herd")
+        wait_for(lambda: all(s.guard.frozen for s in sessions))
+        wait_for(lambda: "herd-" in caplog.text)
+        time.sleep(0.2)
+        lines = [r.getMessage() for r in caplog.records if "herd-" in r.getMessage()]
+        # Usually one line for all twelve (a push read over two loop passes gives two), never one each.
+        assert len(lines) < 12, lines
+        assert sum(int(line.split()[1]) if " agents " in line else 1 for line in lines) == 12
+        assert any(" agents L0 -> L3 " in line for line in lines)
     finally:
         for s in sessions:
             s.close()
