@@ -223,6 +223,47 @@ def agents(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("execution_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+@handled
+def executions(ctx: click.Context, execution_id: str | None, as_json: bool) -> None:
+    """List the executions (kills and dead man's switch firings), newest first; with an EXECUTION_ID,
+    show that one and each agent's time-to-halt as the agents acknowledged it."""
+    with _operator(ctx) as op:
+        data: Any = op.execution(execution_id) if execution_id else op.executions()
+    if as_json:
+        _print_json(data)
+        return
+    if not execution_id:
+        if not data:
+            click.echo("no executions yet")
+        for e in data:
+            click.echo(
+                f"{e['id']}  {e['started_at']}  L{e['level']} on {e['scope']}  {e['origin']} by {e['by_email']}  "
+                f"{len(e['agents'])} agents — {e['reason']}"
+            )
+        return
+    halt = data["time_to_halt"]
+    click.echo(
+        f"{data['id']}: L{data['level']} on {data['scope']} ({', '.join(data['levels_fired'])}), {data['origin']} "
+        f"by {data['by_email']} at {data['started_at']} — {data['reason']}"
+    )
+    if halt["p50_ms"] is None:
+        click.echo(f"time to halt: no acknowledgement yet from the {halt['in_scope']} agents in scope")
+        return
+    click.echo(
+        f"time to halt: {halt['acknowledged']} of {halt['in_scope']} agents acknowledged, "
+        f"p50 {halt['p50_ms']:.1f} ms, max {halt['max_ms']:.1f} ms"
+    )
+    for agent, ms in sorted(halt["per_agent"].items(), key=lambda item: item[1]):
+        click.echo(f"  {agent:<32} {ms:9.1f} ms")
+    silent = sorted(set(data["agents"]) - set(halt["per_agent"]))
+    if silent:
+        click.echo(f"  not acknowledged: {', '.join(silent)}")
+
+
+@main.command()
 @click.option("--by", required=True, help="The named human taking responsibility (e-mail).")
 @click.option("--reason", required=True, help="Why — recorded in the audit chain.")
 @click.option(

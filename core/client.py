@@ -98,6 +98,10 @@ class OperatorClient:
         result: dict[str, Any] = self._call("POST", "/api/lift", json={"scope": scope, "by": by, "reason": reason})
         return result
 
+    def executions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/api/executions")
+        return result
+
     def execution(self, execution_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/api/executions/{execution_id}")
         return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def test_help_explains_every_command(m99) -> None:  # type: ignore[no-untyped-de
         "disarm",
         "restore",
         "lift",
+        "executions",
         "run",
         "audit",
         "token",
@@ -52,6 +54,32 @@ def test_help_explains_every_command(m99) -> None:  # type: ignore[no-untyped-de
         assert command in top.output
         sub = m99(command, "--help")
         assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+def test_executions_show_each_agents_time_to_halt(m99, embedded: EmbeddedControlPlane) -> None:  # type: ignore[no-untyped-def]
+    assert m99("executions").output.strip() == "no executions yet"
+    links = [ControlLink(embedded.url) for _ in range(2)]
+    links[0].register("fast", "autonomous")
+    links[1].register("mute", "autonomous")
+    auth = armed_id(m99("arm", "--by", "a@example.com", "--reason", "drill", "--level", "3"))
+    execution = re.search(r"exe_\w+", m99("execute", "--auth", auth, "--force").output)
+    assert execution
+    pending = m99("executions", execution.group(0)).output
+    assert "no acknowledgement yet from the 2 agents" in pending
+    version = links[0].fetch_state()["version"]
+    links[0].acknowledge(version, time.time())
+    shown = m99("executions", execution.group(0)).output
+    assert "L3 on global (L1, L2, L3), execute by a@example.com" in shown and "drill" in shown
+    assert "1 of 2 agents acknowledged" in shown and re.search(r"fast\s+\d+\.\d ms", shown)
+    assert "not acknowledged: mute" in shown
+    listed = m99("executions").output
+    assert execution.group(0) in listed and "L3 on global" in listed and "2 agents" in listed
+    as_json = json.loads(m99("executions", execution.group(0), "--json").output)
+    assert set(as_json["time_to_halt"]["per_agent"]) == {"fast"}
+    missing = m99("executions", "exe_nope")
+    assert missing.exit_code == 7 and "unknown execution" in missing.output
+    for link in links:
+        link.close()
 
 
 def test_status_agents_arm_execute_restore(m99, embedded: EmbeddedControlPlane) -> None:  # type: ignore[no-untyped-def]
