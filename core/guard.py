@@ -362,6 +362,11 @@ class Guard:
         if terminate:
             self._run_terminator()
 
+    def reset_version(self) -> None:
+        """Forget the last state version: the control plane starts counting again (a new database)."""
+        with self._lock:
+            self._version = 0
+
     def _run_effect(self, step: int, *, entering: bool) -> None:
         # Each step is isolated: one failing effect must not stop the others (fail closed).
         try:

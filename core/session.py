@@ -283,17 +283,7 @@ class Session:
         heartbeat, push and lease tasks."""
         host, port = self.link.host_port
         network.allow_destination(host, port)
-        g = self.guard
-        answer = self.link.register(
-            g.name,
-            g.kind,
-            framework=g.framework or None,
-            read_only_tools=sorted(g.read_only_tools),
-            credentials=[
-                {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"]}
-                for c in g.credential_fingerprints()
-            ],
-        )
+        answer = self._register()
         self.heartbeat_interval = self._interval_override or float(answer["heartbeat_interval"])
         self.lease_seconds = self._lease_override or float(answer["lease_seconds"])
         self._apply_document(self.link.verify_state(answer["state"]), ack=False)
@@ -362,7 +352,7 @@ class Session:
         # first.  A re-registration applies its state on a worker thread: there it runs inline.
         on_loop = _Loop.on_loop()
         old = self.guard.level
-        defer = _Loop.get().call_soon if on_loop else None
+        defer = asyncio.get_running_loop().call_soon if on_loop else None
         changed = self.guard.apply_state(level, reason=reason, version=version, defer=defer, log=not on_loop)
         if changed and on_loop:
             _changes.add(self.guard.name, old, self.guard.level, reason)
@@ -427,13 +417,26 @@ class Session:
                 delay = min(1.0, self.heartbeat_interval)  # retry soon, to recover quickly
             await asyncio.sleep(delay)
 
+    def _register(self) -> dict[str, Any]:
+        g = self.guard
+        return self.link.register(
+            g.name,
+            g.kind,
+            framework=g.framework or None,
+            read_only_tools=sorted(g.read_only_tools),
+            credentials=[
+                {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"]}
+                for c in g.credential_fingerprints()
+            ],
+        )
+
     def _reregister(self) -> None:
         try:
-            g = self.guard
-            answer = self.link.register(
-                g.name, g.kind, framework=g.framework or None, read_only_tools=sorted(g.read_only_tools)
-            )
-            self._applied_version = -1
+            answer = self._register()
+            # A control plane that lost this identity (a new database) counts its state versions
+            # from the start again: what it says now must not be taken for stale (fail closed).
+            self._applied_version = self._acked_version = -1
+            self.guard.reset_version()
             self._apply_document(self.link.verify_state(answer["state"]))
         except M99Error as exc:
             log.warning("m99 re-registration failed: %s", exc)

@@ -123,6 +123,36 @@ def test_lease_fails_closed_when_the_server_dies_and_recovers(tmp_path: Path) ->
         server.kill()
 
 
+def test_a_control_plane_restarted_on_a_fresh_database_is_obeyed(tmp_path: Path) -> None:
+    first = ServeProcess(tmp_path / "first", "--heartbeat-interval", "0.3").start()
+    guard = Guard("phoenix", kind="autonomous")
+    s = Session(guard, first.url).start()
+    try:
+        with first.api() as api:  # state versions climb on the first database
+            for _ in range(3):
+                fire(api, scope="agent:phoenix")
+                wait_for(lambda: guard.frozen)
+                api.post("/api/restore", json={"scope": "global", "by": "a@example.com", "reason": "ok"})
+                wait_for(lambda: not guard.frozen)
+        first.kill()
+        second = ServeProcess(tmp_path / "second", "--heartbeat-interval", "0.3")
+        second.port, second.url = first.port, first.url  # same address, empty database
+        second.start()
+        try:
+            # The agent is unknown there: its next heartbeat registers it again.
+            wait_for(lambda: second.api().get("/api/agents/phoenix").status_code == 200, timeout=10)
+            wait_for(lambda: not guard.frozen, timeout=10)
+            with second.api() as api:
+                fire(api, scope="agent:phoenix")  # version 1 again: it must not be taken for stale
+            wait_for(lambda: guard.frozen, timeout=5)
+            with pytest.raises(ToolCallRefused):
+                guard.check_tool("search")
+        finally:
+            second.kill()
+    finally:
+        s.close()
+
+
 def test_a_lost_push_is_repaired_by_the_next_heartbeat(embedded: EmbeddedControlPlane, admin: httpx.Client) -> None:
     guard = Guard("deaf-bot", kind="autonomous")
     s = Session(guard, embedded.url, heartbeat_interval=0.3).start()
