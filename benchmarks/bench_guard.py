@@ -234,7 +234,7 @@ def worker_main(argv: list[str]) -> None:
 
         Session._on_push = on_push  # type: ignore[method-assign]
     if "noack" in diag:
-        Session._acknowledge = lambda self, version: None  # type: ignore[method-assign]
+        Session._acknowledge = lambda self, version, applied_at: None  # type: ignore[method-assign]
     if "nolog" in diag:
         logging.getLogger("m99").setLevel(logging.ERROR)
 

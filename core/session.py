@@ -342,7 +342,9 @@ class Session:
         except (KeyError, TypeError, ValueError):
             return False
 
-    def _apply_level(self, version: int, reason: str, ack: bool) -> None:
+    def _apply_level(self, version: int, reason: str, ack: bool, fresh: bool = False) -> None:
+        """Apply the level the directives add up to; ``fresh``: the directives governing this agent
+        changed (a new one, even at the level it already holds, is acknowledged too)."""
         level = max((d["level"] for d in self._directives.values()), default=0)
         if version < self._applied_version:
             return  # an older document than one already applied (a push overtook a heartbeat)
@@ -357,32 +359,38 @@ class Session:
         if changed and on_loop:
             _changes.add(self.guard.name, old, self.guard.level, reason)
         # From L5 on, _acknowledge_termination acknowledges before the terminator runs.
-        if changed and ack and level < Level.TARGETED_TERMINATION and self._acked_version < version:
-            self._acknowledge(version)
+        if (changed or fresh) and ack and level < Level.TARGETED_TERMINATION and self._acked_version < version:
+            # Held already (a second kill of a halted agent): confirmed now, when the push arrived.
+            self._acknowledge(version, self.guard.applied_at if changed else time.time())
 
     def _apply_document(self, doc: dict[str, Any], *, ack: bool = True) -> None:
         """A full, signed state document (registration, heartbeat, stream start): authoritative."""
         if int(doc["version"]) < self._applied_version:
             return
+        before = set(self._directives)
         self._directives = {d["id"]: d for d in doc.get("directives", [])}
         if doc.get("tombstoned"):
             self._directives["tombstone"] = {"id": "tombstone", "level": 5, "scope": f"agent:{self.guard.name}"}
         reason = ", ".join(f"L{d['level']} {d['scope']} ({d['id']})" for d in self._directives.values())
-        self._apply_level(int(doc["version"]), reason, ack)
+        self._apply_level(int(doc["version"]), reason, ack, fresh=set(self._directives) != before)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         directive = event.get("directive") or {}
         if event.get("type") != "directive" or not self._matches(directive):
             return
+        version = int(event["version"])
+        if version < self._applied_version:
+            return  # replayed, or overtaken by a newer state: it must not edit the directives
+        before = len(self._directives), directive["id"] in self._directives
         if event.get("op") == "add":
             self._directives[directive["id"]] = directive
         elif event.get("op") == "lift":
             self._directives.pop(directive["id"], None)
+        fresh = (len(self._directives), directive["id"] in self._directives) != before
         reason = f"{event.get('op')} L{directive.get('level')} {directive.get('scope')} ({directive.get('id')})"
-        self._apply_level(int(event["version"]), reason, ack=True)
+        self._apply_level(version, reason, ack=True, fresh=fresh)
 
-    def _acknowledge(self, version: int) -> None:
-        applied_at = self.guard.applied_at or time.time()
+    def _acknowledge(self, version: int, applied_at: float) -> None:
         self._acked_version = version
         if _Loop.on_loop():
             _acks.add(self, version, applied_at)

@@ -81,6 +81,37 @@ def test_two_guards_in_one_process_are_scoped_independently(session, admin: http
     wait_for(lambda: lc.frozen)
 
 
+def test_a_second_kill_of_a_halted_agent_is_acknowledged_too(session, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    guard = session("bot")
+    fire(admin, scope="agent:bot")
+    wait_for(lambda: guard.frozen)
+    second = fire(admin, scope="global")  # the level it already holds
+    execution = f"/api/executions/{second['execution_id']}"
+    wait_for(lambda: admin.get(execution).json()["time_to_halt"]["acknowledged"] == 1)
+    assert 0 <= admin.get(execution).json()["time_to_halt"]["per_agent"]["bot"] < 5000
+
+
+def test_a_replayed_event_does_not_edit_the_directives(session, embedded: EmbeddedControlPlane) -> None:  # type: ignore[no-untyped-def]
+    guard = session("bot")
+    live = LIVE[-1]
+    key = embedded.control.key
+    base = live._applied_version
+
+    def event(op: str, version: int, directive_id: str, level: int) -> bytes:
+        directive = {"id": directive_id, "level": level, "scope": "agent:bot"}
+        return sign_event(key, {"type": "directive", "op": op, "version": version, "directive": directive})
+
+    freeze = event("add", base + 1, "dir_freeze", 3)
+    live._on_push("directive", freeze)
+    assert guard.level == 3
+    live._on_push("directive", event("lift", base + 2, "dir_freeze", 3))
+    assert guard.level == 0
+    live._on_push("directive", freeze)  # the old signed bytes again
+    assert guard.level == 0 and "dir_freeze" not in live._directives
+    live._on_push("directive", event("add", base + 3, "dir_credentials", 1))
+    assert guard.level == 1  # computed without the replayed freeze
+
+
 def test_forged_push_events_are_ignored(session, embedded: EmbeddedControlPlane) -> None:  # type: ignore[no-untyped-def]
     guard = session("bot")
     live = LIVE[-1]
