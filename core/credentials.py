@@ -2,6 +2,10 @@
 
 Originals stay in this process's memory and are put back exactly on restore; outside the process a
 secret only ever appears as its SHA-256 fingerprint.  Known secret values are redacted from tool I/O.
+
+Several Guards of one process may protect the same place (the process's Guard and a framework agent's
+both protect ``OPENAI_API_KEY``, or the model client they share): it is stripped while any of them is at
+L1+, and only the last of them to be restored puts the original back.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, MutableMapping
+import threading
+from collections.abc import Callable, Hashable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -105,10 +110,36 @@ class _Entry:
     target: Any = None  # the object (attribute) or mapping (item)
     key: Any = None  # env var name, attribute name or mapping key
     placeholder: Any = _MISSING  # explicit replacement, or _MISSING for ``revoked_value``
-    original: Any = _MISSING  # held only while revoked
-    installed: Any = _MISSING  # the placeholder actually installed
     revoked: bool = False
     failure: str = ""
+
+    @property
+    def place(self) -> tuple[Hashable, ...]:
+        """Where the credential lives.  By ``id`` of the object: the entry keeps it alive meanwhile."""
+        if self.kind == "env":
+            return ("env", self.key)
+        return (self.kind, id(self.target), self.key)
+
+
+@dataclass(eq=False)
+class _Revoked:
+    """A place some Guards hold revoked: the original, the placeholder put there, and who holds it."""
+
+    original: Any
+    installed: Any
+    holders: set[int]
+
+
+# Every revoked place of the process, shared by all its Guards (each CredentialSet is one holder).
+_revoked_lock = threading.Lock()
+_revoked: dict[tuple[Hashable, ...], _Revoked] = {}
+
+
+def _original_at(place: tuple[Hashable, ...]) -> Any:
+    """What a place held before another Guard revoked it (_MISSING if no Guard holds it revoked)."""
+    with _revoked_lock:
+        held = _revoked.get(place)
+    return _MISSING if held is None else held.original
 
 
 def _set_attribute(obj: Any, name: str, value: Any) -> None:
@@ -137,7 +168,9 @@ class CredentialSet:
             raise ValueError(f"not an environment variable name: {name!r}")
         if any(e.kind == "env" and e.key == name for e in self._entries):
             return
-        value = os.environ.get(name)
+        value: str | bytes | None = os.environ.get(name)
+        if value is None:  # stripped by another Guard's L1: its fingerprint is the original's
+            value = _secret_text(_original_at(("env", name)))
         self._add(_Entry("env", label or name, value=value or None, key=name))
 
     def add_secret(self, value: str | bytes, label: str = "secret") -> None:
@@ -157,7 +190,9 @@ class CredentialSet:
         current = getattr(obj, name)  # AttributeError now, at setup, rather than silently at L1
         if any(e.kind == "attribute" and e.target is obj and e.key == name for e in self._entries):
             return
-        entry = _Entry("attribute", label or name, value=_secret_text(current), target=obj, key=name)
+        before = _original_at(("attribute", id(obj), name))  # revoked by another Guard right now
+        value = _secret_text(current if before is _MISSING else before)
+        entry = _Entry("attribute", label or name, value=value, target=obj, key=name)
         entry.placeholder = placeholder
         self._add(entry)
 
@@ -166,7 +201,9 @@ class CredentialSet:
     ) -> None:
         if any(e.kind == "item" and e.target is mapping and e.key == key for e in self._entries):
             return
-        entry = _Entry("item", label or str(key), value=_secret_text(mapping.get(key)), target=mapping, key=key)
+        before = _original_at(("item", id(mapping), key))
+        value = _secret_text(mapping.get(key) if before is _MISSING else before)
+        entry = _Entry("item", label or str(key), value=value, target=mapping, key=key)
         entry.placeholder = placeholder
         self._add(entry)
 
@@ -193,45 +230,54 @@ class CredentialSet:
         if entry.revoked or entry.kind == "secret":
             return  # raw secrets have nothing to strip: L1 only turns their redaction on
         try:
-            if entry.kind == "env":
-                value = os.environ.pop(entry.key, None)
-                if value is None:
-                    return
-                entry.original = value
-                entry.value = value or entry.value
-            else:
-                current = self._read(entry)
-                if current is _MISSING or current is None:
-                    return  # nothing to revoke; restore leaves it alone
-                installed = revoked_value(current, entry.label) if entry.placeholder is _MISSING else entry.placeholder
-                self._write(entry, installed)
-                entry.original = current
-                entry.installed = installed
-                entry.value = _secret_text(current) or entry.value
+            with _revoked_lock:
+                held = _revoked.get(entry.place)
+                if held is None:  # the first Guard to revoke this place strips it
+                    held = self._strip(entry)
+                    if held is None:
+                        return  # nothing there to revoke; restore leaves it alone
+                    _revoked[entry.place] = held
+                held.holders.add(id(self))
+            entry.value = _secret_text(held.original) or entry.value
             entry.revoked = True
             entry.failure = ""
         except Exception as exc:  # one stubborn object must not stop the other revocations
             entry.failure = f"{type(exc).__name__}: {exc}"
             logger.error("m99: could not revoke credential %r (%s): %s", entry.label, entry.kind, entry.failure)
 
+    def _strip(self, entry: _Entry) -> _Revoked | None:
+        if entry.kind == "env":
+            value = os.environ.pop(entry.key, None)
+            return None if value is None else _Revoked(value, _MISSING, set())
+        current = self._read(entry)
+        if current is _MISSING or current is None:
+            return None
+        installed = revoked_value(current, entry.label) if entry.placeholder is _MISSING else entry.placeholder
+        self._write(entry, installed)
+        return _Revoked(current, installed, set())
+
     def _restore(self, entry: _Entry) -> None:
         if not entry.revoked or entry.kind == "secret":
             return
-        original, entry.original = entry.original, _MISSING
         entry.revoked = False
-        if original is _MISSING:
-            return
+        with _revoked_lock:
+            held = _revoked.get(entry.place)
+            if held is None:
+                return
+            held.holders.discard(id(self))
+            if held.holders:
+                return  # another Guard still holds it revoked: the last one puts it back
+            del _revoked[entry.place]
         try:
             if entry.kind == "env":
-                os.environ[entry.key] = original
+                os.environ[entry.key] = held.original
             else:
-                if self._read(entry) is not entry.installed:
+                if self._read(entry) is not held.installed:
                     logger.warning("m99: credential %r was changed while revoked; restoring the original", entry.label)
-                self._write(entry, original)
+                self._write(entry, held.original)
         except Exception as exc:
             entry.failure = f"restore: {type(exc).__name__}: {exc}"
             logger.error("m99: could not restore credential %r: %s", entry.label, entry.failure)
-        entry.installed = _MISSING
 
     @staticmethod
     def _read(entry: _Entry) -> Any:

@@ -208,6 +208,32 @@ def test_l1_revokes_attributes_and_restores_the_same_object(make_guard: Callable
     assert client.config["api_key"] is config_key
 
 
+def test_a_credential_two_guards_protect_comes_back_only_when_both_are_restored(
+    make_guard: Callable[..., Guard], env_key: str
+) -> None:
+    class Client:
+        api_key = ""
+
+    client = Client()
+    client.api_key = "sk-" + "shared-" + "24680"
+    original = client.api_key
+    process, agent = make_guard("desk"), make_guard("desk-writer")
+    for g in (process, agent):
+        g.protect_env(env_key)
+        g.protect_attribute(client, "api_key", label="shared client")
+    agent.apply_state(1)  # a kill scoped to the agent strips what it shares (fail closed)
+    assert env_key not in os.environ and not client.api_key
+    process.apply_state(1)
+    agent.apply_state(0)  # restored in the "wrong" order: the process still holds them revoked
+    assert env_key not in os.environ and not client.api_key
+    late = make_guard("desk-late")
+    late.protect_env(env_key)  # registered while stripped: it still knows the secret's fingerprint
+    assert late.credential_fingerprints()[0]["fingerprint"] == process.credential_fingerprints()[0]["fingerprint"]
+    process.apply_state(0)
+    assert os.environ[env_key] == SECRET and client.api_key is original
+    assert all(not c["revoked"] for c in process.credential_fingerprints() + agent.credential_fingerprints())
+
+
 def test_frozen_dataclass_attribute_is_still_revoked(make_guard: Callable[..., Guard]) -> None:
     @dataclasses.dataclass(frozen=True)
     class Settings:
