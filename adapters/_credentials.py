@@ -7,12 +7,15 @@ Covers the openai SDK clients that LangChain ``ChatOpenAI``, CrewAI's native ``L
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from m99.credentials import RevokedCredential
 from m99.guard import Guard
 
-__all__ = ["protect_model_client"]
+__all__ = ["ModelKeys", "protect_model_client"]
 
 logger = logging.getLogger("m99.adapters")
 
@@ -82,3 +85,33 @@ def protect_model_client(guard: Guard, obj: Any, *, label: str = "", _depth: int
     if _depth == 0 and count == 0:
         logger.info("m99: found no API key on %s to revoke at L1", label)
     return count
+
+
+class ModelKeys:
+    """The model clients whose keys an adapter registered, and with which Guards: each pair once.
+
+    Every Guard governing a call gets the client's keys, so a kill of the process revokes them as
+    surely as a kill scoped to the agent (the credential layer restores a shared key only when the
+    last Guard holding it is restored).
+    """
+
+    def __init__(self) -> None:
+        # Per Guard (weakly: a Guard must be free to go away), the clients seen, held so that their
+        # ids stay theirs.
+        self._seen: weakref.WeakKeyDictionary[Guard, dict[int, Any]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def protect(self, guards: Iterable[Guard], client: Any, *, label: str = "") -> None:
+        """Register ``client``'s keys with each of ``guards`` not yet holding them; never raises."""
+        if client is None or isinstance(client, str | bytes):
+            return
+        for guard in guards:
+            with self._lock:
+                clients = self._seen.setdefault(guard, {})
+                if id(client) in clients:
+                    continue
+                clients[id(client)] = client
+            try:
+                protect_model_client(guard, client, label=label or type(client).__name__)
+            except Exception:
+                logger.exception("m99: could not register the API key of %s", label or type(client).__name__)

@@ -35,7 +35,7 @@ from ._common import (
     redacting,
     scoped,
 )
-from ._credentials import protect_model_client
+from ._credentials import ModelKeys, protect_model_client
 
 try:
     from autogen_agentchat.agents import AssistantAgent
@@ -101,11 +101,11 @@ def _tokens(usage: Any) -> int:
 class _State:
     def __init__(self, resolver: GuardResolver) -> None:
         self.resolver = resolver
-        self.protected: set[tuple[int, int]] = set()
 
 
 _lock = threading.Lock()
 _state: _State | None = None
+_keys = ModelKeys()
 _originals: dict[str, Any] = {}
 _PATCHED = ("_execute_tool_call", "_call_llm", "_reflect_on_tool_use_flow", "on_messages_stream")
 # The unpatched functions while installed (staticmethod/classmethod unwrapped), read on every call.
@@ -191,19 +191,8 @@ def _model_gate(state: _State, agent: str | None, client: Any) -> tuple[Guards, 
                 raise
             stop = exc
     if guards and stop is None:
-        _protect(state, client, guards[0])
+        _keys.protect(guards, getattr(client, "inner", client), label=f"autogen:{type(client).__name__}")
     return guards, stop
-
-
-def _protect(state: _State, client: Any, guard: Guard) -> None:
-    key = (id(guard), id(client))
-    if client is None or key in state.protected:
-        return
-    state.protected.add(key)
-    try:
-        protect_model_client(guard, getattr(client, "inner", client), label=f"autogen:{type(client).__name__}")
-    except Exception:
-        logger.exception("m99: could not register the model client's API key")
 
 
 async def _call_llm(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
@@ -418,19 +407,17 @@ class GuardedModelClient(ChatCompletionClient):
     def __init__(self, client: ChatCompletionClient, guard: Guard | GuardResolver | None = None) -> None:
         self.inner = client
         self._resolve = scoped(guard)
-        self._protected = False
         if isinstance(guard, Guard):
-            self._protect(guard)
+            _keys.protect((guard,), client, label=self._label)
 
-    def _protect(self, guard: Guard) -> None:
-        self._protected = True
-        protect_model_client(guard, self.inner, label=f"autogen:{type(self.inner).__name__}")
+    @property
+    def _label(self) -> str:
+        return f"autogen:{type(self.inner).__name__}"
 
     def _gate(self) -> Guards:
         guards = governing(self._resolve, None)
         check_model(guards)
-        if guards and not self._protected:  # a resolver-driven wrapper learns its Guard now
-            self._protect(guards[0])
+        _keys.protect(guards, self.inner, label=self._label)  # the Guards a resolver finds, too
         return guards
 
     async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:

@@ -43,7 +43,7 @@ from ._common import (
     reset_streaks,
     scoped,
 )
-from ._credentials import protect_model_client
+from ._credentials import ModelKeys, protect_model_client
 
 try:
     with warnings.catch_warnings():
@@ -125,7 +125,6 @@ class _State:
         # CrewAI runs after-LLM hooks only for text answers, so a tool-call answer is reported at
         # the next model call instead.
         self.calls: dict[int, tuple[Guards, int]] = {}
-        self.protected: set[tuple[int, int]] = set()
         self.lock = threading.Lock()
 
     def remember_refusal(self, key: int, text: str) -> None:
@@ -141,6 +140,7 @@ class _State:
 
 _lock = threading.Lock()
 _state: _State | None = None
+_keys = ModelKeys()
 
 
 # -- the hooks: module-level functions, so executors that snapshotted them stay consistent --------------
@@ -238,7 +238,7 @@ def _before_llm_call(ctx: LLMCallHookContext) -> None:
         guards = governing(state.resolve, role)
         check_model(guards)
         if guards:
-            _protect(state, ctx.llm, guards[0])
+            _keys.protect(guards, ctx.llm, label=_llm_label(ctx.llm))
             _redact_messages(guards, ctx.messages)
             with state.lock:
                 state.calls[id(ctx.llm)] = (guards, _token_total(ctx.llm))
@@ -294,15 +294,8 @@ def _redact_messages(guards: Guards, messages: Any) -> None:
                 message[key] = clean
 
 
-def _protect(state: _State, llm: Any, guard: Guard) -> None:
-    key = (id(guard), id(llm))
-    if llm is None or isinstance(llm, str) or key in state.protected:
-        return
-    state.protected.add(key)
-    try:
-        protect_model_client(guard, llm, label=f"crewai:{getattr(llm, 'model', type(llm).__name__)}")
-    except Exception:
-        logger.exception("m99: could not register the LLM's API key")
+def _llm_label(llm: Any) -> str:
+    return f"crewai:{getattr(llm, 'model', type(llm).__name__)}"
 
 
 def _heal_executor(agent: Any) -> None:

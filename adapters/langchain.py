@@ -14,6 +14,7 @@ where a handler with ``raise_error`` would, so LangChain treats it the same way.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
@@ -40,12 +41,13 @@ from ._common import (
     reset_streaks,
     scoped,
 )
-from ._credentials import protect_model_client
+from ._credentials import ModelKeys, protect_model_client
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
     from langchain_core.callbacks import BaseCallbackHandler
     from langchain_core.callbacks import manager as _lc_manager
+    from langchain_core.language_models import BaseLanguageModel
     from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
     from langchain_core.outputs import LLMResult
     from langgraph.prebuilt.tool_node import ToolCallRequest
@@ -58,6 +60,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 __all__ = ["M99CallbackHandler", "M99Middleware", "install", "installed", "protect_model", "uninstall"]
 
 logger = logging.getLogger("m99.adapters.langchain")
+
+# The model clients whose keys are registered with the Guards (the middleware and install() alike).
+_keys = ModelKeys()
 
 SUPPORTED = {"langchain-core": ">=1.0", "langchain": ">=1.0", "langgraph": ">=1.0"}
 
@@ -280,8 +285,6 @@ class M99Middleware(AgentMiddleware):
         super().__init__()
         self._resolve: Resolve = scoped(guard)
         self._agent = agent
-        # (guard, model) pairs already registered; ids, because chat models are unhashable.
-        self._protected: set[tuple[int, int]] = set()
 
     # -- tools ----------------------------------------------------------------------------------------
 
@@ -347,24 +350,12 @@ class M99Middleware(AgentMiddleware):
         except M99KillSwitchTriggered as exc:
             return request, _stop_message(exc), ()
         if guards:
-            self._protect(request.model, guards[0])
+            _keys.protect(guards, request.model)
             if redacting(guards):
                 messages = [_redact_message(guards, m) for m in request.messages]
                 if any(new is not old for new, old in zip(messages, request.messages, strict=True)):
                     request = request.override(messages=messages)
         return request, None, guards
-
-    def _protect(self, model: Any, guard: Guard) -> None:
-        # Only the most specific Guard registers a client's key: when two Guards revoke the same
-        # attribute and are restored in the wrong order, the key would stay revoked.
-        key = (id(guard), id(model))
-        if key in self._protected:
-            return
-        self._protected.add(key)
-        try:
-            protect_model(model, guard)
-        except Exception:
-            logger.exception("m99: could not register %s's API key", type(model).__name__)
 
     def _model_after(self, response: Any, guards: Guards, config: Any) -> Any:
         if not _usage_reported(config):
@@ -471,7 +462,27 @@ def _model_gate(manager: Any) -> Run | None:
     state = _installed
     if state is None or (manager.handlers and _explicit(manager.handlers)):
         return None
-    return _admit_model(state.resolve, manager.metadata)
+    run = _admit_model(state.resolve, manager.metadata)
+    _keys.protect(run[1], _calling_model())  # so that L1 can revoke this model's key
+    return run
+
+
+def _calling_model() -> Any:
+    """The model whose run is starting: ``self`` of the LangChain model method that called the callback
+    manager (``generate``, ``stream`` and their async twins).  The managers are given the model's
+    serialized form only, and revoking its key at L1 needs the object.  None when not found."""
+    try:
+        frame = sys._getframe(3)  # _calling_model <- _model_gate <- the wrapper <- the model's method
+        for _ in range(3):
+            if frame is None:
+                break
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, BaseLanguageModel):
+                return candidate
+            frame = frame.f_back
+    except Exception:
+        logger.debug("m99: could not find the calling model", exc_info=True)
+    return None
 
 
 def _note_top_level(manager: Any, inputs: Any) -> None:

@@ -209,6 +209,29 @@ def test_l1_revokes_chatopenai_key_and_restore_gives_it_back(guard: Guard, opena
     assert openai_server.authorizations() == [f"Bearer {SECRET}"] * 2
 
 
+def test_install_alone_revokes_the_key_of_every_model_it_saw(
+    guard: Guard, make_guard: Callable[..., Guard], openai_server: OpenAIServer
+) -> None:
+    lca.install()  # m99.init's one line: no middleware, no protect_model
+    chat = ChatOpenAI(model="gpt-4o-mini", api_key=SECRET, base_url=openai_server.url, max_retries=0)
+    writer_guard = default_resolver.bind("writer", make_guard("research-bot-writer"))
+    writer = create_agent(chat, [], name="writer")
+    assert contents(writer.invoke(GO))[-1] == "pong"  # the first call registers its key
+    guard.apply_state(1)  # the process's L1 revokes it, though the call was the writer's
+    with pytest.raises(TypeError, match="authentication"):
+        writer.invoke(GO)
+    with pytest.raises(TypeError):
+        asyncio.run(chat.ainvoke("ping"))
+    assert openai_server.authorizations() == [f"Bearer {SECRET}"]  # nothing more was sent
+    writer_guard.apply_state(1)
+    guard.apply_state(0)  # the writer still holds it revoked: the key stays away
+    with pytest.raises(TypeError):
+        chat.invoke("ping")
+    writer_guard.apply_state(0)  # the last one restored puts it back
+    assert chat.invoke("ping").content == "pong"
+    assert openai_server.authorizations()[-1] == f"Bearer {SECRET}"
+
+
 def test_protect_model_for_direct_calls_and_async_client(guard: Guard, openai_server: OpenAIServer) -> None:
     chat = lca.protect_model(ChatOpenAI(model="gpt-4o-mini", api_key=SECRET, base_url=openai_server.url))
     guard.apply_state(1)
