@@ -113,6 +113,7 @@ class Guard:
         "pid",
         "quiet",
         "started_at",
+        "whole_process",
     )
 
     def __init__(
@@ -126,6 +127,7 @@ class Guard:
         terminate: Callable[[float], None] | None = None,
         grace_seconds: float = 5.0,
         recent_tool_calls: int = 64,
+        whole_process: bool = False,
     ) -> None:
         if not valid_name(name):
             raise ConfigError(f"bad agent name {name!r}: 1-128 letters, digits or ._:@/+- (starting alphanumeric)")
@@ -136,6 +138,9 @@ class Guard:
         self.name = name
         self.kind = kind
         self.framework = framework
+        # The process's own Guard (``m99.init``'s): at L2 it cuts every connection of the process, the
+        # framework agents' Guards' contexts included.
+        self.whole_process = bool(whole_process)
         self._fail_open = bool(fail_open)
         self.grace_seconds = float(grace_seconds)
         self.pid = os.getpid()

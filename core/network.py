@@ -1,7 +1,9 @@
 """L2 in-process network cut: one audit hook refuses outbound sockets while the Guard in context is at L2+.
 
 With no Guard in context (a bare thread, an executor) the process-wide rule applies: refuse when every
-live Guard is at L2+.  Allow-listed destinations (the control plane) always stay reachable.
+live Guard is at L2+.  A Guard that governs the whole process (``m99.init``'s, the SDK client's) cuts
+every connection of the process, whatever Guard is in context.  Allow-listed destinations (the control
+plane) always stay reachable.
 
 The hook is installed with the first Guard, not at the first L2, because it also notes which Guard opened
 each outbound connection: reaching L2 then shuts down that Guard's established connections (keep-alive
@@ -45,6 +47,9 @@ class Guard(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def whole_process(self) -> bool: ...
 
 
 # ``m99.guard.current_guard``, bound when that module is imported: which Guard governs this context.
@@ -94,6 +99,7 @@ _installed = False
 _hint = False
 _live: weakref.WeakSet[Guard] = weakref.WeakSet()
 _cut: weakref.WeakSet[Guard] = weakref.WeakSet()
+_wide: weakref.WeakSet[Guard] = weakref.WeakSet()  # the cut Guards that govern the whole process
 # Copy-on-write frozensets: the hook reads them without a lock.
 _allowed_pairs: frozenset[tuple[str, int]] = frozenset()
 _allowed_names: frozenset[str] = frozenset()
@@ -178,7 +184,10 @@ def _index(owner_ref: weakref.ref[Guard] | None) -> set[int]:
 
 def _check(event: str, args: tuple[Any, ...]) -> None:
     guard = _current.get()
-    if guard is not None:
+    wide = next(iter(_wide), None) if _wide else None
+    if wide is not None:  # the process's own Guard is cut: every connection of the process goes
+        agent = guard.name if guard is not None and guard in _cut else wide.name
+    elif guard is not None:
         if guard not in _cut:
             return
         agent = guard.name
@@ -259,31 +268,40 @@ def cut(guard: Guard) -> int:
     """
     global _hint
     install()
+    whole = bool(getattr(guard, "whole_process", False))
     with _lock:
         _live.add(guard)
         _cut.add(guard)
+        if whole:
+            _wide.add(guard)
         _hint = True
         everyone = len(_cut) >= len(_live)
-    return _sever(guard, everyone)
+    return _sever(guard, everyone, whole)
 
 
-def _sever(guard: Guard, everyone: bool) -> int:
-    """Shut down (not close: the owner keeps its fd, and fd reuse stays impossible) matching connections."""
+def _sever(guard: Guard, everyone: bool, whole: bool = False) -> int:
+    """Shut down (not close: the owner keeps its fd, and fd reuse stays impossible) matching connections:
+    ``guard``'s own, the unowned ones too when ``everyone`` is cut, and all of them when ``whole``."""
     global _severed
     if sys.platform == "win32":
         return 0
     count = 0
-    candidates = set(_owned.pop(guard, ()))
-    if everyone:
-        candidates |= _unowned
+    if whole:
+        candidates = set(_connections)
+        _owned.clear()
         _unowned.clear()
+    else:
+        candidates = set(_owned.pop(guard, ()))
+        if everyone:
+            candidates |= _unowned
+            _unowned.clear()
     for fd in candidates:
         entry = _connections.get(fd)
         if entry is None:
             continue
         owner_ref, host, port = entry
         owner = owner_ref() if owner_ref is not None else None
-        if owner is not guard and not (owner_ref is None and everyone):
+        if not whole and owner is not guard and not (owner_ref is None and everyone):
             continue  # reused by another owner since it was indexed
         if (host, port) in _allowed_pairs:
             continue
@@ -323,6 +341,7 @@ def uncut(guard: Guard) -> None:
     global _hint
     with _lock:
         _cut.discard(guard)
+        _wide.discard(guard)
         _hint = len(_cut) > 0
 
 
@@ -332,6 +351,7 @@ def retire(guard: Guard) -> None:
     global _hint
     with _lock:
         _cut.discard(guard)
+        _wide.discard(guard)
         _live.discard(guard)
         _hint = len(_cut) > 0
 

@@ -203,6 +203,7 @@ def init(
             read_only_tools=read_only_tools,
             fail_open=fail_open,
             grace_seconds=grace_seconds,
+            whole_process=True,
         )
         for env_name in env_names:
             guard.protect_env(env_name)

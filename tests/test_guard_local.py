@@ -510,6 +510,68 @@ def test_without_a_guard_in_context_the_process_wide_rule_applies() -> None:
     }
 
 
+WHOLE_PROCESS = textwrap.dedent(
+    """
+    import json, socket
+    from m99 import network
+    from m99.guard import Guard
+
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(16)
+    port = srv.getsockname()[1]
+
+    def attempt(guard=None):
+        s = socket.socket()
+        try:
+            if guard is None:
+                s.connect(("127.0.0.1", port))
+            else:
+                with guard.activate():
+                    s.connect(("127.0.0.1", port))
+            return "ok"
+        except network.ConnectionRefusedByM99 as exc:
+            return "refused for " + exc.agent
+        finally:
+            s.close()
+
+    process = Guard("desk", whole_process=True)  # what m99.init makes
+    writer, editor = Guard("desk-writer"), Guard("desk-editor")  # runtime.agent(...)
+    held = socket.create_connection(("127.0.0.1", port))
+    with writer.activate():
+        writers = socket.create_connection(("127.0.0.1", port))
+    for s in (held, writers):
+        s.settimeout(0.2)
+
+    def state(s):
+        try:
+            return "shut down" if s.recv(1) == b"" else "data"
+        except socket.timeout:
+            return "open"
+
+    seen = {}
+    writer.apply_state(2)
+    seen["writer_cut"] = [attempt(), attempt(writer), attempt(editor), state(held), state(writers)]
+    writer.apply_state(0)
+    process.apply_state(2)
+    seen["process_cut"] = [attempt(), attempt(writer), attempt(editor), state(held), state(writers)]
+    process.apply_state(0)
+    seen["restored"] = [attempt(), attempt(writer)]
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_the_process_guard_cuts_every_connection_of_the_process() -> None:
+    child = subprocess.run([sys.executable, "-c", WHOLE_PROCESS], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout) == {
+        # A framework agent's L2 cuts its own context (and connections) only ...
+        "writer_cut": ["ok", "refused for desk-writer", "ok", "open", "shut down"],
+        # ... the process Guard's cuts all of them, whatever Guard is in context.
+        "process_cut": ["refused for desk", "refused for desk", "refused for desk", "shut down", "shut down"],
+        "restored": ["ok", "ok"],
+    }
+
+
 # -- L3 and L4 -----------------------------------------------------------------------------------------
 
 
