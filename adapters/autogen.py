@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -41,6 +42,7 @@ try:
     from autogen_agentchat.agents import AssistantAgent
     from autogen_agentchat.base import Response, TaskResult, TerminatedException, TerminationCondition
     from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, StopMessage, TextMessage
+    from autogen_agentchat.teams import BaseGroupChat
     from autogen_agentchat.teams._group_chat._events import GroupChatAgentResponse, GroupChatTeamResponse
     from autogen_core import CancellationToken, DefaultInterventionHandler, FunctionCall, MessageContext
     from autogen_core.models import (
@@ -195,6 +197,32 @@ def _model_gate(state: _State, agent: str | None, client: Any) -> tuple[Guards, 
     return guards, stop
 
 
+class _RaisedInTeams:
+    """The M99 errors raised in agents lately, by their text: a team turns a participant's exception into
+    ``RuntimeError("<type>: <message>")``, and ``_team_run_stream`` gives the caller the original back."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._recent: OrderedDict[str, M99KillSwitchTriggered] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def note(self, exc: M99KillSwitchTriggered) -> None:
+        key = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._recent[key] = exc
+            self._recent.move_to_end(key)
+            while len(self._recent) > self._size:
+                self._recent.popitem(last=False)
+
+    def recall(self, text: str) -> M99KillSwitchTriggered | None:
+        # AutoGen's text: "<type>: <message>", then "\nTraceback:\n…" when it kept one.
+        with self._lock:
+            return self._recent.get(text.split("\nTraceback:", 1)[0])
+
+
+_raised = _RaisedInTeams()
+
+
 async def _call_llm(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
     func = _original("_call_llm")
     state = _state
@@ -203,7 +231,11 @@ async def _call_llm(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, 
             yield item
         return
     agent = kwargs.get("agent_name")
-    guards, stop = _model_gate(state, agent, kwargs.get("model_client"))
+    try:
+        guards, stop = _model_gate(state, agent, kwargs.get("model_client"))
+    except M99KillSwitchTriggered as exc:
+        _raised.note(exc)
+        raise
     if stop is not None:
         yield CreateResult(
             finish_reason="stop",
@@ -227,7 +259,11 @@ async def _reflect_on_tool_use_flow(cls: Any, *args: Any, **kwargs: Any) -> Asyn
     state = _state
     if state is not None:
         agent = kwargs.get("agent_name")
-        _, stop = _model_gate(state, agent, kwargs.get("model_client"))
+        try:
+            _, stop = _model_gate(state, agent, kwargs.get("model_client"))
+        except M99KillSwitchTriggered as exc:
+            _raised.note(exc)
+            raise
         if stop is not None:
             yield Response(chat_message=TextMessage(source=agent or "agent", content=f"Stopped by M99. {stop}"))
             return
@@ -270,6 +306,21 @@ def _withhold_incoming(resolve: Resolve, receiver: str, messages: Sequence[BaseC
     return out
 
 
+async def _team_run_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+    """``BaseGroupChat.run_stream`` (``run`` too): a halt that ended the team as a participant's error
+    reaches the caller as the M99 error it was, not as AutoGen's ``RuntimeError`` carrying its text."""
+    try:
+        async for item in _team_original(self, *args, **kwargs):
+            yield item
+    except RuntimeError as exc:
+        original = _raised.recall(str(exc)) if _state is not None else None
+        if original is None:
+            raise
+        raise original from exc
+
+
+_team_original: Any = BaseGroupChat.run_stream
+
 _REPLACEMENTS: dict[str, Any] = {
     "_execute_tool_call": staticmethod(_execute_tool_call),
     "_call_llm": classmethod(_call_llm),
@@ -279,12 +330,13 @@ _REPLACEMENTS: dict[str, Any] = {
 
 
 def install(guard_resolver: GuardSource = None) -> None:
-    """Patch ``AssistantAgent`` (existing agents included) to ask the Guard; idempotent.
+    """Patch ``AssistantAgent`` (existing agents included) and ``BaseGroupChat.run_stream`` to ask the
+    Guard; idempotent.
 
     Tool calls are refused with an error result (the run goes on, the model is told why), model calls
     of a halted agent are refused, and at L2 other agents' messages are withheld.
     """
-    global _state
+    global _state, _team_original
     resolver = as_resolver(guard_resolver)
     with _lock:
         if _state is not None:
@@ -294,6 +346,9 @@ def install(guard_resolver: GuardSource = None) -> None:
             value = _originals[name] = AssistantAgent.__dict__[name]
             _funcs[name] = getattr(value, "__func__", value)
             setattr(AssistantAgent, name, _REPLACEMENTS[name])
+        if BaseGroupChat.__dict__.get("run_stream") is not _team_run_stream:
+            _team_original = BaseGroupChat.__dict__["run_stream"]
+            BaseGroupChat.run_stream = _team_run_stream
         _state = _State(resolver)
 
 
@@ -311,6 +366,10 @@ def uninstall() -> None:
             else:
                 logger.warning("m99: AssistantAgent.%s was replaced by someone else; left as is", name)
                 _originals.pop(name, None)
+        if BaseGroupChat.__dict__.get("run_stream") is _team_run_stream:
+            BaseGroupChat.run_stream = _team_original  # type: ignore[method-assign]
+        else:  # ours, under another wrapper, passes through now that _state is None
+            logger.warning("m99: BaseGroupChat.run_stream was replaced by someone else; left as is")
 
 
 def installed() -> bool:

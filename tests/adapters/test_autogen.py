@@ -16,7 +16,7 @@ import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.messages import ToolCallExecutionEvent
-from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_agentchat.teams import BaseGroupChat, RoundRobinGroupChat
 from autogen_core import SingleThreadedAgentRuntime
 from autogen_core.tools import StaticWorkbench
 from autogen_ext.models.openai import OpenAIChatCompletionClient
@@ -229,6 +229,34 @@ def test_m99_termination_stops_the_team_cleanly(guard: Guard) -> None:
     assert run(stop([])) is None
 
 
+def test_a_team_halted_through_install_alone_ends_with_the_m99_error(guard: Guard) -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    aga.install()  # m99.init's one line: no M99Termination in the team
+    alice = agent("alice", ScriptedClient(["a1", "a2", "a3"]))
+    bob = agent(
+        "bob", ScriptedClient([call("write_file", {"text": "b"})], on_call=freeze_on_first_call(guard)), [write_file]
+    )
+    team = RoundRobinGroupChat([alice, bob], termination_condition=MaxMessageTermination(10))
+    with pytest.raises(ModelCallRefused) as refused:  # AutoGen alone would raise RuntimeError("ModelCallRefused: …")
+        run(team.run(task="go"))
+    assert isinstance(refused.value, M99KillSwitchTriggered) and "drill" in str(refused.value)
+    assert isinstance(refused.value.__cause__, RuntimeError)
+    assert effects == []
+    guard.apply_state(0)  # other errors of a team are left as AutoGen raises them
+
+    class Broken(ScriptedClient):
+        async def create(self, messages: Any, **kwargs: Any) -> Any:
+            raise LookupError("user bug")
+
+    with pytest.raises(RuntimeError, match="LookupError: user bug"):
+        run(
+            RoundRobinGroupChat([agent("carol", Broken([]))], termination_condition=MaxMessageTermination(3)).run(
+                task="go"
+            )
+        )
+
+
 # -- workbenches: MCP, wrappers ---------------------------------------------------------------------------
 
 
@@ -308,12 +336,15 @@ def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     write_file, _ = tools(effects)
     names = ("_execute_tool_call", "_call_llm", "_reflect_on_tool_use_flow", "on_messages_stream")
     before = {name: AssistantAgent.__dict__[name] for name in names}
+    team_run_stream = BaseGroupChat.__dict__["run_stream"]
     aga.install()
     aga.install()
     assert all(AssistantAgent.__dict__[name] is not before[name] for name in names)
+    assert BaseGroupChat.__dict__["run_stream"] is not team_run_stream
     aga.uninstall()
     aga.uninstall()
     assert {name: AssistantAgent.__dict__[name] for name in names} == before and not aga.installed()
+    assert BaseGroupChat.__dict__["run_stream"] is team_run_stream
     guard.apply_state(3)
     run(agent("writer", ScriptedClient([call("write_file", {"text": "x"})]), [write_file]).run(task="go"))
     assert effects == ["write:x"]
