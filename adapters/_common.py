@@ -30,6 +30,7 @@ __all__ = [
     "halted",
     "note_task",
     "observing",
+    "offered",
     "record_model",
     "record_tool",
     "redact",
@@ -247,6 +248,15 @@ def allows_messages(guards: Iterable[Guard]) -> bool:
     except Exception:
         logger.exception("m99: allows_messages failed; withholding (fail closed)")
         return False
+
+
+def offered(guards: Guards, names: Iterable[str]) -> set[str]:
+    """Those of the tool ``names`` every Guard lets be offered to the model now (none if one cannot say)."""
+    try:
+        return {name for name in names if all(guard.may_offer(name) for guard in guards)}
+    except Exception:
+        logger.exception("m99: may_offer failed; offering no tool (fail closed)")
+        return set()
 
 
 def redacting(guards: Iterable[Guard]) -> bool:

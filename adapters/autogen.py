@@ -30,6 +30,7 @@ from ._common import (
     halted,
     note_task,
     observing,
+    offered,
     record_model,
     record_tool,
     redact,
@@ -391,7 +392,17 @@ class GuardedWorkbench(Workbench):
         self._resolve = scoped(guard)
 
     async def list_tools(self) -> list[ToolSchema]:
-        return list(await self.inner.list_tools())
+        """The inner workbench's tools, less those the Guards do not offer now (none at L3, read-only
+        ones at L4): an MCP server's new tools are not registered while frozen."""
+        schemas = list(await self.inner.list_tools())
+        try:
+            guards = governing(self._resolve, None)
+        except M99KillSwitchTriggered:
+            return []
+        if all(guard.quiet for guard in guards):
+            return schemas
+        keep = offered(guards, [str(s.get("name", "")) for s in schemas])
+        return [s for s in schemas if str(s.get("name", "")) in keep]
 
     async def call_tool(
         self,

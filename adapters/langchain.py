@@ -34,6 +34,7 @@ from ._common import (
     governing,
     note_task,
     observing,
+    offered,
     record_model,
     record_tool,
     redact,
@@ -351,6 +352,8 @@ class M99Middleware(AgentMiddleware):
             return request, _stop_message(exc), ()
         if guards:
             _keys.protect(guards, request.model)
+            if not all(guard.quiet for guard in guards):
+                request = _offer_only_allowed(request, guards)
             if redacting(guards):
                 messages = [_redact_message(guards, m) for m in request.messages]
                 if any(new is not old for new, old in zip(messages, request.messages, strict=True)):
@@ -380,6 +383,23 @@ class M99Middleware(AgentMiddleware):
         if stop is not None:
             return stop
         return self._model_after(await handler(request), guards, config)  # type: ignore[no-any-return]
+
+
+def _offer_only_allowed(request: ModelRequest, guards: Guards) -> ModelRequest:
+    """The request with the tools the Guards do not offer now taken out (read-only ones at L4)."""
+    tools = request.tools or []
+    names = [_tool_name(t) for t in tools]
+    keep = offered(guards, [str(n) for n in names if n])
+    kept = [t for t, n in zip(tools, names, strict=True) if n and str(n) in keep]
+    return request if len(kept) == len(tools) else request.override(tools=kept)
+
+
+def _tool_name(tool: Any) -> Any:
+    """A BaseTool's name, or a provider-format dict's (``{"name"}`` or ``{"function": {"name"}}``)."""
+    if isinstance(tool, dict):
+        function = tool.get("function")
+        return tool.get("name") or (function.get("name") if isinstance(function, dict) else None)
+    return getattr(tool, "name", None)
 
 
 def _m99_meta(exc: M99KillSwitchTriggered) -> dict[str, Any]:

@@ -9,7 +9,8 @@ What each level does here (cumulative: rising to N applies L1..LN in order, fall
       items replaced by values that fail locally, protected secrets redacted by ``redact``.
 - L2  outbound sockets refused in-process and this agent's established connections shut down
       (``m99.network``; the control plane stays allowed); ``allows_messages`` is False.
-- L3  ``check_tool``, ``check_model`` and ``check_status`` raise; the process stays alive.
+- L3  ``check_tool``, ``check_model`` and ``check_status`` raise, ``may_offer`` offers no tool (no new
+      tool is registered); the process stays alive.
 - L4  read-only lockdown: tools in ``read_only_tools`` run, every other tool is refused.  Deliberately,
       ``check_model`` and ``check_status`` do *not* raise at L4, so the agent can go on observing and
       reasoning.  L1/L2 still hold, so in practice only local models or allow-listed endpoints answer.
@@ -206,6 +207,14 @@ class Guard:
         """Raises ``M99KillSwitchTriggered`` at L3, L5, L6, or ``LeaseExpired`` while frozen by the lease."""
         if self._halt_gate:
             self._refuse(M99KillSwitchTriggered, "kill switch holds agent")
+
+    def may_offer(self, tool: str) -> bool:
+        """Whether ``tool`` may be offered to the model now: new tools are not registered while tools
+        are frozen (L3+, lost lease), and at L4 only read-only tools are (adapters ask it where a
+        framework lists tools: an MCP workbench, the tools of a ``create_agent`` model request)."""
+        if not self._tool_gate:
+            return True
+        return self._level == Level.RESTRICTION and not self._lease_frozen() and tool in self._read_only
 
     @property
     def allows_messages(self) -> bool:

@@ -621,6 +621,20 @@ def test_l4_lets_read_only_tools_and_models_run(make_guard: Callable[..., Guard]
 # -- lease ---------------------------------------------------------------------------------------------
 
 
+def test_no_new_tool_is_offered_while_frozen(make_guard: Callable[..., Guard]) -> None:
+    g = make_guard(read_only_tools={"search"})
+    assert g.may_offer("search") and g.may_offer("write_file")
+    g.apply_state(4)
+    assert g.may_offer("search") and not g.may_offer("write_file")
+    g.apply_state(3)
+    assert not g.may_offer("search") and not g.may_offer("write_file")
+    g.apply_state(0)
+    g.set_lease_lost("partition")
+    assert not g.may_offer("search")
+    g.set_lease_restored()
+    assert g.may_offer("write_file")
+
+
 def test_lost_lease_freezes_and_restoring_it_unfreezes(make_guard: Callable[..., Guard], env_key: str) -> None:
     g = make_guard(read_only_tools={"search"})
     g.protect_env(env_key)

@@ -283,6 +283,21 @@ def test_mcp_workbench_tool_refused_then_allowed(guard: Guard, tmp_path: Path) -
     assert not allowed.is_error and target.read_text() == "hi"
 
 
+def test_a_frozen_mcp_workbench_registers_no_new_tools(guard: Guard) -> None:
+    async def listed(level: int) -> list[str]:
+        guard.apply_state(level)
+        async with McpWorkbench(MCP_SERVER) as mcp:
+            return sorted(t["name"] for t in await aga.GuardedWorkbench(mcp, guard).list_tools())
+
+    everything = run(listed(0), 30)
+    assert "write_file" in everything
+    assert run(listed(3), 30) == []  # frozen: the server's tools are not offered to the model
+    guard.declare_read_only(everything[0])
+    assert run(listed(4), 30) == [everything[0]]  # restricted: read-only tools only
+    guard.apply_state(0)  # a restriction is lifted by an authority; here, the fixture's Guard directly
+    assert run(listed(0), 30) == everything
+
+
 def test_guarded_workbench_and_model_client_without_install(guard: Guard) -> None:
     effects: list[str] = []
     write_file, _ = tools(effects)

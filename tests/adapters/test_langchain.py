@@ -149,6 +149,30 @@ def test_l4_runs_read_only_tools_and_refuses_write_tools(guard: Guard) -> None:
     assert effects == ["search:m99", "search:q"]
 
 
+def test_l4_middleware_offers_the_model_only_read_only_tools(guard: Guard) -> None:
+    from langchain.agents.middleware import AgentMiddleware
+
+    effects: list[str] = []
+    write_file, search = tools(effects)
+    offered: list[list[str]] = []
+
+    class Spy(AgentMiddleware):  # inside M99Middleware: sees the request the model gets
+        def wrap_model_call(self, request, handler):  # type: ignore[no-untyped-def]
+            offered.append(sorted(t.name for t in request.tools))
+            return handler(request)
+
+    def run_once() -> None:
+        chat = model("done")
+        create_agent(chat, [write_file, search], middleware=[lca.M99Middleware(guard), Spy()]).invoke(GO)
+
+    run_once()
+    guard.apply_state(4)
+    run_once()
+    guard.apply_state(0)
+    run_once()
+    assert offered == [["search", "write_file"], ["search"], ["search", "write_file"]]
+
+
 def test_l4_model_looping_on_refusals_is_stopped(guard: Guard) -> None:
     effects: list[str] = []
     write_file, search = tools(effects)
