@@ -108,6 +108,22 @@ def _message_tokens(message: Any) -> int:
     return 0
 
 
+def _cost(response: LLMResult) -> float:
+    """The cost in USD when the provider reports it (OpenAI-compatible gateways put ``cost`` in the
+    usage they return, which LangChain passes on as ``token_usage``); 0 otherwise."""
+    usages = [(response.llm_output or {}).get("token_usage")]
+    for generations in response.generations:
+        for generation in generations:
+            metadata = getattr(getattr(generation, "message", None), "response_metadata", None) or {}
+            usages.append(metadata.get("token_usage"))
+    for usage in usages:
+        if isinstance(usage, dict):
+            cost = usage.get("cost", usage.get("total_cost"))
+            if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
+                return float(cost)
+    return 0.0
+
+
 # What a started tool or model run is, for its end: the tool's name ("" for a model) and its Guards.
 Run: TypeAlias = tuple[str, Guards]
 
@@ -142,13 +158,13 @@ def _record_end(run: Run | None, ok: bool, response: Any = None) -> None:
     if tool:
         record_tool(guards, tool, ok=ok)
         return
-    tokens = 0
+    tokens, cost = 0, 0.0
     if response is not None:
         try:
-            tokens = _tokens(response)
+            tokens, cost = _tokens(response), _cost(response)
         except Exception:
             logger.exception("m99: could not read token usage")
-    record_model(guards, tokens=tokens, ok=ok)
+    record_model(guards, tokens=tokens, cost_usd=cost, ok=ok)
 
 
 class M99CallbackHandler(BaseCallbackHandler):

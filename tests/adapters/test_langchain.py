@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import openai
 import pytest
@@ -329,6 +330,20 @@ def test_async_tools_and_models_are_checked_and_counted(guard: Guard) -> None:
     guard.apply_state(0)
     assert asyncio.run(send_mail.ainvoke({"to": "c@example.com"})) == "sent"
     assert effects == ["mail:a@example.com", "mail:c@example.com"]
+
+
+def test_usage_feed_records_the_cost_a_provider_reports(guard: Guard) -> None:
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    class PricedModel(type(model("x"))):  # type: ignore[misc]
+        def _generate(self, messages: Any, *args: Any, **kwargs: Any) -> ChatResult:
+            usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, "cost": 0.0042}
+            return ChatResult(generations=[ChatGeneration(message=AIMessage("hi"))], llm_output={"token_usage": usage})
+
+    lca.install()
+    PricedModel(responses=[AIMessage("hi")], seen=[]).invoke("hello")
+    usage = guard.usage
+    assert usage["model_calls"] == 1 and usage["tokens"] == 12 and usage["cost_usd"] == pytest.approx(0.0042)
 
 
 def test_per_agent_identity_in_a_multi_agent_process(guard: Guard, make_guard: Callable[..., Guard]) -> None:
