@@ -191,17 +191,18 @@ class M99Client:
         """Send one heartbeat now (the session also sends them in the background)."""
         if self.session is None:
             raise M99Error("not registered: call register(name, kind) first")
-        doc = self.session.link.heartbeat()
-        self.session._apply_document(doc)
-        return doc
+        return self.session.heartbeat()
 
     def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
+        """Deregister and stop the background work; the client may ``register`` again afterwards."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
 
     async def aclose(self) -> None:
-        if self.session is not None:
-            await self.session.aclose()
+        session, self.session = self.session, None
+        if session is not None:
+            await session.aclose()
 
     def __enter__(self) -> M99Client:
         return self

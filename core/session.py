@@ -517,6 +517,17 @@ class Session:
                 remaining = min(1.0, self.lease_seconds)
             await asyncio.sleep(min(remaining, 0.25) if remaining < 1 else remaining - 0.5)
 
+    def heartbeat(self) -> dict[str, Any]:
+        """Send one heartbeat now and apply the state it answers with, on the sessions' loop (where the
+        pushed state is applied too); the background heartbeats go on as before."""
+        return _Loop.run(self._heartbeat_once(), timeout=30)
+
+    async def _heartbeat_once(self) -> dict[str, Any]:
+        doc = await asyncio.to_thread(self.link.heartbeat)
+        self._contact()
+        self._apply_document(doc)
+        return doc
+
     # ------------------------------------------------------------------ async twins
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
