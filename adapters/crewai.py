@@ -14,6 +14,7 @@ before-hooks and last among the after-hooks, with the hook semantics unchanged (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import warnings
@@ -410,17 +411,41 @@ class GuardedTool(BaseTool):
     _inner: BaseTool = PrivateAttr()
     _resolve: Resolve = PrivateAttr()
 
-    def _run(self, *args: Any, **kwargs: Any) -> Any:
+    # The inner tool's ``_run``/``_arun``, not its ``run``: CrewAI calls this tool's ``run``, which already
+    # validated the arguments and counted the use against this tool's limit.
+
+    def _gate(self) -> Guards | str:
         try:
             guards = governing(self._resolve, None, tool=self.name)
             check_tool(guards, self.name)
         except ToolCallRefused as exc:
             # Returned, not raised: CrewAI would turn an exception into "Error executing tool" text.
             return _refusal_text(exc)
-        result = self._inner._run(*redact(guards, args), **redact(guards, kwargs))
+        return guards
+
+    def _done(self, guards: Guards, result: Any) -> Any:
         if _state is None:  # with install() the after-tool hook reports the call
             record_tool(guards, self.name, ok=True)
         return redact(guards, result)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        guards = self._gate()
+        if isinstance(guards, str):
+            return guards
+        result = self._inner._run(*redact(guards, args), **redact(guards, kwargs))
+        if asyncio.iscoroutine(result):  # an async tool body: CrewAI's run() awaits what this returns
+
+            async def finish() -> Any:
+                return self._done(guards, await result)
+
+            return finish()
+        return self._done(guards, result)
+
+    async def _arun(self, *args: Any, **kwargs: Any) -> Any:
+        guards = self._gate()
+        if isinstance(guards, str):
+            return guards
+        return self._done(guards, await self._inner._arun(*redact(guards, args), **redact(guards, kwargs)))
 
 
 def wrap_tool(tool: BaseTool, guard: Guard | GuardResolver | None = None) -> GuardedTool:

@@ -270,6 +270,32 @@ def test_wrap_tool_refuses_without_the_global_hooks(guard: Guard) -> None:
     assert guard.usage["tool_calls"] == 1
 
 
+def test_wrap_tool_guards_an_async_tool_and_redacts_its_result(guard: Guard) -> None:
+    from crewai.tools import BaseTool as CrewTool
+
+    effects: list[str] = []
+
+    class Lookup(CrewTool):
+        name: str = "lookup"
+        description: str = "Look a key up."
+
+        def _run(self, key: str) -> str:
+            raise AssertionError("the async body is the one CrewAI runs here")
+
+        async def _arun(self, key: str) -> str:
+            effects.append(key)
+            return f"{key}={SECRET}"
+
+    guard.protect_secret(SECRET, label="db")
+    guarded = cra.wrap_tool(Lookup(), guard)
+    assert asyncio.run(guarded.arun(key="a")) == f"a={SECRET}"  # below L1: as the tool said it
+    guard.apply_state(1)
+    assert asyncio.run(guarded.arun(key="b")) == f"b={REDACTED}"
+    guard.apply_state(3)
+    assert "tool-call freeze" in asyncio.run(guarded.arun(key="c"))
+    assert effects == ["a", "b"]
+
+
 def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     effects: list[str] = []
     write_file, _ = tools(effects)
