@@ -96,9 +96,10 @@ class ModelKeys:
     """
 
     def __init__(self) -> None:
-        # Per Guard (weakly: a Guard must be free to go away), the clients seen, held so that their
-        # ids stay theirs.
-        self._seen: weakref.WeakKeyDictionary[Guard, dict[int, Any]] = weakref.WeakKeyDictionary()
+        # By id of the Guard: a weak reference to it (a Guard must be free to go away) and the clients
+        # registered with it by id, held so that their ids stay theirs.  Read without the lock: asked
+        # on every model call, it is written only the first time a pair is seen.
+        self._seen: dict[int, tuple[weakref.ref[Guard], dict[int, Any]]] = {}
         self._lock = threading.Lock()
 
     def protect(self, guards: Iterable[Guard], client: Any, *, label: str = "") -> None:
@@ -106,12 +107,20 @@ class ModelKeys:
         if client is None or isinstance(client, str | bytes):
             return
         for guard in guards:
-            with self._lock:
-                clients = self._seen.setdefault(guard, {})
-                if id(client) in clients:
-                    continue
-                clients[id(client)] = client
-            try:
-                protect_model_client(guard, client, label=label or type(client).__name__)
-            except Exception:
-                logger.exception("m99: could not register the API key of %s", label or type(client).__name__)
+            seen = self._seen.get(id(guard))
+            if seen is None or seen[0]() is not guard or id(client) not in seen[1]:
+                self._register(guard, client, label or type(client).__name__)
+
+    def _register(self, guard: Guard, client: Any, label: str) -> None:
+        with self._lock:
+            seen = self._seen.get(id(guard))
+            if seen is None or seen[0]() is not guard:
+                self._seen = {k: v for k, v in self._seen.items() if v[0]() is not None}  # forget gone Guards
+                seen = self._seen[id(guard)] = (weakref.ref(guard), {})
+            if id(client) in seen[1]:
+                return
+            seen[1][id(client)] = client
+        try:
+            protect_model_client(guard, client, label=label)
+        except Exception:
+            logger.exception("m99: could not register the API key of %s", label)

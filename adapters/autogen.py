@@ -5,6 +5,7 @@ and end a team (``M99Termination``).  Nothing here ever cancels or raises into a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -228,8 +229,9 @@ async def _call_llm(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, 
     func = _original("_call_llm")
     state = _state
     if state is None:
-        async for item in func(cls, *args, **kwargs):
-            yield item
+        async with contextlib.aclosing(func(cls, *args, **kwargs)) as stream:
+            async for item in stream:
+                yield item
         return
     agent = kwargs.get("agent_name")
     try:
@@ -246,10 +248,11 @@ async def _call_llm(cls: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, 
         )
         return
     try:
-        async for item in func(cls, *args, **kwargs):
-            if isinstance(item, CreateResult):
-                record_model(guards, tokens=_tokens(item.usage), ok=True)
-            yield item
+        async with contextlib.aclosing(func(cls, *args, **kwargs)) as stream:  # closed with this one
+            async for item in stream:
+                if isinstance(item, CreateResult):
+                    record_model(guards, tokens=_tokens(item.usage), ok=True)
+                yield item
     except Exception:
         record_model(guards, ok=False)
         raise
@@ -268,8 +271,9 @@ async def _reflect_on_tool_use_flow(cls: Any, *args: Any, **kwargs: Any) -> Asyn
         if stop is not None:
             yield Response(chat_message=TextMessage(source=agent or "agent", content=f"Stopped by M99. {stop}"))
             return
-    async for item in func(cls, *args, **kwargs):
-        yield item
+    async with contextlib.aclosing(func(cls, *args, **kwargs)) as stream:
+        async for item in stream:
+            yield item
 
 
 def _on_messages_stream(
@@ -311,8 +315,9 @@ async def _team_run_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerat
     """``BaseGroupChat.run_stream`` (``run`` too): a halt that ended the team as a participant's error
     reaches the caller as the M99 error it was, not as AutoGen's ``RuntimeError`` carrying its text."""
     try:
-        async for item in _team_original(self, *args, **kwargs):
-            yield item
+        async with contextlib.aclosing(_team_original(self, *args, **kwargs)) as stream:
+            async for item in stream:
+                yield item
     except RuntimeError as exc:
         original = _raised.recall(str(exc)) if _state is not None else None
         if original is None:

@@ -590,7 +590,7 @@ def _amodel_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
 
 def _chain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
     def on_chain_start(self: Any, serialized: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        if live[0]:
+        if self.parent_run_id is None and live[0]:  # every runnable of a graph starts here: test cheaply
             _note_top_level(self, inputs)
         return previous(self, serialized, inputs, *args, **kwargs)
 
@@ -599,7 +599,7 @@ def _chain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
 
 def _achain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
     async def on_chain_start(self: Any, serialized: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        if live[0]:
+        if self.parent_run_id is None and live[0]:
             _note_top_level(self, inputs)
         return await previous(self, serialized, inputs, *args, **kwargs)
 
