@@ -186,14 +186,16 @@ def _model_gate(state: _State, agent: str | None, client: Any) -> tuple[Guards, 
     """
     guards = governing(state.resolver.resolve, agent)
     stop: M99KillSwitchTriggered | None = None
-    for guard in guards:
-        try:
-            check_model((guard,))
-        except M99KillSwitchTriggered as exc:
-            # Only on a refusal: ``agents`` copies the bindings.
-            if not agent or guard is not state.resolver.agents.get(agent):
-                raise
-            stop = exc
+    try:
+        check_model(guards)  # the usual case: all of them allow it, in one pass
+    except M99KillSwitchTriggered as exc:
+        # The agent's own Guard (asked first) stops only its turn; any other ends the run.  Only on a
+        # refusal: ``agents`` copies the bindings.
+        bound = state.resolver.agents.get(agent) if agent else None
+        if bound is None or not guards or guards[0] is not bound or exc.agent != bound.name:
+            raise
+        check_model(guards[1:])
+        stop = exc
     if guards and stop is None:
         _keys.protect(guards, getattr(client, "inner", client), label=f"autogen:{type(client).__name__}")
     return guards, stop
