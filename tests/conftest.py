@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import httpx
 import pytest
@@ -41,3 +43,24 @@ def admin(embedded: EmbeddedControlPlane) -> Iterator[httpx.Client]:
         base_url=embedded.url, timeout=30, headers={"Authorization": f"Bearer {embedded.token}"}
     ) as client:
         yield client
+
+
+@pytest.fixture
+def local_site() -> Iterator[str]:
+    """A SaaS stand-in on loopback: any GET answers 200."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

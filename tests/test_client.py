@@ -4,8 +4,6 @@ explicit heartbeat, and a client that registers again after closing."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,18 +13,8 @@ from m99 import M99Client, M99Error, M99KillSwitchTriggered
 from m99.server import EmbeddedControlPlane
 from m99.session import _Loop
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
-def fire(admin: httpx.Client, scope: str) -> dict:
-    auth = admin.post("/api/arm", json={"by": "a@example.com", "reason": "r", "scope": scope, "level": 3}).json()
-    return admin.post("/api/execute", json={"authorization_id": auth["id"]}).json()
+from .test_session import fire as fire_at
+from .test_session import wait_for
 
 
 def test_a_key_file_keeps_the_agents_identity_across_restarts(embedded: EmbeddedControlPlane, tmp_path: Path) -> None:
@@ -50,7 +38,7 @@ def test_async_context_manager_registers_checks_and_deregisters(
         async with M99Client(embedded.url) as client:
             client.register("async-bot", "autonomous")
             client.check_status()
-            fire(admin, "agent:async-bot")
+            fire_at(admin, scope="agent:async-bot")
             for _ in range(400):
                 try:
                     client.check_status()
@@ -72,7 +60,7 @@ def test_an_explicit_heartbeat_applies_its_state_on_the_sessions_loop(
         push = next(t for t in client.session._tasks if t.get_name().startswith("m99-push"))
         _Loop.get().call_soon_threadsafe(push.cancel)  # no push: only the heartbeat can tell it
         wait_for(push.done)
-        fire(admin, "agent:beater")
+        fire_at(admin, scope="agent:beater")
         client.check_status()  # not told yet
         seen = []
         client.guard.on_change(lambda guard, old, new: seen.append(_Loop.on_loop()))  # type: ignore[union-attr]

@@ -45,52 +45,34 @@ def test_init_installs_every_framework_adapter_and_shutdown_removes_them(init, a
     assert admin.get("/api/agents").json()[0]["status"] != "active"
 
 
-def test_l2_of_the_process_cuts_a_framework_agents_tool_off_the_network(init, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
+def test_l2_of_the_process_cuts_a_framework_agents_tool_off_the_network(
+    init, admin: httpx.Client, local_site: str
+) -> None:  # type: ignore[no-untyped-def]
     from langchain.agents import create_agent
     from langchain_core.tools import tool
 
     from .adapters.lc_fakes import call, model
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    saas = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    Thread(target=saas.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{saas.server_address[1]}/"
     answers: list[str] = []
 
     @tool
     def fetch(page: str) -> str:
         """Fetch a page of the SaaS."""
         try:
-            answers.append(str(httpx.get(url + page, timeout=5).status_code))
+            answers.append(str(httpx.get(local_site + page, timeout=5).status_code))
         except httpx.ConnectError as exc:
             answers.append(str(exc))
         return answers[-1]
 
-    try:
-        runtime = init(kind="autonomous", exclude=["crewai", "autogen"])
-        runtime.agent("lc-fetcher", framework="langchain")
-        agent = create_agent(model(call("fetch", {"page": "a"}), "done"), [fetch], name="lc-fetcher")
-        agent.invoke({"messages": [("user", "go")]})
-        fire(admin, scope="agent:research-bot", level=2)  # the process, not the framework agent
-        wait_for(lambda: runtime.guard.level == 2)
-        agent = create_agent(model(call("fetch", {"page": "b"}), "done"), [fetch], name="lc-fetcher")
-        agent.invoke({"messages": [("user", "go")]})  # tools still run at L2, but not the network
-        assert answers[0] == "200" and "M99 L2 SaaS disconnection" in answers[1]
-    finally:
-        saas.shutdown()
-        saas.server_close()
+    runtime = init(kind="autonomous", exclude=["crewai", "autogen"])
+    runtime.agent("lc-fetcher", framework="langchain")
+    agent = create_agent(model(call("fetch", {"page": "a"}), "done"), [fetch], name="lc-fetcher")
+    agent.invoke({"messages": [("user", "go")]})
+    fire(admin, scope="agent:research-bot", level=2)  # the process, not the framework agent
+    wait_for(lambda: runtime.guard.level == 2)
+    agent = create_agent(model(call("fetch", {"page": "b"}), "done"), [fetch], name="lc-fetcher")
+    agent.invoke({"messages": [("user", "go")]})  # tools still run at L2, but not the network
+    assert answers[0] == "200" and "M99 L2 SaaS disconnection" in answers[1]
 
 
 def test_init_again_returns_the_runtime_and_another_name_is_an_error(init) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 
 import httpx
 import pytest
@@ -61,27 +59,6 @@ def agent(serve: ServeProcess) -> Iterator[Callable[..., m99.Runtime]]:
 
     yield start
     m99.shutdown()
-
-
-@pytest.fixture
-def local_site() -> Iterator[str]:
-    """A SaaS stand-in on loopback: any GET answers 200."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 def test_l1_strips_the_env_var_and_restore_puts_it_back(agent, serve: ServeProcess, monkeypatch) -> None:  # type: ignore[no-untyped-def]
