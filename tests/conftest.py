@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from m99.control import Settings
 from m99.server import EmbeddedControlPlane
 
-from .servers import ServeProcess
+from .servers import ServeProcess, serving
 
 # Agent frameworks must never phone home from tests.
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
@@ -59,8 +58,5 @@ def local_site() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"

@@ -29,6 +29,8 @@ from m99.errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelC
 from m99.guard import Guard, current_guard
 from m99.network import ConnectionRefusedByM99
 
+from .servers import serving
+
 SECRET = "sk-test-0123456789abcdef"
 DB_PASSWORD = "correct-horse-battery-staple"
 
@@ -86,14 +88,8 @@ class Recorder(BaseHTTPRequestHandler):
 def http_server() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     server.requests = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import gc
 import json
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +26,8 @@ for _name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY", "OPENAI_BASE_URL", "OPENAI_A
 from m99.adapters import default_resolver, uninstall_all  # noqa: E402
 from m99.adapters._common import _streak  # noqa: E402
 from m99.guard import Guard  # noqa: E402
+
+from ..servers import serving  # noqa: E402
 
 SECRET = "sk-m99-test-0123456789abcdef"
 
@@ -116,14 +117,8 @@ def _serve() -> Iterator[OpenAIServer]:
     server = OpenAIServer(("127.0.0.1", 0), _OpenAIHandler)
     server.requests = []
     server.reply = "pong"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture
