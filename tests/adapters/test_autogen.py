@@ -229,6 +229,25 @@ def test_m99_termination_stops_the_team_cleanly(guard: Guard) -> None:
     assert run(stop([])) is None
 
 
+def test_a_caller_leaving_a_teams_stream_early_closes_the_team_too(guard: Guard) -> None:
+    """install() wraps ``run_stream``; closing the wrapper closes the team's own stream at once (not
+    whenever the garbage collector gets to it), so the team is free to run again."""
+    aga.install()
+    team = RoundRobinGroupChat(
+        [agent("alice", ScriptedClient(["a1", "a2"])), agent("bob", ScriptedClient(["b1"]))],
+        termination_condition=MaxMessageTermination(3),
+    )
+
+    async def scenario() -> Any:
+        stream = team.run_stream(task="go")
+        first = await anext(stream)
+        await stream.aclose()
+        assert first.source == "user"
+        return await team.run(task="again")
+
+    assert run(scenario()).messages[-1].source in ("alice", "bob")
+
+
 def test_a_team_halted_through_install_alone_ends_with_the_m99_error(guard: Guard) -> None:
     effects: list[str] = []
     write_file, _ = tools(effects)
