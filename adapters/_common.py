@@ -28,6 +28,7 @@ __all__ = [
     "default_resolver",
     "governing",
     "halted",
+    "idle",
     "note_task",
     "observing",
     "offered",
@@ -208,6 +209,16 @@ def check_tool(guards: Iterable[Guard], tool: str) -> None:
     if _streak.counting():  # usually no streak at all: skip the per-Guard weakref lookups
         for guard in guards:
             _streak.allowed(guard)
+
+
+def idle(guards: Guards) -> bool:
+    """Whether no Guard has anything set and no refusal streak is counting: every check would allow,
+    redaction is the identity and there is no streak to clear, so a hook may return at once.  A Guard
+    that cannot say raises, which an enforcing caller turns into a refusal (fail closed)."""
+    for guard in guards:
+        if not guard.quiet:
+            return False
+    return not _streak.counting()
 
 
 def check_model(guards: Iterable[Guard]) -> None:
