@@ -51,6 +51,7 @@ try:
     from langchain_core.language_models import BaseLanguageModel
     from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
     from langchain_core.outputs import LLMResult
+    from langgraph.config import get_config as _graph_config
     from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.types import Command
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -271,9 +272,7 @@ class M99CallbackHandler(BaseCallbackHandler):
 def _run_config() -> Any:
     """The running graph node's config (LangGraph's; not copied), or an empty one outside a graph."""
     try:
-        from langgraph.config import get_config
-
-        return get_config()
+        return _graph_config()
     except Exception:  # outside a graph node
         return {}
 
