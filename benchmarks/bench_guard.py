@@ -88,14 +88,24 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+_last_progress = [0.0]
+
+
 def progress(text: str) -> None:
-    sys.stderr.write(f"\r\033[K{text}")
+    """One line rewritten in place on a terminal; into a file or a pipe, a line every 5 seconds."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[K{text}")
+    elif time.monotonic() - _last_progress[0] >= 5.0:
+        _last_progress[0] = time.monotonic()
+        sys.stderr.write(f"{text}\n")
     sys.stderr.flush()
 
 
 def end_progress() -> None:
-    sys.stderr.write("\r\033[K")
-    sys.stderr.flush()
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    _last_progress[0] = 0.0
 
 
 def fmt_ms(ms: float) -> str:
