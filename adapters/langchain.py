@@ -1,7 +1,7 @@
 """LangChain adapter: ``install()`` puts M99 in LangChain's callback managers, so every tool and model
-call in the process is checked (one line, no ``config``); ``M99CallbackHandler`` does the same for the
-runs it is passed to; ``M99Middleware`` for ``create_agent`` also redacts secrets and ends a frozen run
-cleanly.
+call in the process is checked (one line, no ``config``) and, at L1, every tool's input and output is
+redacted; ``M99CallbackHandler`` checks the runs it is passed to; ``M99Middleware`` for
+``create_agent`` also redacts the messages sent to the model and ends a frozen run cleanly.
 
 Why ``install()`` does not register a callback handler: every run of every runnable then dispatches
 its events to that handler, which measured here cost a tool call 3-5 % before the handler did
@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 from uuid import UUID
 
 from m99.errors import AdapterUnavailable, M99KillSwitchTriggered
-from m99.guard import Guard
+from m99.guard import Guard, any_redacting
 
 from ._common import (
     GuardResolver,
@@ -51,6 +51,9 @@ try:
     from langchain_core.language_models import BaseLanguageModel
     from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
     from langchain_core.outputs import LLMResult
+    from langchain_core.runnables import config as _lc_config
+    from langchain_core.tools import BaseTool
+    from langchain_core.tools import base as _lc_tools_base
     from langgraph.config import get_config as _graph_config
     from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.types import Command
@@ -175,7 +178,7 @@ class M99CallbackHandler(BaseCallbackHandler):
     Sync, ``raise_error`` and ``run_inline`` on purpose: LangChain swallows exceptions from handlers
     without ``raise_error`` and from async handlers on sync runs.  ``on_tool_start`` runs before
     the tool body, so a refused tool never runs.  Callbacks see copies of inputs and outputs, so
-    they cannot redact: use ``M99Middleware`` for that.
+    they cannot redact: ``install()`` or ``M99Middleware`` do.
     """
 
     raise_error = True
@@ -470,7 +473,7 @@ class _Installed:
         # Shared by this install's wrappers: False once uninstalled, for any wrapper that could not be
         # taken out (another library wrapped the same method after us); it then passes calls through.
         self.live = [True]
-        self.wrapped: list[tuple[type, str, Callable[..., Any], Any]] = []  # (class, method, ours, own before)
+        self.wrapped: list[tuple[Any, str, Callable[..., Any], Any]] = []  # (class or module, name, ours, own before)
 
 
 _lock = threading.Lock()
@@ -622,7 +625,48 @@ def _run_end(ok: bool, is_async: bool) -> Factory:
     return factory
 
 
-def _patches() -> list[tuple[type, str, Factory]]:
+def _redacting_guards(tool: str) -> Guards:
+    """The Guards of the tool run in progress that redact now (none: it goes on untouched), found by the
+    running config's agent name.  A resolver that fails refuses the run, as the tool gate would."""
+    state = _installed
+    if state is None:
+        return ()
+    config = _lc_config.var_child_runnable_config.get()
+    guards = governing(state.resolve, _agent_of(config.get("metadata")) if config else None, tool=tool)
+    return guards if redacting(guards) else ()
+
+
+# Where a tool's input and output pass inside ``BaseTool.run``/``arun`` (callbacks see only copies of
+# them, so these are the seams for L1 redaction): ``_to_args_and_kwargs`` turns the input into the
+# tool body's arguments, the module's ``_format_output`` turns the body's result into what the caller
+# gets.  Both are positional and cheap to pass through below L1; the framework contract tests fail if
+# LangChain renames or bypasses them.
+
+
+def _tool_arguments(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    def _to_args_and_kwargs(self: Any, tool_input: Any, tool_call_id: Any) -> Any:
+        args, kwargs = previous(self, tool_input, tool_call_id)
+        if live[0] and any_redacting():
+            guards = _redacting_guards(str(getattr(self, "name", "tool")))
+            if guards:
+                return redact(guards, args), redact(guards, kwargs)
+        return args, kwargs
+
+    return _to_args_and_kwargs
+
+
+def _tool_output(previous: Any, live: list[bool]) -> Callable[..., Any]:
+    def _format_output(content: Any, artifact: Any, tool_call_id: Any, name: Any, status: Any) -> Any:
+        if live[0] and any_redacting():
+            guards = _redacting_guards(str(name))
+            if guards:
+                content = redact(guards, content)
+        return previous(content, artifact, tool_call_id, name, status)
+
+    return _format_output
+
+
+def _patches() -> list[tuple[Any, str, Factory]]:
     m = _lc_manager
     plain, aio = m.CallbackManager, m.AsyncCallbackManager
     starts: list[tuple[type, str, Factory]] = [
@@ -646,12 +690,27 @@ def _patches() -> list[tuple[type, str, Factory]]:
             (cls, f"on_{kind}_end", _run_end(True, is_async)),
             (cls, f"on_{kind}_error", _run_end(False, is_async)),
         ]
-    return starts + ends
+    # L1 redaction of tool input and output: private seams, skipped (with a warning) if missing.
+    seams = [(BaseTool, "_to_args_and_kwargs", _tool_arguments), (_lc_tools_base, "_format_output", _tool_output)]
+    return starts + ends + [(owner, name, factory) for owner, name, factory in seams if _seam(owner, name)]
+
+
+def _seam(owner: Any, name: str) -> bool:
+    if callable(getattr(owner, name, None)):
+        return True
+    logger.warning(
+        "m99: langchain_core has no %s.%s: install() cannot redact tool input and output at L1 "
+        "(M99Middleware still does)",
+        getattr(owner, "__name__", owner),
+        name,
+    )
+    return False
 
 
 def install(guard_resolver: GuardSource = None) -> None:
-    """Check every LangChain tool and model call in the process against the Guard; idempotent (calling
-    again only updates the resolver).  A run that has an ``M99CallbackHandler`` of its own is left to it."""
+    """Check every LangChain tool and model call in the process against the Guard, and at L1 redact every
+    tool's input and output; idempotent (calling again only updates the resolver).  A run that has an
+    ``M99CallbackHandler`` of its own is left to it for the checks."""
     global _installed
     resolver = as_resolver(guard_resolver)
     with _lock:

@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -42,7 +43,7 @@ from .errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelCall
 from .levels import Level, valid_name
 from .network import ConnectionRefusedByM99
 
-__all__ = ["ChangeCallback", "ConnectionRefusedByM99", "Guard", "current_guard", "terminate_process"]
+__all__ = ["ChangeCallback", "ConnectionRefusedByM99", "Guard", "any_redacting", "current_guard", "terminate_process"]
 
 logger = logging.getLogger("m99.guard")
 
@@ -54,6 +55,24 @@ _now = time.time
 
 # The Guard governing the running context: adapters read it, and so does the L2 network hook.
 current_guard: ContextVar[Guard | None] = ContextVar("m99_current_guard", default=None)
+
+# The Guards redacting now (L1+), by id, each with a weak reference that drops its entry when the
+# Guard is collected.  Only ``Guard._update_gates`` writes it.
+_redacting: dict[int, weakref.ref[Guard]] = {}
+
+
+def any_redacting() -> bool:
+    """Whether any Guard of this process redacts now (L1+).  One test of a dict, for a framework hook
+    that would otherwise find its Guards on every call only to learn that nothing needs redacting."""
+    return bool(_redacting)
+
+
+def _forget_redacting(key: int) -> Callable[[weakref.ref[Guard]], None]:
+    def forget(ref: weakref.ref[Guard]) -> None:
+        if _redacting.get(key) is ref:  # not a newer Guard that took the same id
+            _redacting.pop(key, None)
+
+    return forget
 
 
 def log_change(agent: str, old: int, new: int, reason: str) -> None:
@@ -406,6 +425,11 @@ class Guard:
         if not quiet:
             self.quiet = False  # first, so no reader skips a gate about to be set
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
+        key = id(self)
+        if not self._redact_gate:
+            _redacting.pop(key, None)
+        elif key not in _redacting:
+            _redacting[key] = weakref.ref(self, _forget_redacting(key))
         self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
         self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease
         self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease

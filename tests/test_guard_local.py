@@ -279,6 +279,28 @@ def test_a_credential_that_cannot_be_revoked_does_not_stop_the_other_levels(
     assert any("stubborn" in failure for failure in g.snapshot()["enforcement_failures"])
 
 
+def test_any_redacting_follows_every_guard_of_the_process() -> None:
+    from m99.guard import any_redacting
+
+    a = Guard("redact-a", terminate=lambda grace: None)
+    b = Guard("redact-b", terminate=lambda grace: None)
+    try:
+        assert not any_redacting()
+        a.apply_state(1)
+        b.apply_state(3)
+        assert any_redacting()
+        a.apply_state(0)
+        assert any_redacting()  # b still redacts (L3 includes L1)
+        b.apply_state(0)
+        assert not any_redacting()
+        b.apply_state(1)
+    finally:
+        a.apply_state(0)
+    del b  # a Guard dropped while redacting does not keep the flag up
+    gc.collect()
+    assert not any_redacting()
+
+
 def test_fingerprints_never_contain_the_secret(make_guard: Callable[..., Guard], env_key: str) -> None:
     import hashlib
 

@@ -221,6 +221,44 @@ def test_l1_redacts_tool_arguments_results_and_model_input(guard: Guard) -> None
     assert effects == [SECRET]
 
 
+def test_l1_install_alone_redacts_tool_arguments_and_results(guard: Guard, make_guard: Callable[..., Guard]) -> None:
+    """The one line (no middleware): at L1 a tool gets its input, and the agent the tool's output,
+    without the protected secrets, on a plain invoke, an async one and inside create_agent; an agent
+    with a Guard of its own is redacted by that Guard; below L1 nothing changes."""
+    seen: list[str] = []
+
+    @tool
+    def read_config(name: str) -> str:
+        """Read a config value."""
+        seen.append(name)
+        return f"{name}={SECRET}"
+
+    lca.install()
+    guard.protect_secret(SECRET, label="db")
+    assert read_config.invoke({"name": SECRET}) == f"{SECRET}={SECRET}"  # L0: untouched
+    guard.apply_state(1)
+    assert read_config.invoke({"name": f"key {SECRET}"}) == f"key {REDACTED}={REDACTED}"
+    assert asyncio.run(read_config.ainvoke({"name": SECRET})) == f"{REDACTED}={REDACTED}"
+    chat = model(call("read_config", {"name": SECRET}), "done")
+    result = create_agent(chat, [read_config]).invoke(GO)
+    tool_message = next(m for m in result["messages"] if isinstance(m, ToolMessage))
+    assert tool_message.content == f"{REDACTED}={REDACTED}" and tool_message.tool_call_id
+    assert seen == [SECRET, f"key {REDACTED}", REDACTED, REDACTED]
+
+    guard.apply_state(0)
+    own = default_resolver.bind("vault-reader", make_guard("research-bot-vault"))
+    own.protect_secret("hunter2-vault-key", label="vault")
+    own.apply_state(1)  # only the framework agent's own Guard is at L1
+    seen.clear()
+    chat = model(call("read_config", {"name": "hunter2-vault-key"}), "done")
+    create_agent(chat, [read_config], name="vault-reader").invoke(GO)
+    chat = model(call("read_config", {"name": "hunter2-vault-key"}), "done")
+    create_agent(chat, [read_config], name="other-agent").invoke(GO)
+    assert seen == [REDACTED, "hunter2-vault-key"]
+    own.apply_state(0)
+    assert read_config.invoke({"name": SECRET}) == f"{SECRET}={SECRET}"
+
+
 def test_l1_revokes_chatopenai_key_and_restore_gives_it_back(guard: Guard, openai_server: OpenAIServer) -> None:
     chat = ChatOpenAI(model="gpt-4o-mini", api_key=SECRET, base_url=openai_server.url, max_retries=0)
     agent = create_agent(chat, [], middleware=[lca.M99Middleware(guard)])

@@ -249,3 +249,52 @@ def test_a_run_ends_on_the_manager_its_start_returned_and_carries_the_agent_name
     assert len(tool_end.calls) == 1 and len(model_end.calls) == 2
     assert type(tool_end.calls[0][0]) is manager.CallbackManagerForToolRun
     assert tool_end.calls[0][0].__dict__ is not None  # run managers take the attribute install() sets
+
+
+def test_tool_input_and_output_pass_the_seams_install_redacts_at() -> None:
+    """``BaseTool.run``/``arun`` give the tool body what ``BaseTool._to_args_and_kwargs`` returns (also
+    for a single-input ``Tool``) and the caller what the module's ``_format_output`` makes of the body's
+    result, on every tool path, inside the caller's config (which names the agent)."""
+    from langchain_core.runnables import config as lc_config
+    from langchain_core.tools import BaseTool, Tool, base
+
+    seen: list[str] = []
+    agents: list[Any] = []
+
+    @tool
+    def echo(text: str) -> str:
+        """Echo."""
+        seen.append(text)
+        return f"echo {text}"
+
+    @tool
+    async def aecho(text: str) -> str:
+        """Echo, async."""
+        seen.append(text)
+        return f"echo {text}"
+
+    single = Tool(name="single", func=lambda text: seen.append(text) or f"echo {text}", description="Echo.")
+    original_args, original_output = BaseTool.__dict__["_to_args_and_kwargs"], base.__dict__["_format_output"]
+
+    def to_args(self: Any, tool_input: Any, tool_call_id: Any) -> Any:
+        args, kwargs = original_args(self, tool_input, tool_call_id)
+        config = lc_config.var_child_runnable_config.get()
+        agents.append((config or {}).get("metadata", {}).get("lc_agent_name"))
+        return tuple(a.upper() for a in args), {k: v.upper() for k, v in kwargs.items()}
+
+    def output(content: Any, artifact: Any, tool_call_id: Any, name: Any, status: Any) -> Any:
+        return original_output(f"[{content}]", artifact, tool_call_id, name, status)
+
+    BaseTool._to_args_and_kwargs = to_args  # type: ignore[method-assign]
+    base._format_output = output
+    try:
+        assert echo.invoke({"text": "a"}) == "[echo A]"
+        assert asyncio.run(aecho.ainvoke({"text": "b"})) == "[echo B]"
+        assert single.invoke("c") == "[echo C]"
+        result = create_agent(model(call("echo", {"text": "d"}), "done"), [echo], name="echoer").invoke(GO)
+    finally:
+        BaseTool._to_args_and_kwargs = original_args  # type: ignore[method-assign]
+        base._format_output = original_output
+    message = next(m for m in result["messages"] if isinstance(m, ToolMessage))
+    assert message.content == "[echo D]"
+    assert seen == ["A", "B", "C", "D"] and agents[-1] == "echoer"
