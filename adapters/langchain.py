@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 from uuid import UUID
 
 from m99.errors import AdapterUnavailable, M99KillSwitchTriggered
-from m99.guard import Guard, any_redacting
+from m99.guard import Guard, any_redacting, unwatch_redacting, watch_redacting
 
 from ._common import (
     GuardResolver,
@@ -474,6 +474,11 @@ class _Installed:
         # taken out (another library wrapped the same method after us); it then passes calls through.
         self.live = [True]
         self.wrapped: list[tuple[Any, str, Callable[..., Any], Any]] = []  # (class or module, name, ours, own before)
+        # The L1 redaction seams: put in only while some Guard of the process redacts (``_sync_seams``),
+        # so that below L1 a tool call does not even pass through them.
+        self.seams: list[tuple[Any, str, Factory]] = []
+        self.seams_in: list[tuple[Any, str, Callable[..., Any], Any]] = []
+        self.seams_lock = threading.Lock()
 
 
 _lock = threading.Lock()
@@ -532,10 +537,6 @@ def _note_top_level(manager: Any, inputs: Any) -> None:
             _note_run_start(state.resolve, manager.metadata, inputs)
     except Exception:  # observation never reaches the host
         logger.exception("m99: could not note the start of a LangChain run")
-
-
-def _ended(run_manager: Any, ok: bool, response: Any = None) -> None:
-    _record_end(getattr(run_manager, _RUN, None), ok, response)
 
 
 # Wrapper factories: each wrapper calls the method it replaced (``previous``) and is inert once ``live[0]``
@@ -608,17 +609,31 @@ def _achain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
     return on_chain_start
 
 
+def _end_of(run: Run, ok: bool, result: Any) -> None:
+    """Usage of an admitted run that ended; a tool's is one append, straight to its Guard."""
+    tool, guards = run
+    if tool and guards:
+        try:
+            guards[0].record_tool_call(tool, ok=ok)
+        except Exception:  # observation never reaches the host
+            logger.exception("m99: could not record a tool call")
+        return
+    _record_end(run, ok, result if ok else None)
+
+
 def _run_end(ok: bool, is_async: bool) -> Factory:
     def factory(previous: Any, live: list[bool]) -> Callable[..., Any]:
         def on_end(self: Any, result: Any, **kwargs: Any) -> Any:
             previous(self, result, **kwargs)
-            if live[0]:
-                _ended(self, ok, result if ok else None)
+            run = self.__dict__.get(_RUN) if live[0] else None  # set at the start of an admitted run
+            if run is not None:
+                _end_of(run, ok, result)
 
         async def aon_end(self: Any, result: Any, **kwargs: Any) -> Any:
             await previous(self, result, **kwargs)
-            if live[0]:
-                _ended(self, ok, result if ok else None)
+            run = self.__dict__.get(_RUN) if live[0] else None
+            if run is not None:
+                _end_of(run, ok, result)
 
         return aon_end if is_async else on_end
 
@@ -690,9 +705,13 @@ def _patches() -> list[tuple[Any, str, Factory]]:
             (cls, f"on_{kind}_end", _run_end(True, is_async)),
             (cls, f"on_{kind}_error", _run_end(False, is_async)),
         ]
-    # L1 redaction of tool input and output: private seams, skipped (with a warning) if missing.
+    return starts + ends
+
+
+def _seams() -> list[tuple[Any, str, Factory]]:
+    """L1 redaction of tool input and output: private seams, skipped (with a warning) if missing."""
     seams = [(BaseTool, "_to_args_and_kwargs", _tool_arguments), (_lc_tools_base, "_format_output", _tool_output)]
-    return starts + ends + [(owner, name, factory) for owner, name, factory in seams if _seam(owner, name)]
+    return [(owner, name, factory) for owner, name, factory in seams if _seam(owner, name)]
 
 
 def _seam(owner: Any, name: str) -> bool:
@@ -723,7 +742,42 @@ def install(guard_resolver: GuardSource = None) -> None:
             wrapper = factory(getattr(cls, method), state.live)
             setattr(cls, method, wrapper)
             state.wrapped.append((cls, method, wrapper, own))
+        state.seams = _seams()
         _installed = state
+        watch_redacting(_sync_seams)
+        _sync_seams()  # a Guard may be redacting already
+
+
+def _sync_seams() -> None:
+    """Put the redaction seams in while some Guard redacts, take them out when none does (called by the
+    Guards on either change, in any order: it reads the state itself)."""
+    state = _installed
+    if state is None:
+        return
+    with state.seams_lock:
+        wanted = state.live[0] and any_redacting()
+        if wanted and not state.seams_in:
+            for owner, name, factory in state.seams:
+                before = owner.__dict__.get(name)
+                wrapper = factory(getattr(owner, name), state.live)
+                setattr(owner, name, wrapper)
+                state.seams_in.append((owner, name, wrapper, before))
+        elif not wanted and state.seams_in:
+            _take_out(state.seams_in)
+
+
+def _take_out(wrapped: list[tuple[Any, str, Callable[..., Any], Any]]) -> None:
+    """Put back what our wrappers replaced, newest first; a wrapper someone else wrapped after us stays
+    (it passes calls through once ``live`` is False)."""
+    for owner, name, wrapper, own in reversed(wrapped):
+        if owner.__dict__.get(name) is wrapper:
+            if own is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, own)
+        else:
+            logger.warning("m99: langchain_core %s.%s was wrapped after install(); left in place", owner.__name__, name)
+    wrapped.clear()
 
 
 def uninstall() -> None:
@@ -734,17 +788,11 @@ def uninstall() -> None:
         state, _installed = _installed, None
         if state is None:
             return
+        unwatch_redacting(_sync_seams)
         state.live[0] = False
-        for cls, method, wrapper, own in reversed(state.wrapped):
-            if cls.__dict__.get(method) is wrapper:
-                if own is None:
-                    delattr(cls, method)
-                else:
-                    setattr(cls, method, own)
-            else:
-                logger.warning(
-                    "m99: langchain_core %s.%s was wrapped after install(); left in place", cls.__name__, method
-                )
+        with state.seams_lock:
+            _take_out(state.seams_in)
+        _take_out(state.wrapped)
 
 
 def installed() -> bool:

@@ -43,7 +43,16 @@ from .errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelCall
 from .levels import Level, valid_name
 from .network import ConnectionRefusedByM99
 
-__all__ = ["ChangeCallback", "ConnectionRefusedByM99", "Guard", "any_redacting", "current_guard", "terminate_process"]
+__all__ = [
+    "ChangeCallback",
+    "ConnectionRefusedByM99",
+    "Guard",
+    "any_redacting",
+    "current_guard",
+    "terminate_process",
+    "unwatch_redacting",
+    "watch_redacting",
+]
 
 logger = logging.getLogger("m99.guard")
 
@@ -57,8 +66,10 @@ _now = time.time
 current_guard: ContextVar[Guard | None] = ContextVar("m99_current_guard", default=None)
 
 # The Guards redacting now (L1+), by id, each with a weak reference that drops its entry when the
-# Guard is collected.  Only ``Guard._update_gates`` writes it.
+# Guard is collected.  Only ``Guard._update_gates`` writes it, under ``_redacting_lock``.
 _redacting: dict[int, weakref.ref[Guard]] = {}
+_redacting_lock = threading.Lock()
+_redacting_watchers: list[Callable[[], None]] = []
 
 
 def any_redacting() -> bool:
@@ -67,7 +78,41 @@ def any_redacting() -> bool:
     return bool(_redacting)
 
 
+def watch_redacting(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` whenever the process goes from no Guard redacting to some, or back; it reads
+    ``any_redacting()`` itself (calls from two threads may arrive in either order).  It runs on the
+    thread applying the change, before that change is acknowledged, so it must be quick and must not
+    wait on a Guard; an adapter uses it to put a redaction seam into a framework only while needed."""
+    with _redacting_lock:
+        if callback not in _redacting_watchers:
+            _redacting_watchers.append(callback)
+
+
+def unwatch_redacting(callback: Callable[[], None]) -> None:
+    with _redacting_lock:
+        if callback in _redacting_watchers:
+            _redacting_watchers.remove(callback)
+
+
+def _set_redacting(guard: Guard, on: bool) -> None:
+    key = id(guard)
+    with _redacting_lock:
+        was = bool(_redacting)
+        if not on:
+            _redacting.pop(key, None)
+        elif key not in _redacting:
+            _redacting[key] = weakref.ref(guard, _forget_redacting(key))
+        watchers = tuple(_redacting_watchers) if bool(_redacting) != was else ()
+    for watcher in watchers:
+        try:
+            watcher()
+        except Exception:  # a watcher never stops enforcement
+            logger.exception("m99: redaction watcher %r failed", watcher)
+
+
 def _forget_redacting(key: int) -> Callable[[weakref.ref[Guard]], None]:
+    # Called by the garbage collector, at any point of any thread: no lock (the watchers are told at
+    # the next change; meanwhile a seam left in place only costs its pass-through).
     def forget(ref: weakref.ref[Guard]) -> None:
         if _redacting.get(key) is ref:  # not a newer Guard that took the same id
             _redacting.pop(key, None)
@@ -425,11 +470,7 @@ class Guard:
         if not quiet:
             self.quiet = False  # first, so no reader skips a gate about to be set
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
-        key = id(self)
-        if not self._redact_gate:
-            _redacting.pop(key, None)
-        elif key not in _redacting:
-            _redacting[key] = weakref.ref(self, _forget_redacting(key))
+        _set_redacting(self, self._redact_gate)
         self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
         self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease
         self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease

@@ -280,21 +280,31 @@ def test_a_credential_that_cannot_be_revoked_does_not_stop_the_other_levels(
 
 
 def test_any_redacting_follows_every_guard_of_the_process() -> None:
-    from m99.guard import any_redacting
+    from m99.guard import any_redacting, unwatch_redacting, watch_redacting
+
+    told: list[bool] = []
+
+    def watcher() -> None:
+        told.append(any_redacting())
+        if len(told) == 1:  # (on a's change: the logged traceback keeps that Guard alive)
+            raise RuntimeError("a failing watcher does not stop enforcement")
 
     a = Guard("redact-a", terminate=lambda grace: None)
     b = Guard("redact-b", terminate=lambda grace: None)
+    watch_redacting(watcher)
     try:
         assert not any_redacting()
         a.apply_state(1)
         b.apply_state(3)
-        assert any_redacting()
+        assert any_redacting() and b.level == 3
         a.apply_state(0)
         assert any_redacting()  # b still redacts (L3 includes L1)
         b.apply_state(0)
         assert not any_redacting()
+        assert told == [True, False]  # told of the two changes of the whole process only
         b.apply_state(1)
     finally:
+        unwatch_redacting(watcher)
         a.apply_state(0)
     del b  # a Guard dropped while redacting does not keep the flag up
     gc.collect()

@@ -259,6 +259,33 @@ def test_l1_install_alone_redacts_tool_arguments_and_results(guard: Guard, make_
     assert read_config.invoke({"name": SECRET}) == f"{SECRET}={SECRET}"
 
 
+def test_the_redaction_seams_are_in_langchain_only_while_a_guard_redacts(guard: Guard) -> None:
+    """Below L1 a tool call does not pass through them at all; install() and uninstall() at L1 put
+    them in and take them out too."""
+    from langchain_core.tools import BaseTool, base
+
+    originals = (BaseTool.__dict__["_to_args_and_kwargs"], base.__dict__["_format_output"])
+
+    def seams() -> tuple[Any, Any]:
+        return BaseTool.__dict__["_to_args_and_kwargs"], base.__dict__["_format_output"]
+
+    lca.install()
+    assert seams() == originals
+    guard.apply_state(1)
+    assert all(now is not before for now, before in zip(seams(), originals, strict=True))
+    guard.apply_state(3)  # still redacting: nothing changes
+    guard.apply_state(0)
+    assert seams() == originals
+    guard.apply_state(1)
+    lca.uninstall()  # at L1
+    assert seams() == originals
+    lca.install()  # a Guard already redacting
+    assert seams() != originals
+    lca.uninstall()
+    guard.apply_state(0)
+    assert seams() == originals
+
+
 def test_l1_revokes_chatopenai_key_and_restore_gives_it_back(guard: Guard, openai_server: OpenAIServer) -> None:
     chat = ChatOpenAI(model="gpt-4o-mini", api_key=SECRET, base_url=openai_server.url, max_retries=0)
     agent = create_agent(chat, [], middleware=[lca.M99Middleware(guard)])
