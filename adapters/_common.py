@@ -206,7 +206,7 @@ def check_tool(guards: Iterable[Guard], tool: str) -> None:
                 tool=tool,
                 agent=_name(guard),
             ) from exc
-    if _streak.counting():  # usually no streak at all: skip the per-Guard weakref lookups
+    if _streak.active:  # usually no streak at all: skip the per-Guard weakref lookups
         for guard in guards:
             _streak.allowed(guard)
 
@@ -218,7 +218,7 @@ def idle(guards: Guards) -> bool:
     for guard in guards:
         if not guard.quiet:
             return False
-    return not _streak.counting()
+    return not _streak.active
 
 
 def check_model(guards: Iterable[Guard]) -> None:
@@ -234,7 +234,7 @@ def check_model(guards: Iterable[Guard]) -> None:
                 f"M99: model call refused: the Guard check failed ({exc!r}); failing closed",
                 agent=_name(guard),
             ) from exc
-        if _streak.counting():
+        if _streak.active:
             _streak.check(guard)
 
 
@@ -340,26 +340,32 @@ class RefusalStreak:
     def __init__(self, limit: int = 3) -> None:
         self.limit = limit
         self._counts: weakref.WeakKeyDictionary[Guard, tuple[int, int]] = weakref.WeakKeyDictionary()
+        # Whether any Guard may have a streak: read on every allowed call, so a plain attribute (it may
+        # stay True after a Guard with a streak is collected; the next allowed call then clears it).
+        self.active = False
 
     def refused(self, guard: Guard) -> None:
         try:
             level, count = self._counts.get(guard, (guard.level, 0))
             self._counts[guard] = (guard.level, count + 1 if level == guard.level else 1)
+            self.active = True
         except Exception:  # an unhashable stand-in: no streak, enforcement unaffected
             logger.debug("m99: no refusal streak for %r", guard)
 
     def allowed(self, guard: Guard) -> None:
         self._counts.pop(guard, None)
+        self.active = bool(self._counts)
 
     def counting(self) -> bool:
-        """Whether any Guard has a streak (cheap: the hot path asks it on every allowed tool call)."""
-        return bool(self._counts.data)
+        """Whether any Guard may have a streak."""
+        return self.active
 
     def reset(self, guards: Iterable[Guard]) -> None:
-        if not self._counts.data:
+        if not self.active:
             return
         for guard in guards:
             self._counts.pop(guard, None)
+        self.active = bool(self._counts)
 
     def count(self, guard: Guard) -> int:
         level, count = self._counts.get(guard, (0, 0))
