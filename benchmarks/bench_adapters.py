@@ -512,7 +512,15 @@ def calibrate(case: Case, seconds: float) -> int:
     return max(1, round(seconds / per_unit))
 
 
-ROW = "{:<10} {:<42} {:<16} {:>8} {:>8} {:>7} {:>6} {:>9}  {}"
+def median_interval(ratios: list[float]) -> tuple[float, float]:
+    """A distribution-free 95 % confidence interval of the median (order statistics n/2 -+ 0.98 sqrt n)."""
+    ordered = sorted(ratios)
+    n = len(ordered)
+    k = max(0, int((n - 1.96 * n**0.5) / 2))
+    return ordered[k], ordered[min(n - 1, n - 1 - k)]
+
+
+ROW = "{:<10} {:<42} {:<16} {:>8} {:>8} {:>7} {:>6} {:>9} {:>12}  {}"
 
 
 def main(argv: list[str]) -> int:
@@ -567,14 +575,16 @@ def main(argv: list[str]) -> int:
     for line in found:
         print(line)
     print(f"{rounds} alternating with/without rounds of ~{seconds * 1000:g} ms each; µs per tool call")
-    print(ROW.format("framework", "tool-call path", "with", "without", "with", "added", "added", "paired", "verdict"))
-    print(ROW.format("", "", "", "best µs", "best µs", "µs", "%", "median %", "").rstrip())
+    head = ("framework", "tool-call path", "with", "without", "with", "added", "added", "paired", "95 % CI", "verdict")
+    print(ROW.format(*head))
+    print(ROW.format("", "", "", "best µs", "best µs", "µs", "%", "median %", "of median %", "").rstrip())
     graded = over = 0
     for case in cases:
         base, with_m99 = case.best[False], case.best[True]
         added = with_m99 - base
         pct = added / base * 100
         paired = (statistics.median(case.ratios) - 1) * 100
+        low, high = median_interval(case.ratios)
         if case.reference:
             verdict = "reference"
         elif case.added != "install()":
@@ -590,7 +600,8 @@ def main(argv: list[str]) -> int:
         if case.recorded[False] or case.recorded[True] != expected:
             verdict += f" (Guard saw {case.recorded[True]} of {expected} calls, {case.recorded[False]} without M99)"
         label = case.added + ("*" if case.reference else "")
-        numbers = (f"{base:.1f}", f"{with_m99:.1f}", f"{added:.1f}", f"{pct:.1f}", f"{paired:.1f}")
+        interval = f"{(low - 1) * 100:.1f}..{(high - 1) * 100:.1f}"
+        numbers = (f"{base:.1f}", f"{with_m99:.1f}", f"{added:.1f}", f"{pct:.1f}", f"{paired:.1f}", interval)
         print(ROW.format(case.framework, case.path, label, *numbers, verdict))
     for note in notes:
         print(note)
@@ -603,7 +614,8 @@ def main(argv: list[str]) -> int:
         print("* a hook that does nothing, registered like the adapter's: the framework's own cost of being hooked")
     print(
         f"target: the installed adapter adds <= {TARGET_PCT:g} % per call (paired median: with/without of the "
-        f"same round); {graded - over} of {graded} install() rows meet it"
+        f"same round; the 95 % interval of that median shows how much the host moved the figure); "
+        f"{graded - over} of {graded} install() rows meet it"
     )
     return 0 if graded and not over else 1
 
