@@ -75,6 +75,45 @@ def test_l2_of_the_process_cuts_a_framework_agents_tool_off_the_network(
     assert answers[0] == "200" and "M99 L2 SaaS disconnection" in answers[1]
 
 
+def test_l1_through_the_control_plane_redacts_a_langchain_tool_and_restore_ends_it(init, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    """The one line, a real execute at L1 and a real restore: the redaction seams go into LangChain on
+    the thread that applies the pushed change, and come out again on restore."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import ToolMessage
+    from langchain_core.tools import tool
+
+    from m99.credentials import REDACTED
+
+    from .adapters.lc_fakes import call, model
+
+    secret = "hunter2-db-password-0042"
+    seen: list[str] = []
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        seen.append(key)
+        return f"{key} is {secret}"
+
+    runtime = init(kind="autonomous", exclude=["crewai", "autogen"])
+    runtime.guard.protect_secret(secret, label="db")
+
+    def run() -> str:
+        agent = create_agent(model(call("lookup", {"key": secret}), "done"), [lookup])
+        result = agent.invoke({"messages": [("user", "go")]})
+        return str(next(m for m in result["messages"] if isinstance(m, ToolMessage)).content)
+
+    assert run() == f"{secret} is {secret}"
+    fire(admin, scope="agent:research-bot", level=1)
+    wait_for(lambda: runtime.guard.level == 1)
+    assert run() == f"{REDACTED} is {REDACTED}"
+    restored = admin.post("/api/restore", json={"scope": "agent:research-bot", "by": "a@example.com", "reason": "ok"})
+    assert restored.status_code == 200, restored.text
+    wait_for(lambda: runtime.guard.level == 0)
+    assert run() == f"{secret} is {secret}"
+    assert seen == [secret, REDACTED, secret]
+
+
 def test_init_again_returns_the_runtime_and_another_name_is_an_error(init) -> None:  # type: ignore[no-untyped-def]
     runtime = init(exclude=["crewai", "autogen"])
     assert init(exclude=["crewai", "autogen"]) is runtime
