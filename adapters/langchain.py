@@ -654,8 +654,8 @@ def _redacting_guards(tool: str) -> Guards:
 # Where a tool's input and output pass inside ``BaseTool.run``/``arun`` (callbacks see only copies of
 # them, so these are the seams for L1 redaction): ``_to_args_and_kwargs`` turns the input into the
 # tool body's arguments, the module's ``_format_output`` turns the body's result into what the caller
-# gets.  Both are positional and cheap to pass through below L1; the framework contract tests fail if
-# LangChain renames or bypasses them.
+# gets.  They are in LangChain only while some Guard redacts (``_sync_seams``); the framework contract
+# tests fail if LangChain renames or bypasses them.
 
 
 def _tool_arguments(previous: Any, live: list[bool]) -> Callable[..., Any]:

@@ -470,12 +470,12 @@ class Guard:
         if not quiet:
             self.quiet = False  # first, so no reader skips a gate about to be set
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
-        _set_redacting(self, self._redact_gate)
         self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
         self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease
         self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease
         if quiet:
             self.quiet = True  # last, once every gate is clear
+        _set_redacting(self, self._redact_gate)  # after the gates: a watcher must not delay a freeze
 
     def set_lease_lost(self, reason: str) -> bool:
         """The control plane is out of reach past the lease: freeze (L3 behaviour) unless ``fail_open``."""
