@@ -15,6 +15,7 @@ before-hooks and last among the after-hooks, with the hook semantics unchanged (
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import warnings
@@ -330,7 +331,22 @@ _next_dispatch: Callable[..., Any] = _tool_hooks.dispatch
 _hooked = False
 
 
-def _dispatch(point: Any, ctx: Any, *, reducer: Any = None, verbose: bool = True, **more: Any) -> Any:
+def _dispatch_default(name: str, fallback: Any) -> Any:
+    """The default CrewAI's dispatcher gives keyword ``name``, so ours passes on the same one."""
+    try:
+        default = inspect.signature(_tool_hooks.dispatch).parameters[name].default
+    except (KeyError, TypeError, ValueError):
+        return fallback
+    return fallback if default is inspect.Parameter.empty else default
+
+
+_REDUCER_DEFAULT = _dispatch_default("reducer", None)
+_VERBOSE_DEFAULT = _dispatch_default("verbose", True)
+
+
+def _dispatch(
+    point: Any, ctx: Any, *, reducer: Any = _REDUCER_DEFAULT, verbose: Any = _VERBOSE_DEFAULT, **more: Any
+) -> Any:
     """``crewai.hooks.tool_hooks.dispatch`` with M99 first among the before-tool hooks and last among
     the after-tool hooks; other hooks (and other points) run exactly as CrewAI runs them.
 
