@@ -356,10 +356,6 @@ class RefusalStreak:
         self._counts.pop(guard, None)
         self.active = bool(self._counts)
 
-    def counting(self) -> bool:
-        """Whether any Guard may have a streak."""
-        return self.active
-
     def reset(self, guards: Iterable[Guard]) -> None:
         if not self.active:
             return

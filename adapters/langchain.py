@@ -609,31 +609,19 @@ def _achain_start(previous: Any, live: list[bool]) -> Callable[..., Any]:
     return on_chain_start
 
 
-def _end_of(run: Run, ok: bool, result: Any) -> None:
-    """Usage of an admitted run that ended; a tool's is one append, straight to its Guard."""
-    tool, guards = run
-    if tool and guards:
-        try:
-            guards[0].record_tool_call(tool, ok=ok)
-        except Exception:  # observation never reaches the host
-            logger.exception("m99: could not record a tool call")
-        return
-    _record_end(run, ok, result if ok else None)
-
-
 def _run_end(ok: bool, is_async: bool) -> Factory:
     def factory(previous: Any, live: list[bool]) -> Callable[..., Any]:
         def on_end(self: Any, result: Any, **kwargs: Any) -> Any:
             previous(self, result, **kwargs)
             run = self.__dict__.get(_RUN) if live[0] else None  # set at the start of an admitted run
             if run is not None:
-                _end_of(run, ok, result)
+                _record_end(run, ok, result if ok else None)
 
         async def aon_end(self: Any, result: Any, **kwargs: Any) -> Any:
             await previous(self, result, **kwargs)
             run = self.__dict__.get(_RUN) if live[0] else None
             if run is not None:
-                _end_of(run, ok, result)
+                _record_end(run, ok, result if ok else None)
 
         return aon_end if is_async else on_end
 

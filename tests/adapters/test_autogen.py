@@ -214,6 +214,28 @@ def test_per_agent_identity_in_a_team(guard: Guard, make_guard: Callable[..., Gu
     assert bob_guard.usage["model_calls"] == 0 and guard.usage["tool_calls"] == 1
 
 
+def test_reflection_after_a_halt_stops_the_agent_or_ends_the_run(
+    guard: Guard, make_guard: Callable[..., Guard]
+) -> None:
+    """With ``reflect_on_tool_use``, the model call that reflects on the tool results is gated too: an
+    agent halted by its own Guard answers with the stop instead, a halted process ends the run."""
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    aga.install()
+    own = default_resolver.bind("writer", make_guard("research-bot-writer"))
+    client = ScriptedClient([call("write_file", {"text": "x"})], on_call=freeze_on_first_call(own))
+    writer = agent("writer", client, [write_file], max_tool_iterations=1, reflect_on_tool_use=True)
+    result = run(writer.run(task="go"))
+    assert "Stopped by M99" in str(result.messages[-1].content) and client.calls == 1 and effects == []
+
+    own.apply_state(0)
+    client = ScriptedClient([call("write_file", {"text": "y"})], on_call=freeze_on_first_call(guard))
+    writer = agent("writer", client, [write_file], max_tool_iterations=1, reflect_on_tool_use=True)
+    with pytest.raises(ModelCallRefused):
+        run(writer.run(task="go"))
+    assert client.calls == 1 and effects == []
+
+
 def test_m99_termination_stops_the_team_cleanly(guard: Guard) -> None:
     aga.install()
     stop = aga.M99Termination(guard)
