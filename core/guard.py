@@ -40,8 +40,9 @@ from typing import Any
 from . import network
 from .credentials import _MISSING, CredentialSet
 from .errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
-from .levels import Level, valid_name
+from .levels import Level
 from .network import ConnectionRefusedByM99
+from .protocol import DEFAULT_FRAMEWORK, NAME_RULE, clean_frameworks, valid_name
 
 __all__ = [
     "ChangeCallback",
@@ -151,6 +152,7 @@ class Guard:
         "_creds",
         "_fail_open",
         "_failures",
+        "_framework_watchers",
         "_halt_gate",
         "_lease_lost",
         "_lease_reason",
@@ -170,7 +172,7 @@ class Guard:
         "_usage_lock",
         "_version",
         "applied_at",
-        "framework",
+        "frameworks",
         "grace_seconds",
         "host",
         "kind",
@@ -186,7 +188,7 @@ class Guard:
         name: str,
         *,
         kind: str = "agent",
-        framework: str = "custom",
+        framework: str | Iterable[str] | None = None,
         read_only_tools: Iterable[str] = (),
         fail_open: bool = False,
         terminate: Callable[[float], None] | None = None,
@@ -195,14 +197,22 @@ class Guard:
         whole_process: bool = False,
     ) -> None:
         if not valid_name(name):
-            raise ConfigError(f"bad agent name {name!r}: 1-128 letters, digits or ._:@/+- (starting alphanumeric)")
+            raise ConfigError(f"bad agent name {name!r}: {NAME_RULE}")
         if isinstance(read_only_tools, str):
             raise ConfigError("read_only_tools must be a collection of tool names, not one string")
         if grace_seconds < 0:
             raise ConfigError("grace_seconds must be >= 0")
+        if not valid_name(kind):
+            raise ConfigError(f"bad agent kind {kind!r}: {NAME_RULE}")
         self.name = name
         self.kind = kind
-        self.framework = framework
+        try:
+            # The frameworks this agent runs under, matched by ``framework:NAME`` scopes; an adapter adds
+            # its own when it installs into one (``add_framework``).
+            self.frameworks = clean_frameworks([framework] if isinstance(framework, str) else framework)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self._framework_watchers: list[Callable[[Guard], object]] = []
         # The process's own Guard (``m99.init``'s): at L2 it cuts every connection of the process, the
         # framework agents' Guards' contexts included.
         self.whole_process = bool(whole_process)
@@ -254,6 +264,45 @@ class Guard:
     def __repr__(self) -> str:
         lease = " lease-lost" if self._lease_lost else ""
         return f"<Guard {self.name!r} L{self._level}{lease}>"
+
+    # -- the frameworks it runs under -----------------------------------------------------------------
+
+    @property
+    def framework(self) -> str:
+        """The frameworks as one label (``langchain``, ``crewai,langchain``)."""
+        return ",".join(self.frameworks)
+
+    def add_framework(self, name: str) -> None:
+        """This agent now runs under ``name`` too (an adapter installed into it)."""
+        known = () if self.frameworks == (DEFAULT_FRAMEWORK,) else self.frameworks
+        self.set_frameworks((*known, name))
+
+    def set_frameworks(self, names: Iterable[str]) -> None:
+        """Replace the frameworks; the session reports a change to the control plane at once."""
+        try:
+            frameworks = clean_frameworks(names)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        with self._lock:
+            if frameworks == self.frameworks:
+                return
+            self.frameworks = frameworks
+            watchers = tuple(self._framework_watchers)
+        for watcher in watchers:
+            try:
+                watcher(self)
+            except Exception:  # reporting never stops the agent
+                logger.exception("m99: framework watcher %r failed", watcher)
+
+    def on_frameworks(self, callback: Callable[[Guard], object]) -> None:
+        """Call ``callback(guard)`` after every change of ``frameworks``."""
+        with self._lock:
+            self._framework_watchers.append(callback)
+
+    def remove_on_frameworks(self, callback: Callable[[Guard], object]) -> None:
+        with self._lock:
+            if callback in self._framework_watchers:
+                self._framework_watchers.remove(callback)
 
     # -- hot path: one attribute test when allowed ----------------------------------------------------
 
@@ -643,7 +692,7 @@ class Guard:
             data: dict[str, Any] = {
                 "agent": self.name,
                 "kind": self.kind,
-                "framework": self.framework,
+                "frameworks": list(self.frameworks),
                 "pid": os.getpid(),
                 "host": self.host,
                 "python": sys.version.split()[0],

@@ -7,14 +7,16 @@ framework, or every agent.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from enum import IntEnum
+
+from .protocol import Scope, valid_name
 
 
 class Role(IntEnum):
-    """Operator roles, each including the ones below it."""
+    """Token roles, each including the ones below it.  ``agent`` is an enrolment credential: it may
+    register agents (within its grant) and nothing else."""
 
+    AGENT = -1
     VIEWER = 0
     OPERATOR = 1
     AUTHORITY = 2
@@ -96,56 +98,4 @@ def fleet_confirmation_phrase(scope: Scope) -> str:
     return f"KILL FLEET {scope}"
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """Who a directive applies to: ``global``, ``agent:NAME``, ``class:KIND`` or ``framework:NAME``."""
-
-    kind: str  # "global" | "agent" | "class" | "framework"
-    value: str = ""
-
-    KINDS = ("agent", "class", "framework")
-
-    @classmethod
-    def parse(cls, text: str) -> Scope:
-        text = (text or "").strip()
-        if text == "global":
-            return cls("global")
-        kind, sep, value = text.partition(":")
-        if not sep or kind not in cls.KINDS:
-            raise ValueError(f"bad scope {text!r}: expected global, agent:NAME, class:KIND or framework:NAME")
-        if not _NAME.match(value):
-            raise ValueError(f"bad scope {text!r}: the name after {kind}: must be 1-128 letters, digits or ._:@/+-")
-        return cls(kind, value)
-
-    def __str__(self) -> str:
-        return "global" if self.kind == "global" else f"{self.kind}:{self.value}"
-
-    def matches(self, name: str, kind: str, framework: str) -> bool:
-        """Whether an agent with this name, kind and framework is inside the scope."""
-        if self.kind == "global":
-            return True
-        if self.kind == "agent":
-            return self.value == name
-        if self.kind == "class":
-            return self.value == kind
-        return self.value == framework
-
-    def covers(self, other: Scope, agent_kinds: dict[str, tuple[str, str]] | None = None) -> bool:
-        """Whether lifting ``self`` may lift a directive scoped to ``other``.
-
-        ``agent_kinds`` maps agent names to (kind, framework) so that ``class:K`` covers
-        ``agent:X`` when X is of kind K.
-        """
-        if self.kind == "global" or self == other:
-            return True
-        if other.kind == "agent" and self.kind in ("class", "framework") and agent_kinds:
-            kind, framework = agent_kinds.get(other.value, ("", ""))
-            return self.value == (kind if self.kind == "class" else framework)
-        return False
-
-
-def valid_name(text: str) -> bool:
-    return bool(_NAME.match(text or ""))
+__all__ = ["Level", "Role", "Scope", "fleet_confirmation_phrase", "valid_name"]

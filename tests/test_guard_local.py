@@ -860,10 +860,10 @@ def test_snapshot_is_evidence_without_secrets(make_guard: Callable[..., Guard], 
         text = json.dumps(snap)
         assert DB_PASSWORD not in text and SECRET not in text
         assert snap["level"] == level
-    assert (snap["agent"], snap["kind"], snap["framework"], snap["pid"]) == (
+    assert (snap["agent"], snap["kind"], snap["frameworks"], snap["pid"]) == (
         "research-bot",
         "autonomous",
-        "langchain",
+        ["langchain"],
         os.getpid(),
     )
     assert snap["host"] == socket.gethostname()
