@@ -10,13 +10,12 @@ import hashlib
 import itertools
 import json
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .crypto import SigningKey, VerifyKey, canonical_json, sha256_hex
 from .errors import AuditIntegrityError
@@ -34,7 +33,6 @@ __all__ = [
     "utc_now_iso",
     "verify_entries",
     "verify_jsonl",
-    "verify_sqlite",
     "write_head_file",
 ]
 
@@ -156,7 +154,7 @@ class VerifyResult:
             raise AuditIntegrityError(f"audit chain does not verify: {self.reason}", detail=self.to_dict())
 
 
-def _failed(reason: str, bad_seq: int | None = None) -> VerifyResult:
+def failed(reason: str, bad_seq: int | None = None) -> VerifyResult:
     return VerifyResult(False, 0, -1, GENESIS_PREV, None, bad_seq, reason)
 
 
@@ -192,29 +190,40 @@ def verify_entries(
     require_checkpoint: bool = True,
 ) -> VerifyResult:
     """Walk ``(seq, body, hash)`` rows in seq order from 0 and check them against signed checkpoints."""
-    return _verify(rows, checkpoints, public_key_b64, require_checkpoint, None)
+    return verify_walk(rows, checkpoints, public_key_b64, require_checkpoint, None)
 
 
-def _verify(
+class PositionalSource(Protocol):
+    """A store's audit table read by position (its rows are ``(body, hash)``, the seq column apart):
+    the walk hashes the position as the seq, and asks the source about the seq column afterwards."""
+
+    def row_at(self, position: int) -> tuple[Any, Any, Any] | None:
+        """(seq, body, hash) of the row at ``position`` in seq order."""
+
+    def first_misnumbered(self, count: int) -> int | None:
+        """The first position whose seq column is not that position, among the first ``count`` rows."""
+
+
+def verify_walk(
     rows: Iterable[Any],
     checkpoints: Sequence[Checkpoint],
     public_key_b64: str | None,
     require_checkpoint: bool,
-    conn: sqlite3.Connection | None,
+    source: PositionalSource | None,
 ) -> VerifyResult:
-    """The walk behind both verifiers.  With ``conn``, rows are ``(body, hash)`` read from that database."""
+    """The walk behind every verifier.  With ``source``, rows are ``(body, hash)`` read from it by position."""
     cps = sorted(set(checkpoints), key=lambda c: c.seq)
     if cps:
         if not public_key_b64:
-            return _failed("checkpoints present but no server public key to check their signatures")
+            return failed("checkpoints present but no server public key to check their signatures")
         try:
             vk = VerifyKey.from_b64(public_key_b64)
         except ValueError as exc:
-            return _failed(f"server public key is unusable: {exc}")
+            return failed(f"server public key is unusable: {exc}")
         # Signatures first: there are few checkpoints, and the walk below trusts their hashes.
         for cp in cps:
             if cp.seq < 0 or not cp.verify(vk):
-                return _failed(f"checkpoint at seq {cp.seq}: signature invalid (forged or wrong key)", cp.seq)
+                return failed(f"checkpoint at seq {cp.seq}: signature invalid (forged or wrong key)", cp.seq)
     wanted: dict[int, set[str]] = {}
     for cp in cps:
         wanted.setdefault(cp.seq, set()).add(cp.hash)
@@ -236,7 +245,7 @@ def _verify(
     try:
         if first is not None:
             # Row 0 takes the slow path (peeking it is cheaper than chaining it back onto the loop).
-            seq, body, hash_ = first if conn is None else (0, *first)
+            seq, body, hash_ = first if source is None else (0, *first)
             if _row_problem(prev.decode(), 0, seq, body, hash_) is not None:
                 bad = True
             elif next_cp == 0 and hash_ not in wanted[0]:
@@ -246,7 +255,7 @@ def _verify(
                     checkpoint_seq, cp_index = 0, 1
                     next_cp = cp_seqs[1] if len(cp_seqs) > 1 else -1
                 prev, expected = hash_.encode(), 1
-        if expected and conn is None:
+        if expected and source is None:
             for seq, body, hash_ in it:
                 if seq != expected or sha(b"%b\n%d\n%b" % (prev, seq, body)).hexdigest() != hash_:
                     bad = True
@@ -280,12 +289,12 @@ def _verify(
             expected = seq
     except (TypeError, ValueError):
         bad = True
-        if conn is not None and isinstance(seq, int):
+        if source is not None and isinstance(seq, int):
             expected = seq
 
     reason: str | None = None
     bad_seq: int | None = expected
-    first_body = None if first is None else first[0] if conn is not None else first[1]
+    first_body = None if first is None else first[0] if source is not None else first[1]
     # Genesis is checked after the walk (one parse, not one per row) but reported before later faults.
     if expected > 0 and (kind := _genesis_kind(first_body)) != "genesis":
         bad_seq, reason = 0, f"entry 0 is not a genesis entry (kind {kind!r})"
@@ -295,12 +304,11 @@ def _verify(
             f"(entries up to {expected} rewritten)"
         )
     elif bad:
-        if conn is not None:
+        if source is not None:
             # Re-read the failing row with its seq column to say what happened to it.
-            sql = "SELECT seq, body, hash FROM audit_entries ORDER BY seq LIMIT 1 OFFSET ?"
-            seq, body, hash_ = conn.execute(sql, (expected,)).fetchone() or (None, None, None)
+            seq, body, hash_ = source.row_at(expected) or (None, None, None)
         reason = _row_problem(prev.decode(), expected, seq, body, hash_) or f"entry {expected}: malformed row"
-    elif conn is not None and (bad_seq := _renumbered(conn, expected)) is not None:
+    elif source is not None and (bad_seq := source.first_misnumbered(expected)) is not None:
         reason = f"entry {bad_seq}: the row's seq column does not match its position (renumbered)"
     elif next_cp != -1:
         bad_seq = expected
@@ -316,20 +324,6 @@ def _verify(
     return VerifyResult(reason is None, *head, bad_seq if reason else None, reason)
 
 
-def _renumbered(conn: sqlite3.Connection, count: int) -> int | None:
-    """The first position whose seq column is not that position, after a positional walk of ``count`` rows."""
-    # Two subqueries: SQLite answers a lone min() or max() from the index, but both together by a scan.
-    bounds = "SELECT (SELECT min(seq) FROM audit_entries), (SELECT max(seq) FROM audit_entries)"
-    lo, hi = conn.execute(bounds).fetchone()
-    # seq is the table's INTEGER PRIMARY KEY, so min 0 and max count-1 over count rows means 0..count-1.
-    if count == 0 or (lo, hi) == (0, count - 1):
-        return None
-    for position, (seq,) in enumerate(conn.execute("SELECT seq FROM audit_entries ORDER BY seq")):
-        if seq != position:
-            return position
-    return count
-
-
 def _genesis_kind(body: Any) -> Any:
     try:
         parsed = json.loads(body)
@@ -338,7 +332,7 @@ def _genesis_kind(body: Any) -> Any:
     return parsed.get("kind") if isinstance(parsed, dict) and parsed.get("seq") == 0 else None
 
 
-def _resolve_key(pinned: str | None, found: Sequence[tuple[str, str | None]]) -> tuple[str | None, str | None]:
+def resolve_key(pinned: str | None, found: Sequence[tuple[str, str | None]]) -> tuple[str | None, str | None]:
     """The key to verify with, or a failure reason.  A pinned key wins and must match every copy found."""
     present = [(where, key.strip()) for where, key in found if key is not None]
     if pinned is not None:
@@ -349,56 +343,6 @@ def _resolve_key(pinned: str | None, found: Sequence[tuple[str, str | None]]) ->
     if len({key for _, key in present}) > 1:
         return None, "the " + " and the ".join(w for w, _ in present) + " name different server public keys"
     return (present[0][1] if present else None), None
-
-
-def verify_sqlite(
-    db_path: Path | str,
-    *,
-    head_file: Path | str | None = None,
-    public_key_b64: str | None = None,
-    require_checkpoint: bool = True,
-) -> VerifyResult:
-    """Verify the chain in an M99 SQLite database, opened read-only, plus its head file.
-
-    ``public_key_b64`` pins the server key: a different key in the database or head file is a failure.
-    """
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        raise FileNotFoundError(f"no audit database at {db_path}")
-    head_path = Path(head_file) if head_file is not None else db_path.parent / HEAD_FILE_NAME
-    checkpoints: list[Checkpoint] = []
-    head_key: str | None = None
-    # Read the head file before the database: the server writes it after committing, so every
-    # entry it covers is already in the snapshot read below (no false truncation on a live server).
-    if head_path.exists():
-        try:
-            head_cp, head_key = read_head_file(head_path)
-        except (OSError, ValueError) as exc:
-            return _failed(f"head file {head_path} is unreadable: {exc}")
-        checkpoints.append(head_cp)
-    elif head_file is not None:
-        return _failed(f"head file {head_path} not found")
-
-    conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
-    try:
-        conn.execute("BEGIN")  # one snapshot for meta, checkpoints and entries
-        row = conn.execute("SELECT value FROM meta WHERE key = 'server_public_key'").fetchone()
-        meta_key = row[0] if row and isinstance(row[0], str) else None
-        for cp_row in conn.execute("SELECT seq, hash, ts, signature FROM audit_checkpoints"):
-            try:
-                checkpoints.append(Checkpoint.from_dict(dict(zip(_CP_FIELDS, cp_row, strict=True))))
-            except ValueError as exc:
-                return _failed(f"checkpoint row {cp_row[0]!r} is malformed: {exc}")
-        key, problem = _resolve_key(public_key_b64, [("database", meta_key), ("head file", head_key)])
-        if problem:
-            return _failed(problem)
-        # Stepping the cursor directly beat fetchmany batches here: no list per batch to build and free.
-        rows = conn.execute("SELECT body, hash FROM audit_entries ORDER BY seq")
-        return _verify(rows, checkpoints, key, require_checkpoint, conn)
-    except sqlite3.DatabaseError as exc:
-        return _failed(f"cannot read the audit database: {exc}")
-    finally:
-        conn.close()
 
 
 def export_jsonl(
@@ -461,15 +405,18 @@ def _jsonl_rows(path: Path, stop: int) -> Iterator[tuple[int, bytes, str]]:
             prev_seq, prev_hash = seq, hash_
 
 
-def verify_jsonl(path: Path | str, *, public_key_b64: str | None = None) -> VerifyResult:
-    """Verify a JSONL export: the entries, and the closing checkpoint line against truncation."""
+def verify_jsonl(
+    path: Path | str, *, public_key_b64: str | None = None, anchors: Sequence[Checkpoint] = ()
+) -> VerifyResult:
+    """Verify a JSONL export: the entries, and the closing checkpoint line (and ``anchors``) against
+    truncation."""
     path = Path(path)
     last_number, last_line = 0, b""
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
             if raw.strip():
                 last_number, last_line = number, raw
-    checkpoints: list[Checkpoint] = []
+    checkpoints: list[Checkpoint] = list(anchors)
     key = public_key_b64
     stop = last_number + 1
     try:
@@ -478,15 +425,15 @@ def verify_jsonl(path: Path | str, *, public_key_b64: str | None = None) -> Veri
         tail = None  # an unparseable last line is reported by the entry walk
     if isinstance(tail, dict) and "checkpoint" in tail:
         if set(tail) != {"checkpoint", "public_key"}:
-            return _failed(f"line {last_number}: checkpoint line has unexpected fields {sorted(tail)}")
+            return failed(f"line {last_number}: checkpoint line has unexpected fields {sorted(tail)}")
         try:
             checkpoints.append(Checkpoint.from_dict(tail["checkpoint"]))
         except ValueError as exc:
-            return _failed(f"line {last_number}: checkpoint is malformed: {exc}")
+            return failed(f"line {last_number}: checkpoint is malformed: {exc}")
         found = tail.get("public_key")
-        key, problem = _resolve_key(public_key_b64, [("export", found if isinstance(found, str) else None)])
+        key, problem = resolve_key(public_key_b64, [("export", found if isinstance(found, str) else None)])
         if problem:
-            return _failed(problem)
+            return failed(problem)
         stop = last_number
     try:
         return verify_entries(_jsonl_rows(path, stop), checkpoints=checkpoints, public_key_b64=key)

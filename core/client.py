@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from .config import resolve_token, resolve_url
-from .errors import M99Error, NotAuthorised
+from .errors import ControlPlaneUnreachable, M99Error, NotAuthorised
 from .guard import Guard
-from .link import request, tls_context
+from .link import request, split_urls, tls_context
 from .session import Session
 
 log = logging.getLogger("m99.client")
@@ -34,22 +34,36 @@ class OperatorClient:
         data_dir: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.url = resolve_url(url)
+        self.urls = split_urls(resolve_url(url))
+        self.url = self.urls[0]
         self.token = resolve_token(token, data_dir)
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=tls_context())
+        self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._timeout = timeout
+        self.http = self._client(self.url)
+
+    def _client(self, url: str) -> httpx.Client:
+        verify = tls_context() if url.startswith("https://") else True
+        return httpx.Client(base_url=url, headers=self._headers, timeout=self._timeout, verify=verify)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return request(self.http, method, path, **kwargs)
-        except NotAuthorised as exc:
-            if not self.token:
-                raise NotAuthorised(
-                    f"{exc.message}. No token found: pass --token, set M99_TOKEN, or point M99_DATA_DIR at "
-                    "the data directory of `m99 serve`",
-                    status_code=exc.status_code,
-                ) from None
-            raise
+        for attempt in range(len(self.urls)):
+            try:
+                return request(self.http, method, path, **kwargs)
+            except ControlPlaneUnreachable:
+                if attempt == len(self.urls) - 1:
+                    raise
+                self.http.close()  # another replica, then
+                self.url, self.http = self.urls[attempt + 1], self._client(self.urls[attempt + 1])
+            except NotAuthorised as exc:
+                if not self.token:
+                    raise NotAuthorised(
+                        f"{exc.message}. No token found: pass --token, set M99_TOKEN, or point M99_DATA_DIR at "
+                        "the data directory of `m99 serve`",
+                        code=exc.code,
+                        http_status=exc.http_status,
+                    ) from None
+                raise
+        raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/api/health")
@@ -59,18 +73,32 @@ class OperatorClient:
         result: dict[str, Any] = self._call("GET", "/api/status")
         return result
 
-    def agents(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/api/agents")
+    def agents(self, *, include_stopped: bool = False) -> list[dict[str, Any]]:
+        params = {"all": "true"} if include_stopped else {}
+        result: list[dict[str, Any]] = self._call("GET", "/api/agents", params=params)
         return result
 
     def agent(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/api/agents/{name}")
         return result
 
+    def forget(self, name: str, *, by: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/api/agents/{name}/forget", json={"by": by, "reason": reason})
+        return result
+
     def arm(
-        self, by: str, reason: str, *, level: int = 3, scope: str = "global", window: float = 300
+        self,
+        by: str,
+        reason: str,
+        *,
+        level: int = 3,
+        scope: str = "global",
+        window: float = 300,
+        allow_empty: bool = False,
     ) -> dict[str, Any]:
-        body = {"by": by, "reason": reason, "level": level, "scope": scope, "window": window}
+        body: dict[str, Any] = {"by": by, "reason": reason, "level": level, "scope": scope, "window": window}
+        if allow_empty:
+            body["allow_empty"] = True
         result: dict[str, Any] = self._call("POST", "/api/arm", json=body)
         return result
 
@@ -85,8 +113,12 @@ class OperatorClient:
         result: dict[str, Any] = self._call("POST", "/api/execute", json=body)
         return result
 
-    def disarm(self, auth_id: str | None = None, *, by: str | None = None, reason: str | None = None) -> dict[str, Any]:
-        body = {k: v for k, v in {"authorization_id": auth_id, "by": by, "reason": reason}.items() if v}
+    def disarm(
+        self, auth_id: str | None = None, *, every: bool = False, by: str | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {k: v for k, v in {"authorization_id": auth_id, "by": by, "reason": reason}.items() if v}
+        if every:
+            body["all"] = True
         result: dict[str, Any] = self._call("POST", "/api/disarm", json=body)
         return result
 
@@ -117,8 +149,13 @@ class OperatorClient:
                 self._call("GET", "/api/audit/verify")  # raises the same error with its message
             yield from response.iter_lines()
 
-    def create_token(self, name: str, role: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/api/tokens", json={"name": name, "role": role})
+    def create_token(self, name: str, role: str, **grants: Any) -> dict[str, Any]:
+        body = {"name": name, "role": role, **{k: v for k, v in grants.items() if v not in (None, False)}}
+        result: dict[str, Any] = self._call("POST", "/api/tokens", json=body)
+        return result
+
+    def anchor(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/audit/anchor")
         return result
 
     def tokens(self) -> list[dict[str, Any]]:
@@ -148,9 +185,19 @@ class M99Client:
     >>> client.check_status()      # raises M99KillSwitchTriggered once the switch fires
     """
 
-    def __init__(self, url: str | None = None, *, key_file: str | None = None, **guard_options: Any) -> None:
-        self.url = resolve_url(url)
+    def __init__(
+        self,
+        url: str | list[str] | None = None,
+        *,
+        key_file: str | None = None,
+        server_key: str | None = None,
+        enrol_token: str | None = None,
+        **guard_options: Any,
+    ) -> None:
+        self.url = resolve_url(url if isinstance(url, str) or url is None else ",".join(url))
         self._key_file = key_file
+        self._server_key = server_key
+        self._enrol_token = enrol_token
         self._guard_options = guard_options
         self.guard: Guard | None = None
         self.session: Session | None = None
@@ -164,14 +211,23 @@ class M99Client:
         return self.session.link.agent_id if self.session else None
 
     def register(
-        self, name: str, kind: str = "agent", *, framework: str = "none", read_only_tools: Iterable[str] = ()
+        self,
+        name: str,
+        kind: str = "agent",
+        *,
+        framework: str | Iterable[str] | None = None,
+        read_only_tools: Iterable[str] = (),
     ) -> dict[str, Any]:
+        """Register (blocking: a refusal raises here) and start background heartbeats and the push stream.
+        The agent's key is kept in a file per name (``key_file=`` to choose it), so a restart resumes the
+        same identity."""
         if self.session is not None:
             raise M99Error(f"this client already registered {self.name!r}; use one client per agent")
-        self.guard = Guard(
-            name, kind=kind, framework=framework, read_only_tools=set(read_only_tools), **self._guard_options
-        )
-        self.session = Session(self.guard, self.url, key_file=self._key_file).start()
+        guard = Guard(name, kind=kind, framework=framework, read_only_tools=set(read_only_tools), **self._guard_options)
+        self.session = Session(
+            guard, self.url, key_file=self._key_file, server_public_key=self._server_key, enrol_token=self._enrol_token
+        ).start()
+        self.guard = guard
         return self.session.link.registration
 
     def _require(self) -> Guard:

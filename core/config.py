@@ -20,10 +20,13 @@ HEAD_FILE = "audit-head.json"
 
 
 def resolve_url(url: str | None = None) -> str:
+    """The control plane's URL; several replicas' URLs separated by commas (``http://a:8099,http://b:8099``)."""
     value = url or os.environ.get("M99_URL") or DEFAULT_URL
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"bad control-plane URL {value!r}: it must start with http:// or https://")
-    return value.rstrip("/")
+    parts = [p.strip().rstrip("/") for p in value.split(",") if p.strip()]
+    for part in parts or [value]:
+        if not part.startswith(("http://", "https://")):
+            raise ConfigError(f"bad control-plane URL {part!r}: it must start with http:// or https://")
+    return ",".join(parts)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:

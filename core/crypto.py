@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,16 @@ def sha256_hex(data: bytes | str) -> str:
 
 
 def fingerprint(secret: str | bytes) -> str:
-    """The only form in which a secret ever leaves the process: ``sha256:<hex>``."""
+    """How an agent sends a secret's identity to its control plane: ``sha256:<hex>``.  The control plane
+    keeps only ``keyed_fingerprint`` of it, so a reader of its records cannot confirm a guess."""
     return "sha256:" + sha256_hex(secret)
+
+
+def keyed_fingerprint(key: bytes, value: str | bytes) -> str:
+    """``hmac-sha256:<hex>`` of ``value`` under a per-deployment key: what is stored and audited."""
+    if isinstance(value, str):
+        value = value.encode()
+    return "hmac-sha256:" + hmac.new(key, value, hashlib.sha256).hexdigest()
 
 
 def b64(data: bytes) -> str:
@@ -60,16 +70,38 @@ class SigningKey:
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     @classmethod
-    def load_or_create(cls, path: Path) -> SigningKey:
-        """Read the 32-byte seed at ``path``, or create it owner-only."""
-        if path.exists():
+    def load(cls, path: Path) -> SigningKey:
+        """The key whose base64 seed is in ``path``; ValueError if the file does not hold one."""
+        try:
             return cls.from_seed(unb64(path.read_text().strip()))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path} does not hold an M99 key (a base64 Ed25519 seed): {exc}") from None
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SigningKey:
+        """Read the key at ``path``, or create it owner-only.  Two processes creating the same file at
+        once end up with the same key: the file is linked into place only if it does not exist yet."""
+        if path.exists():
+            return cls.load(path)
         key = cls.generate()
         seed = key._key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
-        write_private(path, b64(seed) + "\n")
+        tmp = _write_temp(path, b64(seed) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return cls.load(path)
+        finally:
+            os.unlink(tmp)
         return key
+
+    def derive(self, label: str) -> bytes:
+        """A 32-byte secret for ``label`` derived from this key (replicas sharing the key share it)."""
+        seed = self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        return hmac.new(seed, b"m99/" + label.encode(), hashlib.sha256).digest()
 
     def save(self, path: Path) -> None:
         seed = self._key.private_bytes(
@@ -115,13 +147,21 @@ class VerifyKey:
         return True
 
 
+def _write_temp(path: Path, text: str) -> str:
+    """``text`` in a new owner-only file beside ``path``, flushed to disk; its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    os.replace(_write_temp(path, text), path)

@@ -3,19 +3,25 @@
     M99Error
     ├── ConfigError                      bad setting, unreadable data dir, missing token
     ├── AdapterUnavailable               a framework extra is not installed
-    ├── ControlPlaneError                the control plane answered with an error
+    ├── ControlPlaneError                the control plane refused, or answered with an error
     │   ├── ControlPlaneUnreachable      no answer at all
-    │   ├── BadRequest                   4xx: the request itself is wrong
-    │   ├── NotAuthorised                401/403: missing token, or outside the token's role
-    │   ├── NotFound                     404: unknown agent, authorisation, execution, token
-    │   └── Conflict                     409: expired, consumed, disarmed, tombstoned…
+    │   ├── BadRequest                   the request itself is wrong
+    │   ├── NotAuthorised                outside the token's role
+    │   │   └── Unauthenticated          no token, an unknown one, a bad signature
+    │   ├── NotFound                     unknown agent, authorisation, execution, token
+    │   ├── Conflict                     expired, consumed, disarmed, tombstoned, replayed…
+    │   └── RateLimited                  too many requests from one source: retry later
     ├── AuditIntegrityError              the audit chain does not verify
     └── M99KillSwitchTriggered           the kill switch holds this agent (raised inside the agent)
         ├── ToolCallRefused              a tool call was refused (L3 freeze, L4 restriction)
         ├── ModelCallRefused             a model call was refused
         └── LeaseExpired                 the Guard lost the control plane for longer than its lease
 
-Every class carries an ``exit_code`` the CLI uses.  ``M99KillSwitchTriggered`` is an ordinary
+Every class carries an ``exit_code`` the CLI uses.  The control plane raises these without any HTTP
+status: its HTTP layer maps each class to one (``m99.server.errors``), and the clients map an answer
+back to the class (``error_for_status``, which keeps the status it saw in ``http_status``).
+
+``M99KillSwitchTriggered`` is an ordinary
 ``Exception`` on purpose: frameworks that must be *halted* harder get a ``BaseException``
 from the adapters, never from here.
 """
@@ -50,38 +56,54 @@ class AdapterUnavailable(M99Error):
 
 
 class ControlPlaneError(M99Error):
-    exit_code = 3
-    status = 500  # the HTTP status the server answers with when none is given
+    """``code`` is a stable machine-readable word (``tombstoned``, ``replayed``…) for clients."""
 
-    def __init__(self, message: str, *, status_code: int = 0, code: str = "", detail: Any = None) -> None:
+    exit_code = 3
+
+    def __init__(self, message: str, *, code: str = "", detail: Any = None, http_status: int = 0) -> None:
         super().__init__(message, detail=detail)
-        self.status_code = status_code or self.status
         self.code = code
+        self.http_status = http_status  # set on the client side: the status the answer carried
 
 
 class ControlPlaneUnreachable(ControlPlaneError):
     exit_code = 4
-    status = 503
 
 
 class BadRequest(ControlPlaneError):
-    status = 400
     exit_code = 5
 
 
 class NotAuthorised(ControlPlaneError):
-    status = 403
     exit_code = 6
 
 
+class Unauthenticated(NotAuthorised):
+    pass
+
+
 class NotFound(ControlPlaneError):
-    status = 404
     exit_code = 7
 
 
 class Conflict(ControlPlaneError):
-    status = 409
     exit_code = 8
+
+
+class RateLimited(ControlPlaneError):
+    exit_code = 4
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float = 1.0,
+        code: str = "rate_limited",
+        detail: Any = None,
+        http_status: int = 0,
+    ) -> None:
+        super().__init__(message, code=code, detail=detail, http_status=http_status)
+        self.retry_after = retry_after
 
 
 class AuditIntegrityError(M99Error):
@@ -121,14 +143,27 @@ class LeaseExpired(M99KillSwitchTriggered):
 def error_for_status(status_code: int, message: str, code: str = "", detail: Any = None) -> ControlPlaneError:
     """Map an HTTP error answer to the matching class."""
     cls: type[ControlPlaneError]
-    if status_code in (401, 403):
+    if status_code == 401:
+        cls = Unauthenticated
+    elif status_code == 403:
         cls = NotAuthorised
     elif status_code == 404:
         cls = NotFound
     elif status_code == 409:
         cls = Conflict
+    elif status_code == 429:
+        retry = detail.get("retry_after", 1.0) if isinstance(detail, dict) else 1.0
+        return RateLimited(
+            message,
+            retry_after=float(retry or 1.0),
+            code=code or "rate_limited",
+            detail=detail,
+            http_status=status_code,
+        )
     elif 400 <= status_code < 500:
         cls = BadRequest
+    elif status_code in (502, 503, 504):
+        cls = ControlPlaneUnreachable
     else:
         cls = ControlPlaneError
-    return cls(message, status_code=status_code, code=code, detail=detail)
+    return cls(message, code=code, detail=detail, http_status=status_code)

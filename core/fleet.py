@@ -10,94 +10,111 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from .errors import ControlPlaneError, M99Error
 from .guard import log_change
 from .guard import logger as guard_log
-from .link import raise_for_answer, tls_context
+from .link import ControlLink, raise_for_answer, tls_context
 
-if TYPE_CHECKING:
-    from .session import Session
-
-__all__ = ["Acks", "Changes", "acks", "changes"]
+__all__ = ["AckSource", "Acks", "Changes", "acks", "changes"]
 
 log = logging.getLogger("m99.session")
+
+
+class AckSource(Protocol):
+    """What sends acknowledgements: a session, through its link (no import of the session module)."""
+
+    link: ControlLink
+
+
+Pending = tuple[AckSource, int, float]
 
 
 class Acks:
     """The acknowledgements of every session in the process, sent together.
 
-    A fleet-wide stop reaches every Guard of a process at once; a request per acknowledgement would
-    compete for the CPU, on both ends, with the pushes still being delivered.  So they wait until the
-    process's pushes have been quiet for ``QUIET`` seconds (at most ``MAX_DELAY`` after the first) and
-    go ``BATCH`` to a request.  Each carries the moment its Guard applied the change, so the wait does
-    not count in the time-to-halt the control plane records.  Runs on the sessions' loop only.
+    An acknowledgement leaves at once: the first of a burst is sent on the loop's next pass, before the
+    refusal it confirms can reach the framework (and a run ended by the stop then still confirms it).
+    While one request is in flight to a control plane, the acknowledgements of the other Guards that a
+    fleet-wide stop reached pile up and go together in the next, ``BATCH`` to a request: one request at
+    a time per control plane, so they never compete with the pushes still being delivered.  Each
+    carries the moment its Guard applied the change, so batching does not count in the time-to-halt.
+    Runs on the sessions' loop only.
     """
 
-    QUIET = 0.5
-    MAX_DELAY = 2.0
     BATCH = 200  # about 50 KB: under the control plane's request body limit
     ATTEMPTS = 3
+    SIGN_INLINE = 16  # a batch this small is signed on the loop (~50 µs each)
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Session, int, float]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._first = self._last = 0.0
+        self._pending: dict[str, list[Pending]] = {}
+        self._busy: dict[str, asyncio.Task[None]] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._users: dict[str, int] = {}
-        self._sending: set[asyncio.Task[None]] = set()
         self._signing: ThreadPoolExecutor | None = None
 
-    def add(self, session: Session, version: int, applied_at: float) -> None:
-        self._pending.append((session, version, applied_at))
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        if self._timer is None:  # one timer per burst, not one per acknowledgement
-            self._first = self._last
-            self._timer = loop.call_at(self._last + self.QUIET, self._due)
+    def add(self, session: AckSource, version: int, applied_at: float) -> None:
+        url = session.link.url
+        self._pending.setdefault(url, []).append((session, version, applied_at))
+        if url not in self._busy:
+            self._start(url)
 
-    def _due(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = min(self._last + self.QUIET, self._first + self.MAX_DELAY)
-        if loop.time() < due:
-            self._timer = loop.call_at(due, self._due)
-            return
-        self._flush()
+    def _start(self, url: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain_url(url))
+        self._busy[url] = task
 
-    def _flush(self) -> None:
-        self._timer = None
-        pending, self._pending = self._pending, []
-        by_url: dict[str, list[tuple[Session, int, float]]] = {}
-        for item in pending:
-            by_url.setdefault(item[0].link.url, []).append(item)
-        loop = asyncio.get_running_loop()
-        for url, items in by_url.items():
-            for start in range(0, len(items), self.BATCH):
-                task = loop.create_task(self._send(url, items[start : start + self.BATCH]))
-                self._sending.add(task)  # the loop holds tasks weakly
-                task.add_done_callback(self._sending.discard)
+    async def _drain_url(self, url: str) -> None:
+        try:
+            await asyncio.sleep(0)  # the loop's next pass: acks of the same push burst go together
+            while self._pending.get(url):
+                items = self._pending[url][: self.BATCH]
+                del self._pending[url][: self.BATCH]
+                await self._send(url, items)
+        finally:
+            self._busy.pop(url, None)
 
-    async def flush_for(self, session: Session) -> None:
-        """Send ``session``'s pending acknowledgements now (it is closing)."""
-        mine = [item for item in self._pending if item[0] is session]
-        if mine:
-            self._pending = [item for item in self._pending if item[0] is not session]
-            await self._send(session.link.url, mine)
+    async def flush_for(self, session: AckSource, timeout: float) -> None:
+        """Send ``session``'s pending acknowledgements now, and let those in flight arrive (it is closing)."""
+        url = session.link.url
+        mine = [item for item in self._pending.get(url, ()) if item[0] is session]
+        try:
+            async with asyncio.timeout(timeout):
+                busy = self._busy.get(url)
+                if busy is not None:
+                    await asyncio.shield(busy)
+                if mine:
+                    self._pending[url] = [item for item in self._pending.get(url, ()) if item[0] is not session]
+                    await self._send(url, mine)
+        except TimeoutError:
+            log.warning("m99: acknowledgements not sent in %g s: the control plane did not answer", timeout)
 
-    async def _send(self, url: str, items: list[tuple[Session, int, float]]) -> None:
-        # Signed on one thread (Ed25519 releases the GIL): the loop goes on reading pushes meanwhile.
-        loop = asyncio.get_running_loop()
-        acks = await loop.run_in_executor(self._signer(), _sign_acks, items)
+    async def drain(self, timeout: float) -> None:
+        """Everything pending and in flight, sent (the interpreter is exiting)."""
+        deadline = time.monotonic() + timeout
+        for url in list(self._pending):
+            if self._pending.get(url) and url not in self._busy:
+                self._start(url)
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.wait(list(self._busy.values()), timeout=max(0.0, deadline - time.monotonic()))
+
+    async def _send(self, url: str, items: list[Pending]) -> None:
+        if len(items) <= self.SIGN_INLINE:
+            acks = _sign_acks(items)
+        else:  # Ed25519 releases the GIL: the loop goes on reading pushes meanwhile
+            try:
+                acks = await asyncio.get_running_loop().run_in_executor(self._signer(), _sign_acks, items)
+            except RuntimeError:  # executors refuse work once the interpreter is shutting down
+                acks = _sign_acks(items)
         if not acks:
             return
         for attempt in range(1, self.ATTEMPTS + 1):
             try:
-                client = self._client(url)
-                response = await client.post("/api/acks", json={"acks": acks})
+                response = await self._client(url).post("/api/acks", json={"acks": acks})
                 answer = raise_for_answer(response)
                 refused = [r for r in answer.get("results", ()) if not r.get("ok")]
                 if refused:
@@ -106,9 +123,9 @@ class Acks:
             except (M99Error, httpx.HTTPError) as exc:
                 # The next heartbeat still shows the control plane the state each Guard holds.
                 log.warning("m99: sending %d acknowledgement(s) failed (attempt %d): %s", len(acks), attempt, exc)
-                if isinstance(exc, ControlPlaneError) and 400 <= exc.status_code < 500:
+                if isinstance(exc, ControlPlaneError) and 400 <= exc.http_status < 500:
                     return
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(0.2 * attempt)
 
     def _signer(self) -> ThreadPoolExecutor:
         if self._signing is None:
@@ -118,25 +135,28 @@ class Acks:
     def _client(self, url: str) -> httpx.AsyncClient:
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = httpx.AsyncClient(base_url=url, timeout=10.0, verify=tls_context())
+            verify = tls_context() if url.startswith("https://") else True
+            client = self._clients[url] = httpx.AsyncClient(base_url=url, timeout=10.0, verify=verify)
         return client
 
-    def use(self, url: str) -> None:
-        self._users[url] = self._users.get(url, 0) + 1
+    def use(self, session: AckSource) -> None:
+        for url in session.link.urls:
+            self._users[url] = self._users.get(url, 0) + 1
 
-    async def release(self, url: str) -> None:
-        """One session of ``url`` closed; the last one closes the shared client."""
-        left = self._users.get(url, 1) - 1
-        if left > 0:
-            self._users[url] = left
-            return
-        self._users.pop(url, None)
-        client = self._clients.pop(url, None)
-        if client is not None:
-            await client.aclose()
+    async def release(self, session: AckSource) -> None:
+        """One session closed; the last one of a control plane closes the shared client."""
+        for url in session.link.urls:
+            left = self._users.get(url, 1) - 1
+            if left > 0:
+                self._users[url] = left
+                continue
+            self._users.pop(url, None)
+            client = self._clients.pop(url, None)
+            if client is not None:
+                await client.aclose()
 
 
-def _sign_acks(items: list[tuple[Session, int, float]]) -> list[dict[str, Any]]:
+def _sign_acks(items: list[Pending]) -> list[dict[str, Any]]:
     return [s.link.signed_ack(v, t) for s, v, t in items if s.link.agent_id is not None]
 
 

@@ -121,6 +121,14 @@ def _forget_redacting(key: int) -> Callable[[weakref.ref[Guard]], None]:
     return forget
 
 
+def _explained(why: str, reason: str) -> str:
+    """What a refusal says: who stopped the agent and why when the control plane said so (``stopped by
+    ops@example.com: "Runaway loop" (L3, execution exe_…)``), else the level or the lease."""
+    if reason.startswith("stopped by"):
+        return f"{why}: {reason}" if why.startswith("L4") else reason
+    return why + (f" ({reason})" if reason else "")
+
+
 def log_change(agent: str, old: int, new: int, reason: str) -> None:
     logger.warning("m99: agent %s L%d -> L%d%s", agent, old, new, f" ({reason})" if reason else "")
 
@@ -395,7 +403,7 @@ class Guard:
             return None  # the state was lifted between the gate test and here
         self._count_refusal()
         raise ToolCallRefused(
-            f"M99: tool {tool!r} refused for agent {self.name!r}: {why}" + (f" ({reason})" if reason else ""),
+            f"M99: tool {tool!r} refused for agent {self.name!r}: {_explained(why, reason)}",
             tool=tool,
             level=int(level),
             reason=reason,
@@ -415,7 +423,7 @@ class Guard:
             return None
         self._count_refusal()
         raise cls(
-            f"M99: {what} {self.name!r}: {why}" + (f" ({reason})" if reason else ""),
+            f"M99: {what} {self.name!r}: {_explained(why, reason)}",
             level=int(level),
             reason=reason,
             agent=self.name,

@@ -206,6 +206,7 @@ async def follow(
     path: str,
     on_event: EventHandler,
     *,
+    headers: dict[str, str] | None = None,
     tls: ssl.SSLContext | None = None,
     connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
@@ -213,7 +214,11 @@ async def follow(
 ) -> None:
     """Read the SSE stream at ``url`` + ``path``, calling ``on_event(kind, data)`` for each event, until
     the stream fails; then raise a ``ControlPlaneError`` (``ControlPlaneUnreachable`` for a lost or
-    silent connection).  ``on_open`` runs once the server has answered 200.  Cancellation closes it."""
+    silent connection).  ``on_open`` runs once the server has answered 200.  Cancellation closes it.
+
+    Timeouts use ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 the latter can swallow a
+    cancellation that arrives as its operation completes, and a closing session then waited on a
+    stream that was never told to stop."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ControlPlaneError(f"push stream: unsupported control plane URL {url!r}")
@@ -223,28 +228,28 @@ async def follow(
     host_header = f"[{host}]" if ":" in host else host
     if parts.port:
         host_header += f":{parts.port}"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items() if "\n" not in value + name)
     loop = asyncio.get_running_loop()
     protocol = _EventStream(on_event, loop)
     try:
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(
+        async with asyncio.timeout(connect_timeout):
+            transport, _ = await loop.create_connection(
                 lambda: protocol,
                 host,
                 port,
                 ssl=(tls or ssl.create_default_context()) if parts.scheme == "https" else None,
                 server_hostname=host if parts.scheme == "https" else None,
-            ),
-            connect_timeout,
-        )
+            )
     except (OSError, TimeoutError) as exc:
         raise ControlPlaneUnreachable(f"cannot open the push stream at {url}: {exc!r}") from None
     try:
         transport.write(
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: text/event-stream\r\n"
-            f"Cache-Control: no-cache\r\nUser-Agent: m99/{__version__}\r\n\r\n".encode()
+            f"Cache-Control: no-cache\r\nUser-Agent: m99/{__version__}\r\n{extra}\r\n".encode()
         )
         try:
-            await asyncio.wait_for(asyncio.shield(protocol.opened), connect_timeout)
+            async with asyncio.timeout(connect_timeout):
+                await asyncio.shield(protocol.opened)
         except TimeoutError:
             raise ControlPlaneUnreachable(f"the push stream at {url} did not answer in {connect_timeout:g} s") from None
         if on_open is not None:

@@ -104,7 +104,13 @@ class Runtime:
         )
         for env_name in self._options["credentials"]:
             guard.protect_env(env_name)
-        session = Session(guard, self.url, lease_seconds=self._options["lease_seconds"]).start()
+        session = Session(
+            guard,
+            self.url,
+            lease_seconds=self._options["lease_seconds"],
+            server_public_key=self._options.get("server_key"),
+            enrol_token=self._options.get("enrol_token"),
+        ).start()
         with self._lock:
             self._agents[name] = (guard, session)
         for framework_name in [bind] if isinstance(bind, str) else list(bind or [name]):
@@ -152,7 +158,7 @@ def init(
     name: str,
     *,
     kind: str = "agent",
-    url: str | None = None,
+    url: str | list[str] | None = None,
     framework: str | None = None,
     read_only_tools: Iterable[str] = (),
     credentials: Iterable[str] | None = None,
@@ -161,11 +167,18 @@ def init(
     grace_seconds: float = 5.0,
     lease_seconds: float | None = None,
     key_file: str | None = None,
+    server_key: str | None = None,
+    enrol_token: str | None = None,
 ) -> Runtime:
     """Put this process under the kill switch as agent ``name`` and install every available adapter.
 
-    - ``url``: the control plane (default ``$M99_URL``, else http://localhost:8099).  Registration is
-      blocking: an unreachable control plane or a tombstoned name raises here, before the agent runs.
+    - ``url``: the control plane (default ``$M99_URL``, else http://localhost:8099); several replicas as a
+      list or a comma-separated string.  Registration is blocking: an unreachable control plane or a
+      tombstoned name raises here, before the agent runs.
+    - ``key_file``: where the agent's key lives (default: one file per name in the agent key directory),
+      so a restart resumes the same identity.  ``server_key`` (or ``$M99_SERVER_KEY``) pins the control
+      plane's key; by default the first key seen is kept.  ``enrol_token`` (or ``$M99_ENROL_TOKEN``): for
+      a control plane that enrols agents by token.
     - ``credentials``: environment variable names stripped at L1 and put back on restore; by default
       every ``*_API_KEY``/``*_SECRET_KEY``/``*_AUTH_TOKEN``-style variable set now.  Model clients the
       adapters see are revoked too.
@@ -191,7 +204,7 @@ def init(
             )
         if isinstance(credentials, str):
             raise ConfigError("credentials must be a list of environment variable names, not one string")
-        target = resolve_url(url)
+        target = resolve_url(url if isinstance(url, str) or url is None else ",".join(url))
         env_names = default_credentials() if credentials is None else list(credentials)
         if framework is None:
             available = adapters.available_adapters()
@@ -207,9 +220,24 @@ def init(
         )
         for env_name in env_names:
             guard.protect_env(env_name)
-        session = Session(guard, target, key_file=key_file, lease_seconds=lease_seconds).start()
+        session = Session(
+            guard,
+            target,
+            key_file=key_file,
+            lease_seconds=lease_seconds,
+            server_public_key=server_key,
+            enrol_token=enrol_token,
+        ).start()
         runtime = Runtime(
-            guard, session, url=target, options={"credentials": env_names, "lease_seconds": lease_seconds}
+            guard,
+            session,
+            url=target,
+            options={
+                "credentials": env_names,
+                "lease_seconds": lease_seconds,
+                "server_key": server_key,
+                "enrol_token": enrol_token,
+            },
         )
         default_resolver.default = guard
         try:

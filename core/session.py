@@ -1,36 +1,49 @@
-"""A Guard's session with the control plane: registration, signed heartbeats, the pushed
-state stream (Server-Sent Events), acknowledgements, and the lease.
+"""A Guard's session with the control plane: registration, signed heartbeats, the pushed state stream
+(Server-Sent Events), acknowledgements, the lease, and a clean end.
 
-One background thread per process runs an event loop for every session, so a process can
-hold many Guards (one per framework agent) without a thread each.  The Guard itself never
-waits on any of this: it answers from memory, and this module changes its state.
+One background thread per process runs an event loop for every session, so a process can hold many
+Guards (one per framework agent) without a thread each.  The Guard itself never waits on any of this:
+it answers from memory, and this module changes its state.
+
+An agent's ordinary life ends cleanly: at a normal interpreter exit (and at SIGTERM, when nobody else
+handles it) every open session sends its pending acknowledgements and deregisters, so the dead man's
+switch is left for crashes and hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import json
 import logging
+import os
+import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+import weakref
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 from . import network, push
-from .errors import ControlPlaneError, M99Error, NotFound
+from .errors import ControlPlaneError, M99Error, NotFound, RateLimited
 from .fleet import acks as _acks
 from .fleet import changes as _changes
 from .guard import Guard
 from .levels import Level, Scope
-from .link import ControlLink, raise_for_answer, tls_context
+from .link import ControlLink, ServerKeyMismatch, agent_key_path, raise_for_answer, tls_context
 
 log = logging.getLogger("m99.session")
 
 T = TypeVar("T")
+
+REGISTER_PATIENCE = 30.0  # seconds a rate-limited registration keeps retrying
+CLOSE_TIMEOUT = 3.0  # seconds closing a session may take before it gives up waiting
 
 
 class _Loop:
@@ -56,12 +69,17 @@ class _Loop:
 
     @classmethod
     def run(cls, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, cls.get()).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, cls.get())
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
 
 
 class _VerifiedEvents:
-    """The server sends the same signed bytes to every agent an event concerns: check each
-    distinct payload once per process (an Ed25519 check costs ~0.1 ms)."""
+    """The server sends the same signed bytes to every agent an event concerns: check each distinct
+    payload once per process (an Ed25519 check costs ~0.1 ms)."""
 
     def __init__(self, size: int = 256) -> None:
         self._seen: dict[bytes, dict[str, Any] | None] = {}
@@ -101,21 +119,83 @@ def _proxied(url: str) -> bool:
     return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
+def stop_reason(directives: Sequence[dict[str, Any]]) -> str:
+    """Who stopped the agent and why, from the directive that holds it highest:
+    ``stopped by ops@example.com: "Runaway loop" (L3, execution exe_…)``."""
+    if not directives:
+        return ""
+    top = max(directives, key=lambda d: (int(d.get("level", 0)), int(d.get("version", 0))))
+    by, why = top.get("by") or "an operator", top.get("reason") or ""
+    execution = top.get("execution_id")
+    where = f"L{top.get('level')}" + (f", execution {execution}" if execution else "")
+    return f'stopped by {by}: "{why}" ({where})' if why else f"stopped by {by} ({where})"
+
+
+# -- the end of a process ---------------------------------------------------------------------------------
+
+_open: weakref.WeakSet[Session] = weakref.WeakSet()
+_exit_hooked = False
+_exit_lock = threading.Lock()
+
+
+def _at_exit() -> None:
+    """A normal interpreter exit: acknowledgements out, then every open session deregisters."""
+    sessions = list(_open)
+    if not sessions:
+        return
+    try:
+        _Loop.run(_acks.drain(CLOSE_TIMEOUT), timeout=CLOSE_TIMEOUT + 1)
+    except Exception as exc:  # never let the exit of the host hang or fail because of M99
+        log.warning("m99: acknowledgements at exit: %s", exc or type(exc).__name__)
+    for session in sessions:
+        session.close()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM nobody else handles: a clean exit (the default action would skip the atexit handlers and
+    leave the agent to the dead man's switch).  When M99 itself is terminating the process (L5/L6), the
+    default action, as intended: no deregistration, the name stays tombstoned."""
+    if any(session.guard.terminating for session in list(_open)):
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    sys.exit(128 + signum)
+
+
+def _hook_exit() -> None:
+    global _exit_hooked
+    with _exit_lock:
+        if _exit_hooked:
+            return
+        _exit_hooked = True
+    atexit.register(_at_exit)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 class Session:
-    """Connects ``guard`` to the control plane at ``url`` and keeps its state current."""
+    """Connects ``guard`` to the control plane at ``url`` (one URL, or several replicas) and keeps its
+    state current.  ``key_file`` keeps the agent's identity across restarts (default: a file per name in
+    the agent key directory, see ``m99.link.agent_key_path``)."""
 
     def __init__(
         self,
         guard: Guard,
-        url: str,
+        url: str | Sequence[str],
         *,
-        key_file: str | None = None,
+        key_file: str | Path | None = None,
         lease_seconds: float | None = None,
         heartbeat_interval: float | None = None,
         server_public_key: str | None = None,
+        enrol_token: str | None = None,
     ) -> None:
         self.guard = guard
-        self.link = ControlLink(url, key_file=key_file, server_public_key=server_public_key)
+        self.link = ControlLink(
+            url,
+            key_file=key_file or agent_key_path(guard.name),
+            server_public_key=server_public_key,
+            enrol_token=enrol_token,
+        )
         self._lease_override = lease_seconds
         self._interval_override = heartbeat_interval
         self.lease_seconds = lease_seconds or 90.0
@@ -128,45 +208,53 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         self._aclient: httpx.AsyncClient | None = None  # the push stream's, behind an HTTP proxy only
         self._closed = False
+        self._untrusted = False
         guard.on_change(self._acknowledge_termination)
+        guard.on_frameworks(self._frameworks_changed)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Session:
-        """Register (blocking, so a refusal such as a tombstone raises here) and start the
-        heartbeat, push and lease tasks."""
-        host, port = self.link.host_port
-        network.allow_destination(host, port)
-        answer = self._register()
+        """Register (blocking, so a refusal such as a tombstone raises here) and start the heartbeat,
+        push and lease tasks."""
+        for host, port in self.link.host_ports:
+            network.allow_destination(host, port)
+        answer = self._register(patience=REGISTER_PATIENCE)
         self.heartbeat_interval = self._interval_override or float(answer["heartbeat_interval"])
         self.lease_seconds = self._lease_override or float(answer["lease_seconds"])
         self._apply_document(self.link.verify_state(answer["state"]), ack=False)
         self._contact()
         _Loop.run(self._start_tasks(), timeout=10)
+        _open.add(self)
+        _hook_exit()
         return self
 
     async def _start_tasks(self) -> None:
         if _proxied(self.link.url):
             self._aclient = httpx.AsyncClient(
-                base_url=self.link.url, timeout=httpx.Timeout(10.0, read=45.0), verify=tls_context()
+                timeout=httpx.Timeout(10.0, read=45.0), verify=tls_context() if "https" in self.link.url else True
             )
-        _acks.use(self.link.url)
+        _acks.use(self)
         loop = asyncio.get_running_loop()
         for name, coro in (("heartbeat", self._heartbeats()), ("push", self._push()), ("lease", self._lease())):
             task = loop.create_task(coro, name=f"m99-{name}-{self.guard.name}")
             self._tasks.append(task)
 
     def close(self, *, deregister: bool = True) -> None:
+        """Stop the background work, send what is pending and deregister (never longer than a few
+        seconds, and never raising: closing must not crash or hang the host)."""
         if self._closed:
             return
         self._closed = True
+        _open.discard(self)
         self.guard.remove_on_change(self._acknowledge_termination)
+        self.guard.remove_on_frameworks(self._frameworks_changed)
         try:
-            _Loop.run(self._stop_tasks(), timeout=10)
-        except Exception as exc:  # closing must not crash the host
-            log.warning("m99 session close: %s", exc)
+            _Loop.run(self._stop_tasks(), timeout=CLOSE_TIMEOUT + 1)
+        except Exception as exc:
+            log.warning("m99 session close: %s", exc or type(exc).__name__)
         if deregister and self.link.agent_id is not None and not self.guard.terminating:
             try:
-                self.link.deregister()
+                self.link.deregister(timeout=CLOSE_TIMEOUT)
             except M99Error as exc:
                 log.warning("m99 deregister failed: %s", exc)
         self.link.close()
@@ -175,9 +263,10 @@ class Session:
     async def _stop_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await _acks.flush_for(self)
-        await _acks.release(self.link.url)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
+        await _acks.flush_for(self, CLOSE_TIMEOUT)
+        await _acks.release(self)
         if self._aclient is not None:
             await self._aclient.aclose()
 
@@ -191,20 +280,21 @@ class Session:
     def _matches(self, directive: dict[str, Any]) -> bool:
         g = self.guard
         try:
-            return _scope(directive["scope"]).matches(g.name, g.kind, g.framework or "none")
+            return _scope(directive["scope"]).matches(g.name, g.kind, g.frameworks)
         except (KeyError, TypeError, ValueError):
             return False
 
-    def _apply_level(self, version: int, reason: str, ack: bool, fresh: bool = False) -> None:
+    def _apply_level(self, version: int, ack: bool, fresh: bool = False) -> None:
         """Apply the level the directives add up to; ``fresh``: the directives governing this agent
         changed (a new one, even at the level it already holds, is acknowledged too)."""
-        level = max((d["level"] for d in self._directives.values()), default=0)
+        level = max((int(d["level"]) for d in self._directives.values()), default=0)
         if version < self._applied_version:
             return  # an older document than one already applied (a push overtook a heartbeat)
         self._applied_version = version
+        reason = stop_reason(list(self._directives.values()))
         # On the loop, what follows the change (log, callbacks) waits until every connection that was
         # ready with this push has been read: a fleet-wide stop is enforced on all of a process's Guards
-        # first.  A re-registration applies its state on a worker thread: there it runs inline.
+        # first.  A state applied on another thread (registration, an explicit heartbeat) runs inline.
         on_loop = _Loop.on_loop()
         old = self.guard.level
         defer = asyncio.get_running_loop().call_soon if on_loop else None
@@ -218,14 +308,21 @@ class Session:
 
     def _apply_document(self, doc: dict[str, Any], *, ack: bool = True) -> None:
         """A full, signed state document (registration, heartbeat, stream start): authoritative."""
+        epoch = str(doc.get("epoch") or "")
+        if epoch and self.link.epoch and epoch != self.link.epoch:
+            # The same control plane (its key is pinned) on a new database: its versions start again.
+            log.warning("m99: %s: the control plane's database is new; taking its state", self.guard.name)
+            self._applied_version = self._acked_version = -1
+            self.guard.reset_version()
+        if epoch:
+            self.link.epoch = epoch
         if int(doc["version"]) < self._applied_version:
             return
         before = set(self._directives)
         self._directives = {d["id"]: d for d in doc.get("directives", [])}
         if doc.get("tombstoned"):
             self._directives["tombstone"] = {"id": "tombstone", "level": 5, "scope": f"agent:{self.guard.name}"}
-        reason = ", ".join(f"L{d['level']} {d['scope']} ({d['id']})" for d in self._directives.values())
-        self._apply_level(int(doc["version"]), reason, ack, fresh=set(self._directives) != before)
+        self._apply_level(int(doc["version"]), ack, fresh=set(self._directives) != before)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
         directive = event.get("directive") or {}
@@ -240,14 +337,13 @@ class Session:
         elif event.get("op") == "lift":
             self._directives.pop(directive["id"], None)
         fresh = (len(self._directives), directive["id"] in self._directives) != before
-        reason = f"{event.get('op')} L{directive.get('level')} {directive.get('scope')} ({directive.get('id')})"
-        self._apply_level(version, reason, ack=True, fresh=fresh)
+        self._apply_level(version, ack=True, fresh=fresh)
 
     def _acknowledge(self, version: int, applied_at: float) -> None:
         self._acked_version = version
         if _Loop.on_loop():
             _acks.add(self, version, applied_at)
-        else:  # a re-registration applies its state on a worker thread
+        else:  # a state applied on another thread
             _Loop.get().call_soon_threadsafe(_acks.add, self, version, applied_at)
 
     def _acknowledge_termination(self, guard: Guard, old: int, new: int) -> None:
@@ -261,44 +357,74 @@ class Session:
         except M99Error as exc:
             log.warning("m99 acknowledgement of termination (version %s) failed: %s", version, exc)
 
+    def _frameworks_changed(self, guard: Guard) -> None:
+        """An adapter installed into another framework: tell the control plane now, not at the next beat."""
+        if self._closed or not self._tasks:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._heartbeat_quietly(), _Loop.get())
+        except RuntimeError:  # the loop is gone (interpreter exit)
+            pass
+
+    async def _heartbeat_quietly(self) -> None:
+        try:
+            await self._heartbeat_once()
+        except (M99Error, httpx.HTTPError) as exc:
+            log.info("m99 heartbeat failed: %s", exc)
+
     # ------------------------------------------------------------------ tasks
     async def _heartbeats(self) -> None:
         while True:
             try:
-                doc = await asyncio.to_thread(self.link.heartbeat)
-                self._contact()
-                self._apply_document(doc)
+                await self._heartbeat_once()
                 delay = self.heartbeat_interval
             except NotFound:
-                # The control plane lost this identity (a new database): register again.
+                # The control plane lost this identity (a new database, or it was forgotten): register
+                # again with the same key, which resumes it.
                 await asyncio.to_thread(self._reregister)
                 delay = min(1.0, self.heartbeat_interval)
+            except ServerKeyMismatch as exc:
+                self._distrust(exc)
+                delay = min(5.0, self.heartbeat_interval)
             except (M99Error, httpx.HTTPError) as exc:
                 log.info("m99 heartbeat failed: %s", exc)
+                self.link.failover()
                 delay = min(1.0, self.heartbeat_interval)  # retry soon, to recover quickly
             await asyncio.sleep(delay)
 
-    def _register(self) -> dict[str, Any]:
+    def _distrust(self, exc: ServerKeyMismatch) -> None:
+        """Another server answers at this URL: no contact counts (the lease runs out, fail closed)."""
+        if not self._untrusted:
+            self._untrusted = True
+            log.error("m99: %s: %s", self.guard.name, exc)
+
+    def _register(self, patience: float = 0.0) -> dict[str, Any]:
         g = self.guard
-        return self.link.register(
-            g.name,
-            g.kind,
-            framework=g.framework or None,
-            read_only_tools=sorted(g.read_only_tools),
-            credentials=[
-                {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"]}
-                for c in g.credential_fingerprints()
-            ],
-        )
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.link.register(
+                    g.name,
+                    g.kind,
+                    frameworks=g.frameworks,
+                    read_only_tools=sorted(g.read_only_tools),
+                    credentials=[
+                        {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"]}
+                        for c in g.credential_fingerprints()
+                    ],
+                )
+            except RateLimited as exc:
+                if time.monotonic() + exc.retry_after > deadline:
+                    raise
+                time.sleep(min(exc.retry_after, 5.0))
 
     def _reregister(self) -> None:
         try:
             answer = self._register()
-            # A control plane that lost this identity (a new database) counts its state versions
-            # from the start again: what it says now must not be taken for stale (fail closed).
-            self._applied_version = self._acked_version = -1
-            self.guard.reset_version()
             self._apply_document(self.link.verify_state(answer["state"]))
+            self._contact()
+        except ServerKeyMismatch as exc:
+            self._distrust(exc)
         except M99Error as exc:
             log.warning("m99 re-registration failed: %s", exc)
 
@@ -312,10 +438,18 @@ class Session:
         while True:
             path = f"/api/agents/{self.link.agent_id}/events"
             try:
+                headers = self.link.events_headers()
                 if self._aclient is None:
-                    await push.follow(self.link.url, path, self._on_push, tls=tls_context(), on_open=opened)
+                    await push.follow(
+                        self.link.url,
+                        path,
+                        self._on_push,
+                        headers=headers,
+                        tls=tls_context() if self.link.url.startswith("https") else None,
+                        on_open=opened,
+                    )
                 else:
-                    await self._push_via_proxy(path, opened)
+                    await self._push_via_proxy(path, headers, opened)
             except asyncio.CancelledError:
                 raise
             except (M99Error, httpx.HTTPError, OSError, ValueError) as exc:
@@ -323,9 +457,9 @@ class Session:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _push_via_proxy(self, path: str, opened: Callable[[], None]) -> None:
+    async def _push_via_proxy(self, path: str, headers: dict[str, str], opened: Callable[[], None]) -> None:
         assert self._aclient is not None
-        async with self._aclient.stream("GET", path) as response:
+        async with self._aclient.stream("GET", self.link.url + path, headers=headers) as response:
             if response.status_code != 200:
                 await response.aread()
                 raise_for_answer(response)
@@ -376,7 +510,8 @@ class Session:
         return _Loop.run(self._heartbeat_once(), timeout=30)
 
     async def _heartbeat_once(self) -> dict[str, Any]:
-        doc = await asyncio.to_thread(self.link.heartbeat)
+        doc = await asyncio.to_thread(self.link.heartbeat, self.guard.frameworks)
+        self._untrusted = False
         self._contact()
         self._apply_document(doc)
         return doc

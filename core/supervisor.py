@@ -196,7 +196,11 @@ class Supervisor:
             level, reason = self._stopped_by
             title = Level(level).title if 1 <= level <= 6 else "termination"
             grace = f" after {self.guard.grace_seconds:g} s grace" if self._escalated else ""
-            why = f"stopped by M99 at L{level} {title}" + (f" ({reason})" if reason else "")
+            why = (
+                reason
+                if reason.startswith("stopped by")
+                else f"stopped by M99 at L{level} {title}" + (f" ({reason})" if reason else "")
+            )
             line = f"{who} {why}: {how}{grace}; not restarted"
         elif self._forwarded is not None:
             line = f"{who} stopped by {signal.Signals(self._forwarded).name} sent to the supervisor: {how}"

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from m99.control import Settings
+from m99.link import forget_server_keys
 from m99.server import EmbeddedControlPlane
 
 from .servers import ServeProcess, serving
@@ -19,6 +20,16 @@ from .servers import ServeProcess, serving
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TESTING", "true")
+
+
+@pytest.fixture(autouse=True)
+def _agent_keys(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test's agents keep their keys in a directory of its own, and trust no server key pinned by an
+    earlier test (control planes come and go on reused ports here)."""
+    monkeypatch.setenv("M99_KEY_DIR", str(tmp_path_factory.mktemp("agent-keys")))
+    forget_server_keys()
+    yield
+    forget_server_keys()
 
 
 @pytest.fixture

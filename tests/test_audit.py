@@ -23,11 +23,11 @@ from m99.audit import (
     utc_now_iso,
     verify_entries,
     verify_jsonl,
-    verify_sqlite,
     write_head_file,
 )
 from m99.crypto import SigningKey, VerifyKey, canonical_json, sha256_hex
 from m99.errors import AuditIntegrityError
+from m99.store.sqlite import verify_sqlite
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

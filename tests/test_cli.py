@@ -71,7 +71,7 @@ def test_executions_show_each_agents_time_to_halt(m99, embedded: EmbeddedControl
     shown = m99("executions", execution.group(0)).output
     assert "L3 on global (L1, L2, L3), execute by a@example.com" in shown and "drill" in shown
     assert "1 of 2 agents acknowledged" in shown and re.search(r"fast\s+\d+\.\d ms", shown)
-    assert "not acknowledged: mute" in shown
+    assert "not acknowledged (NOT confirmed halted): mute" in shown
     listed = m99("executions").output
     assert execution.group(0) in listed and "L3 on global" in listed and "2 agents" in listed
     as_json = json.loads(m99("executions", execution.group(0), "--json").output)

@@ -14,6 +14,8 @@ from m99.errors import Conflict, NotAuthorised, NotFound
 from m99.link import ControlLink
 from m99.server import EmbeddedControlPlane, build
 
+from .test_session import wait_for
+
 
 def raw_heartbeat(link: ControlLink, seq: int, ts: float, key: SigningKey | None = None) -> httpx.Response:
     body = {"seq": seq, "ts": ts}
@@ -22,8 +24,14 @@ def raw_heartbeat(link: ControlLink, seq: int, ts: float, key: SigningKey | None
     return httpx.post(f"{link.url}/api/agents/{link.agent_id}/heartbeat", json=body)
 
 
-def rejected(admin: httpx.Client) -> list[dict]:
-    return [e for e in admin.get("/api/audit", params={"limit": 1000}).json() if e["kind"] == "heartbeat.rejected"]
+def rejected(admin: httpx.Client, at_least: int = 1) -> list[dict]:
+    """The audited heartbeat refusals: written apart from the refused request, within a moment."""
+
+    def found() -> list[dict]:
+        return [e for e in admin.get("/api/audit", params={"limit": 1000}).json() if e["kind"] == "heartbeat.rejected"]
+
+    wait_for(lambda: len(found()) >= at_least)
+    return found()
 
 
 def test_good_heartbeats_are_accepted_and_answer_with_signed_state(embedded: EmbeddedControlPlane) -> None:
@@ -50,7 +58,8 @@ def test_replayed_and_out_of_order_heartbeats_are_rejected(embedded: EmbeddedCon
     older = raw_heartbeat(link, 4, time.time())
     assert replay.status_code == 409 and older.status_code == 409
     assert replay.json()["error"]["code"] == "replayed"
-    assert [e["data"]["seq"] for e in rejected(admin)] == [5, 4]
+    # One entry for the burst from this source: the rest of it is folded in (counted when its window ends).
+    assert [e["data"]["seq"] for e in rejected(admin)] == [5]
 
 
 def test_stale_heartbeat_is_rejected(embedded: EmbeddedControlPlane, admin: httpx.Client) -> None:
@@ -65,8 +74,8 @@ def test_unknown_and_superseded_agents(embedded: EmbeddedControlPlane) -> None:
     link = ControlLink(embedded.url)
     link.register("a")
     old_id = link.agent_id
-    newer = ControlLink(embedded.url)
-    newer.register("a")  # a restarted agent: new incarnation, new key
+    newer = ControlLink(embedded.url, key=link.key)
+    newer.register("a")  # a restarted agent: same key, new registration and incarnation
     link.agent_id = old_id
     with pytest.raises(NotFound):
         link.heartbeat()
@@ -106,7 +115,7 @@ def test_dead_mans_switch_fires_on_silence(tmp_path: Path) -> None:
         assert len(fired_for_silent) == 1
         # The agent comes back: it is alive again but stays frozen until an operator restores it.
         silent.heartbeat()
-        assert admin.get("/api/agents/silent").json()["status"] == "active"
+        wait_for(lambda: admin.get("/api/agents/silent").json()["status"] == "active")  # at the next group commit
         assert silent.fetch_state()["level"] == 3
         admin.close()
 
@@ -115,14 +124,14 @@ def test_silence_is_counted_from_when_the_server_serves_not_from_before(tmp_path
     settings = Settings(heartbeat_interval=0.2, missed_heartbeats=2, deadman_level=3)
     cp = build(tmp_path / "d", settings)
     try:
-        cp.register({"name": "early", "public_key": SigningKey.generate().public_b64})
+        cp.register(ControlLink("http://127.0.0.1:9").registration_body("early"))
         time.sleep(0.6)  # longer than the window: what loading the web framework can take on a busy host
         cp.serving()
         assert cp.check_deadman() == []  # no agent could have reached a server not yet listening
         time.sleep(0.5)
         assert [r["scope"] for r in cp.check_deadman()] == ["agent:early"]  # now it really is silent
     finally:
-        cp.store.close()
+        cp.close()
 
 
 def test_link_errors_map_to_classes(embedded: EmbeddedControlPlane) -> None:

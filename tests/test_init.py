@@ -42,7 +42,7 @@ def test_init_installs_every_framework_adapter_and_shutdown_removes_them(init, a
     assert agents["research-bot"]["framework"] == "mixed"
     m99.shutdown()
     assert installed_adapters() == []
-    assert admin.get("/api/agents").json()[0]["status"] != "active"
+    assert admin.get("/api/agents", params={"all": "true"}).json()[0]["status"] == "stopped"
 
 
 def test_l2_of_the_process_cuts_a_framework_agents_tool_off_the_network(

@@ -123,17 +123,17 @@ def test_truncation_with_checkpoints_removed_is_detected(tmp_path: Path) -> None
 def test_server_keeps_checkpoints_sparse_and_truncation_still_shows(tmp_path: Path) -> None:
     # Each kept checkpoint costs a signature check when verifying; one a transaction made a
     # server's own chain verify at under 10,000 entries/s.
-    from m99 import audit
     from m99.server import build
+    from m99.store.sqlite import verify_sqlite
 
     cp = build(tmp_path / "d")
     for i in range(2500):
-        with cp._txn():
-            cp._audit("test.event", {"by": "a@example.com"}, {"n": i})
-    assert len(cp.store.list_checkpoints()) <= 2500 // 1000 + 2
-    cp.store.close()
+        cp.ledger.record("test.event", {"by": "a@example.com"}, {"n": i})
+    with cp.store.snapshot() as tx:
+        assert len(tx.list_checkpoints()) <= 2500 // 1000 + 2
+    cp.close()
     db = tmp_path / "d" / "m99.db"
-    assert audit.verify_sqlite(db).valid
+    assert verify_sqlite(db).valid
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM audit_entries WHERE seq > 2495")  # after the last milestone
-    assert not audit.verify_sqlite(db).valid
+    assert not verify_sqlite(db).valid

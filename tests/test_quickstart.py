@@ -28,7 +28,7 @@ def test_seed_quick_start_verbatim(serve: ServeProcess, monkeypatch: pytest.Monk
     assert auth_id, armed.stdout
 
     executed = serve.cli("execute", "--auth", auth_id.group(1), "--force", check=True)
-    assert "L1, L2, L3" in executed.stdout and "1 agents" in executed.stdout
+    assert "L1, L2, L3" in executed.stdout and "1 agent in scope" in executed.stdout
 
     # "Agent stops immediately": the state is pushed to the agent, check_status() answers
     # from memory; allow the push its few milliseconds after the CLI returns.

@@ -12,7 +12,7 @@ import pytest
 
 from m99.errors import LeaseExpired, M99KillSwitchTriggered, ToolCallRefused
 from m99.guard import Guard
-from m99.link import sign_event
+from m99.protocol import sign_event
 from m99.server import EmbeddedControlPlane
 from m99.session import Session, _Loop
 

@@ -159,7 +159,7 @@ def test_l5_kills_a_command_that_ignores_sigterm(serve: ServeProcess, supervise)
     assert took >= GRACE * 0.9  # SIGTERM was ignored: SIGKILL came after the grace period
     assert not alive(child["pid"])
     line = report_line(run.stderr)
-    assert "stopped by M99 at L5 targeted termination" in line and "agent:stubborn" in line
+    assert 'stopped by oncall@example.com: "runaway" (L5, execution exe_' in line
     assert "killed by SIGKILL" in line and "not restarted" in line
 
 
@@ -205,7 +205,7 @@ def test_l6_fleet_kill_terminates_every_supervised_command(serve: ServeProcess, 
         codes = [run.finish() for run in runs]
     assert codes == [128 + signal.SIGKILL, 128 + signal.SIGTERM]
     assert not any(alive(child["pid"]) for child in children)
-    assert all("at L6 fleet kill" in report_line(run.stderr) for run in runs)
+    assert all("(L6, execution " in report_line(run.stderr) for run in runs)
     # While the fleet kill holds, a new name registers but is held at L6: its command never starts.
     late = supervise("fleet-late", "import pathlib; pathlib.Path('started').touch()")
     assert late.finish() == 10 and "held at L6" in late.stderr and "not started" in late.stderr

@@ -2,8 +2,10 @@
 
 A fleet-wide stop writes one event to every connection at once, so the per-event path is kept short:
 the event's frame is built once per publication, each connection waits on its own queue (a slow
-reader never holds up the others) and writes straight to the ASGI ``send``; one task per
-connection watches for the client going away, and one task for the whole hub sends keep-alives.
+reader never holds up the others) and writes straight to the ASGI ``send``; one task per connection
+watches for the client going away, and one task for the whole hub sends keep-alives.
+
+An agent has one stream: opening it needs the agent's signature, and a new one replaces the old.
 """
 
 from __future__ import annotations
@@ -18,45 +20,50 @@ from starlette.responses import Response
 
 from ..control import Agent, ControlPlane
 from ..crypto import canonical_json
+from ..protocol import KEEPALIVE_FRAME, event_frame
 
 __all__ = ["EventStream", "PushHub"]
 
 QUEUE_SIZE = 1000  # events a stuck reader may fall behind by; beyond, it repairs at its next heartbeat
 KEEPALIVE_SECONDS = 15.0  # the agents treat 45 s of silence as a dead stream
-_KEEPALIVE = b": keep-alive\n\n"
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
 
+Queue = asyncio.Queue[bytes | None]
+
 
 class PushHub:
-    """Per-agent queues of Server-Sent Events frames; ``publish`` is ``ControlPlane.subscribe``'s listener."""
+    """Per-agent queues of Server-Sent Events frames; ``publish`` is the control plane's push listener."""
 
     def __init__(self) -> None:
-        self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {}
+        self.queues: dict[str, Queue] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.replaced = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The server's loop: the queues belong to it, and publications from other threads go through it."""
         self.loop, self._thread = loop, threading.current_thread()
 
-    def add(self, name: str) -> asyncio.Queue[bytes | None]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self.queues.setdefault(name, set()).add(queue)
+    def add(self, name: str) -> Queue:
+        """The agent's new stream; an older one of the same agent is told to end."""
+        queue: Queue = asyncio.Queue(maxsize=QUEUE_SIZE)
+        old = self.queues.get(name)
+        self.queues[name] = queue
+        if old is not None:
+            self.replaced += 1
+            _close(old)
         return queue
 
-    def remove(self, name: str, queue: asyncio.Queue[bytes | None]) -> None:
-        group = self.queues.get(name)
-        if group is not None:
-            group.discard(queue)
-            if not group:
-                del self.queues[name]
+    def remove(self, name: str, queue: Queue) -> None:
+        if self.queues.get(name) is queue:
+            del self.queues[name]
 
     def publish(self, payload: bytes, names: list[str]) -> None:
-        frame = b"event: directive\ndata: " + payload + b"\n\n"
+        frame = event_frame("directive", payload)
         if self.loop is not None and threading.current_thread() is not self._thread:
             self.loop.call_soon_threadsafe(self._deliver, frame, names)
         else:
@@ -65,7 +72,8 @@ class PushHub:
     def _deliver(self, frame: bytes, names: list[str]) -> None:
         queues = self.queues
         for name in names:
-            for queue in queues.get(name, ()):
+            queue = queues.get(name)
+            if queue is not None:
                 with contextlib.suppress(asyncio.QueueFull):  # a stuck client repairs at its next heartbeat
                     queue.put_nowait(frame)
 
@@ -73,19 +81,28 @@ class PushHub:
         """Send every connection a comment each ``period``, so readers and proxies see it alive."""
         while True:
             await asyncio.sleep(period)
-            for group in list(self.queues.values()):
-                for queue in list(group):
-                    with contextlib.suppress(asyncio.QueueFull):
-                        queue.put_nowait(_KEEPALIVE)
+            for queue in list(self.queues.values()):
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(KEEPALIVE_FRAME)
 
     @property
     def connections(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return len(self.queues)
+
+
+def _close(queue: Queue) -> None:
+    """Wake a stream's writer with the end marker, dropping a queued frame if it is full."""
+    while True:
+        try:
+            queue.put_nowait(None)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()
 
 
 class EventStream(Response):
     """The response of ``GET /api/agents/{id}/events``: the agent's signed state document first, then
-    every event published for it, until the agent goes away."""
+    every event published for it, until the agent goes away or opens a newer stream."""
 
     def __init__(self, cp: ControlPlane, hub: PushHub, agent: Agent) -> None:
         super().__init__(media_type="text/event-stream")
@@ -103,24 +120,20 @@ class EventStream(Response):
         watcher = asyncio.ensure_future(self._watch(receive, queue))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            state = b"event: state\ndata: " + canonical_json(self.cp.signed_state(self.agent)) + b"\n\n"
+            state = event_frame("state", canonical_json(self.cp.state.signed(self.agent)))
             await send({"type": "http.response.body", "body": state, "more_body": True})
             while True:
                 frame = await queue.get()
                 if frame is None:
                     break
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             self.hub.remove(name, queue)
 
     @staticmethod
-    async def _watch(receive: Callable[[], Awaitable[Any]], queue: asyncio.Queue[bytes | None]) -> None:
+    async def _watch(receive: Callable[[], Awaitable[Any]], queue: Queue) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        while True:  # wake the writer: the client is gone
-            try:
-                queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                queue.get_nowait()
+        _close(queue)  # wake the writer: the client is gone

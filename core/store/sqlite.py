@@ -1,310 +1,246 @@
-"""SQLite store: one file in WAL mode, schema versioned with forward migrations.
+"""SQLite store: one file in WAL mode, the embedded default.
 
-Used from one thread (the server's event loop), so no connection pool is needed.  Every
-mutating act of the control plane is one ``BEGIN IMMEDIATE`` transaction.
+Each thread has its own connection; write transactions are ``BEGIN IMMEDIATE`` and also serialised
+by a lock in the process (another process, such as ``m99 token recover``, waits on SQLite's own lock),
+so the state version, the registry sequence and the audit head are assigned in commit order.  The
+schema is versioned (``PRAGMA user_version``) with forward migrations.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .base import Row, Store, StoreError
+from .. import audit
+from ..audit import Checkpoint, VerifyResult
+from .base import ChangeBus, Store, StoreError
+from .sql import SQLITE, TABLES, SqlTx, statements
 
-JSON_COLUMNS = {"read_only_tools", "metadata", "agents", "levels_fired"}
+__all__ = ["SQLiteStore", "verify_sqlite"]
 
-MIGRATIONS: list[str] = [
-    # 1: the first schema
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE agents (
-        name TEXT PRIMARY KEY, agent_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, framework TEXT NOT NULL,
-        pid INTEGER, host TEXT, public_key TEXT NOT NULL, incarnation INTEGER NOT NULL,
-        registered_at REAL NOT NULL, last_seen REAL NOT NULL, last_seq INTEGER NOT NULL,
-        status TEXT NOT NULL, read_only_tools TEXT NOT NULL, metadata TEXT NOT NULL
-    );
-    CREATE TABLE credentials (
-        agent TEXT NOT NULL, label TEXT NOT NULL, fingerprint TEXT NOT NULL, kind TEXT NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0, revoked_at REAL, PRIMARY KEY (agent, fingerprint)
-    );
-    CREATE TABLE tokens (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, role INTEGER NOT NULL, token_hash TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL, created_by TEXT NOT NULL, revoked_at REAL
-    );
-    CREATE TABLE authorizations (
-        id TEXT PRIMARY KEY, level INTEGER NOT NULL, scope TEXT NOT NULL, by_email TEXT NOT NULL,
-        reason TEXT NOT NULL, token_id TEXT NOT NULL, token_name TEXT NOT NULL, role INTEGER NOT NULL,
-        created_at REAL NOT NULL, expires_at REAL NOT NULL, status TEXT NOT NULL, closed_at REAL,
-        execution_id TEXT
-    );
-    CREATE INDEX authorizations_status ON authorizations (status);
-    CREATE TABLE executions (
-        id TEXT PRIMARY KEY, authorization_id TEXT, origin TEXT NOT NULL, level INTEGER NOT NULL,
-        scope TEXT NOT NULL, by_email TEXT NOT NULL, reason TEXT NOT NULL, token_name TEXT NOT NULL,
-        started_at REAL NOT NULL, finished_at REAL NOT NULL, agents TEXT NOT NULL,
-        levels_fired TEXT NOT NULL, directive_id TEXT NOT NULL, version INTEGER NOT NULL
-    );
-    CREATE TABLE halt_acks (
-        execution_id TEXT NOT NULL, agent TEXT NOT NULL, version INTEGER NOT NULL, acked_at REAL NOT NULL,
-        time_to_halt_ms REAL NOT NULL, PRIMARY KEY (execution_id, agent)
-    );
-    CREATE TABLE directives (
-        id TEXT PRIMARY KEY, execution_id TEXT NOT NULL, level INTEGER NOT NULL, scope TEXT NOT NULL,
-        origin TEXT NOT NULL, created_at REAL NOT NULL, version INTEGER NOT NULL,
-        active INTEGER NOT NULL DEFAULT 1, lifted_at REAL, lifted_by TEXT
-    );
-    CREATE INDEX directives_active ON directives (active);
-    CREATE TABLE audit_entries (
-        seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL, hash TEXT NOT NULL
-    );
-    CREATE TABLE audit_checkpoints (
-        seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL, signature TEXT NOT NULL
-    );
+SCHEMA_VERSION = 2
+
+# The first released schema, for databases made before version 2, and how to bring them forward.
+UPGRADES: dict[int, str] = {
+    1: """
+    ALTER TABLE agents ADD COLUMN frameworks TEXT NOT NULL DEFAULT '["custom"]';
+    UPDATE agents SET frameworks = json_array(
+        CASE WHEN framework IN ('', 'none', 'mixed') THEN 'custom' ELSE framework END);
+    ALTER TABLE agents DROP COLUMN framework;
+    ALTER TABLE agents ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN status_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN status_reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN registered_ts REAL NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN enrolled_by TEXT;
+    CREATE INDEX agents_changed ON agents (changed);
+    CREATE INDEX agents_liveness ON agents (status, last_seen);
+    ALTER TABLE tokens ADD COLUMN grants TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE executions ADD COLUMN targets TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE executions ADD COLUMN state TEXT NOT NULL DEFAULT 'complete';
+    CREATE INDEX executions_started ON executions (started_at);
+    ALTER TABLE halt_acks ADD COLUMN agent_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE halt_acks ADD COLUMN applied_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE halt_acks ADD COLUMN receipt TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE directives ADD COLUMN by_email TEXT NOT NULL DEFAULT '';
+    ALTER TABLE directives ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE directives ADD COLUMN lifted_version INTEGER;
+    CREATE INDEX directives_version ON directives (version);
+    CREATE INDEX directives_lifted ON directives (lifted_version);
+    CREATE TABLE forgotten_agents (name TEXT PRIMARY KEY, changed INTEGER NOT NULL);
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('registry_seq', '0');
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_lock', '0');
     """,
-]
+}
 
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
-    out: Row = {}
-    for (name, *_), value in zip(cursor.description, values, strict=True):
-        out[name] = json.loads(value) if name in JSON_COLUMNS and isinstance(value, str) else value
-    return out
-
-
-def _encode(row: Row) -> Row:
-    return {k: json.dumps(v) if k in JSON_COLUMNS and not isinstance(v, str) else v for k, v in row.items()}
+SQLITE_TABLES = TABLES.format(int="INTEGER", real="REAL", blob="BLOB")
 
 
 class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.location = str(self.path)
+        self.changes = ChangeBus()
+        self._local = threading.local()
+        self._write = threading.RLock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._migrate(self._conn())
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from None
-        self._db.row_factory = _row
-        self._depth = 0
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a committed transaction survives a crash of the process; only a
-        # power cut can lose the last ones.  FULL would cost an fsync per heartbeat.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()
-        current = int(next(iter(version.values())))
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StoreError(f"the database {self.path} is closed")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed transaction survives a crash of the process; only a power cut
+            # can lose the last ones.  FULL would cost an fsync per group commit of heartbeats.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+            self._local.depth = 0
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if current > SCHEMA_VERSION:
             raise StoreError(
                 f"the database {self.path} has schema version {current}, newer than this m99 "
                 f"understands ({SCHEMA_VERSION}); upgrade m99"
             )
-        for number in range(current, SCHEMA_VERSION):
-            with self.transaction():
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={number + 1}")
+        if current == SCHEMA_VERSION:
+            return
+        with self._write:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(conn.execute("PRAGMA user_version").fetchone()[0])  # another process may have
+                script = SQLITE_TABLES if current == 0 else "".join(UPGRADES[v] for v in range(current, SCHEMA_VERSION))
+                if current < SCHEMA_VERSION:
+                    for statement in statements(script):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        if self._depth:
-            self._depth += 1
+    def transaction(self) -> Iterator[SqlTx]:
+        conn = self._conn()
+        local = self._local
+        if local.depth:
+            local.depth += 1
             try:
-                yield
+                yield local.tx
             finally:
-                self._depth -= 1
+                local.depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        with self._write:
+            tx = SqlTx(conn.cursor(), SQLITE)
+            conn.execute("BEGIN IMMEDIATE")
+            local.depth, local.tx = 1, tx
+            try:
+                yield tx
+            except BaseException:
+                local.depth, local.tx = 0, None
+                conn.execute("ROLLBACK")
+                raise
+            local.depth, local.tx = 0, None
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {exc}") from exc
+        if tx.changed:
+            self.changes.notify()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqlTx]:
+        conn = self._conn()
+        if self._local.depth:  # inside a transaction: read what it sees
+            yield self._local.tx
+            return
+        conn.execute("BEGIN")
         try:
-            yield
-        except BaseException:
-            self._depth = 0
-            self._db.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        self._db.execute("COMMIT")
+            yield SqlTx(conn.cursor(), SQLITE)
+        finally:
+            conn.execute("COMMIT")
 
     def close(self) -> None:
-        self._db.close()
+        self._closed = True
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        row: Row | None = self._db.execute(sql, params).fetchone()
+
+class _Positional:
+    """The audit table of a database file read by position, for ``audit.verify_walk``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def row_at(self, position: int) -> tuple[Any, Any, Any] | None:
+        sql = "SELECT seq, body, hash FROM audit_entries ORDER BY seq LIMIT 1 OFFSET ?"
+        row: tuple[Any, Any, Any] | None = self.conn.execute(sql, (position,)).fetchone()
         return row
 
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(self._db.execute(sql, params).fetchall())
+    def first_misnumbered(self, count: int) -> int | None:
+        # Two subqueries: SQLite answers a lone min() or max() from the index, but both together by a scan.
+        bounds = "SELECT (SELECT min(seq) FROM audit_entries), (SELECT max(seq) FROM audit_entries)"
+        lo, hi = self.conn.execute(bounds).fetchone()
+        # seq is the table's INTEGER PRIMARY KEY, so min 0 and max count-1 over count rows means 0..count-1.
+        if count == 0 or (lo, hi) == (0, count - 1):
+            return None
+        for position, (seq,) in enumerate(self.conn.execute("SELECT seq FROM audit_entries ORDER BY seq")):
+            if seq != position:
+                return position
+        return count
 
-    def _insert(self, table: str, row: Row) -> None:
-        data = _encode(row)
-        cols = ", ".join(data)
-        marks = ", ".join("?" for _ in data)
-        self._db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(data.values()))
 
-    # meta
-    def get_meta(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
-        return None if row is None else str(row["value"])
+def verify_sqlite(
+    db_path: Path | str,
+    *,
+    head_file: Path | str | None = None,
+    public_key_b64: str | None = None,
+    require_checkpoint: bool = True,
+    anchors: list[Checkpoint] | None = None,
+) -> VerifyResult:
+    """Verify the chain in an M99 SQLite database, opened read-only, plus its head file and ``anchors``.
 
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+    ``public_key_b64`` pins the server key: a different key in the database or head file is a failure.
+    """
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise FileNotFoundError(f"no audit database at {db_path}")
+    head_path = Path(head_file) if head_file is not None else db_path.parent / audit.HEAD_FILE_NAME
+    checkpoints: list[Checkpoint] = list(anchors or ())
+    head_key: str | None = None
+    # Read the head file before the database: the server writes it after committing, so every
+    # entry it covers is already in the snapshot read below (no false truncation on a live server).
+    if head_path.exists():
+        try:
+            head_cp, head_key = audit.read_head_file(head_path)
+        except (OSError, ValueError) as exc:
+            return audit.failed(f"head file {head_path} is unreadable: {exc}")
+        checkpoints.append(head_cp)
+    elif head_file is not None:
+        return audit.failed(f"head file {head_path} not found")
 
-    # agents
-    def upsert_agent(self, row: Row) -> None:
-        data = _encode(row)
-        cols = ", ".join(data)
-        marks = ", ".join("?" for _ in data)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in data if c != "name")
-        self._db.execute(
-            f"INSERT INTO agents ({cols}) VALUES ({marks}) ON CONFLICT (name) DO UPDATE SET {updates}",
-            tuple(data.values()),
-        )
-
-    def list_agents(self) -> list[Row]:
-        return self._all("SELECT * FROM agents ORDER BY name")
-
-    def record_heartbeat(self, name: str, seq: int, last_seen: float) -> None:
-        self._db.execute("UPDATE agents SET last_seq = ?, last_seen = ? WHERE name = ?", (seq, last_seen, name))
-
-    def set_agent_status(self, names: Sequence[str], status: str) -> None:
-        self._db.executemany("UPDATE agents SET status = ? WHERE name = ?", [(status, n) for n in names])
-
-    # credentials
-    def add_credentials(self, agent: str, creds: Sequence[Row]) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO credentials (agent, label, fingerprint, kind) VALUES (?, ?, ?, ?)",
-            [(agent, c["label"], c["fingerprint"], c["kind"]) for c in creds],
-        )
-
-    def list_credentials(self, agent: str | None = None) -> list[Row]:
-        if agent is None:
-            return self._all("SELECT * FROM credentials ORDER BY agent, label")
-        return self._all("SELECT * FROM credentials WHERE agent = ? ORDER BY label", (agent,))
-
-    def set_credentials_revoked(self, agents: Sequence[str], revoked: int, at: float | None) -> int:
-        # 0 live, 1 revoked (restorable), 2 revoked for good: raising only ever goes up, and a
-        # restore (0) only reverses 1, never 2.
-        cond = "revoked = 1" if revoked == 0 else "revoked < ?"
-        params: list[tuple[Any, ...]] = [
-            (revoked, at, name) if revoked == 0 else (revoked, at, name, revoked) for name in agents
-        ]
-        # One statement for the whole fleet (executemany sums the rowcounts): an execute in scope of
-        # thousands of agents commits the kill a statement per agent sooner.
-        cursor = self._db.executemany(
-            f"UPDATE credentials SET revoked = ?, revoked_at = ? WHERE agent = ? AND {cond}", params
-        )
-        return max(0, cursor.rowcount)
-
-    # tokens
-    def insert_token(self, row: Row) -> None:
-        self._insert("tokens", row)
-
-    def token_by_hash(self, token_hash: str) -> Row | None:
-        return self._one("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
-
-    def list_tokens(self) -> list[Row]:
-        return self._all("SELECT id, name, role, created_at, created_by, revoked_at FROM tokens ORDER BY created_at")
-
-    def revoke_token(self, token_id: str, at: float) -> bool:
-        cur = self._db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, token_id))
-        return cur.rowcount == 1
-
-    # authorisations
-    def insert_authorization(self, row: Row) -> None:
-        self._insert("authorizations", row)
-
-    def get_authorization(self, auth_id: str) -> Row | None:
-        return self._one("SELECT * FROM authorizations WHERE id = ?", (auth_id,))
-
-    def list_authorizations(self, status: str | None = None) -> list[Row]:
-        if status is None:
-            return self._all("SELECT * FROM authorizations ORDER BY created_at DESC LIMIT 200")
-        return self._all("SELECT * FROM authorizations WHERE status = ? ORDER BY created_at", (status,))
-
-    def close_authorization(
-        self, auth_id: str, from_status: str, to_status: str, at: float, execution_id: str | None = None
-    ) -> bool:
-        cur = self._db.execute(
-            "UPDATE authorizations SET status = ?, closed_at = ?, execution_id = ? WHERE id = ? AND status = ?",
-            (to_status, at, execution_id, auth_id, from_status),
-        )
-        return cur.rowcount == 1
-
-    # executions
-    def insert_execution(self, row: Row) -> None:
-        self._insert("executions", row)
-
-    def get_execution(self, execution_id: str) -> Row | None:
-        return self._one("SELECT * FROM executions WHERE id = ?", (execution_id,))
-
-    def list_executions(self, limit: int = 50) -> list[Row]:
-        return self._all("SELECT * FROM executions ORDER BY started_at DESC LIMIT ?", (limit,))
-
-    def record_ack(self, execution_id: str, agent: str, version: int, acked_at: float, ms: float) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO halt_acks (execution_id, agent, version, acked_at, time_to_halt_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (execution_id, agent, version, acked_at, ms),
-        )
-
-    def list_acks(self, execution_id: str) -> list[Row]:
-        return self._all("SELECT * FROM halt_acks WHERE execution_id = ? ORDER BY acked_at", (execution_id,))
-
-    # directives
-    def insert_directive(self, row: Row) -> None:
-        self._insert("directives", row)
-
-    def active_directives(self) -> list[Row]:
-        return self._all("SELECT * FROM directives WHERE active = 1 ORDER BY version")
-
-    def lift_directives(self, ids: Sequence[str], at: float, by: str) -> None:
-        self._db.executemany(
-            "UPDATE directives SET active = 0, lifted_at = ?, lifted_by = ? WHERE id = ?",
-            [(at, by, i) for i in ids],
-        )
-
-    # audit
-    def audit_head(self) -> tuple[int, str] | None:
-        row = self._one("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-        return None if row is None else (int(row["seq"]), str(row["hash"]))
-
-    def append_audit(self, rows: Sequence[tuple[int, str, str, bytes, str]]) -> None:
-        self._db.executemany("INSERT INTO audit_entries (seq, ts, kind, body, hash) VALUES (?, ?, ?, ?, ?)", rows)
-
-    def insert_checkpoint(self, seq: int, hash_: str, ts: str, signature: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, ts, signature) VALUES (?, ?, ?, ?)",
-            (seq, hash_, ts, signature),
-        )
-
-    def delete_checkpoint(self, seq: int) -> None:
-        self._db.execute("DELETE FROM audit_checkpoints WHERE seq = ?", (seq,))
-
-    def iter_audit(self, start: int = 0, batch: int = 10_000) -> Iterator[tuple[int, bytes, str]]:
-        # A plain cursor without the dict row factory: verification reads every entry.
-        cur = self._db.cursor()
-        cur.row_factory = None
-        cur.execute("SELECT seq, body, hash FROM audit_entries WHERE seq >= ? ORDER BY seq", (start,))
-        while rows := cur.fetchmany(batch):
-            yield from rows
-
-    def audit_page(self, after: int, limit: int) -> list[Row]:
-        return self._all(
-            "SELECT seq, ts, kind, body, hash FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
-
-    def list_checkpoints(self) -> list[Row]:
-        return self._all("SELECT * FROM audit_checkpoints ORDER BY seq")
+    conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("BEGIN")  # one snapshot for meta, checkpoints and entries
+        row = conn.execute("SELECT value FROM meta WHERE key = 'server_public_key'").fetchone()
+        meta_key = row[0] if row and isinstance(row[0], str) else None
+        for cp_row in conn.execute("SELECT seq, hash, ts, signature FROM audit_checkpoints"):
+            try:
+                checkpoints.append(
+                    Checkpoint.from_dict(dict(zip(("seq", "hash", "ts", "signature"), cp_row, strict=True)))
+                )
+            except ValueError as exc:
+                return audit.failed(f"checkpoint row {cp_row[0]!r} is malformed: {exc}")
+        key, problem = audit.resolve_key(public_key_b64, [("database", meta_key), ("head file", head_key)])
+        if problem:
+            return audit.failed(problem)
+        # Stepping the cursor directly beat fetchmany batches here: no list per batch to build and free.
+        rows = conn.execute("SELECT body, hash FROM audit_entries ORDER BY seq")
+        return audit.verify_walk(rows, checkpoints, key, require_checkpoint, _Positional(conn))
+    except sqlite3.DatabaseError as exc:
+        return audit.failed(f"cannot read the audit database: {exc}")
+    finally:
+        conn.close()

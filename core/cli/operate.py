@@ -1,0 +1,276 @@
+"""The operator's commands: see (status, agents, executions), stop (arm, execute), undo (disarm,
+restore, lift) and free a name (agents forget)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import BadRequest
+from ._common import ago, human_time, operator, plural, print_json, safe, scope_option, table, when
+
+__all__ = ["COMMANDS"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _agents_table(agents: list[dict[str, Any]]) -> None:
+    if not agents:
+        click.echo("no agents registered")
+        return
+    rows = [
+        [
+            a["name"],
+            a["kind"],
+            ",".join(a.get("frameworks") or [a.get("framework", "")]),
+            a["status"] + (f" ({a['status_reason']})" if a["status"] != "active" and a.get("status_reason") else ""),
+            f"L{a['level']}" if a["level"] else "-",
+            a["pid"] or "",
+            ago(a["seconds_since_heartbeat"]),
+        ]
+        for a in agents
+    ]
+    table(["NAME", "KIND", "FRAMEWORKS", "STATUS", "LEVEL", "PID", "LAST HEARTBEAT"], rows, [32, 20, 24, 28, 5, 8, 0])
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the switch's state, armed authorisations, active directives and running agents."""
+    with operator(ctx) as op:
+        data = op.status()
+    if as_json:
+        print_json(data)
+        return
+    stopped = data.get("agents_stopped", 0)
+    click.echo(
+        f"M99 at {op.url}: {data['status']}  ({plural(data['agents_total'], 'agent')} running, "
+        f"{data['agents_held']} held"
+        + (f", {stopped} stopped" if stopped else "")
+        + f"; audit head #{data['audit_head']['seq']})"
+    )
+    for auth in data["armed"]:
+        click.echo(
+            f"ARMED {auth['id']}: L{auth['level']} on {auth['scope']} by {safe(auth['by'])}, "
+            f"expires {when(auth['expires_at'])} — {safe(auth['reason'])}"
+        )
+    for d in data["directives"]:
+        who = f" by {safe(d['by'])}" if d.get("by") else ""
+        click.echo(f"ACTIVE {d['id']}: L{d['level']} on {d['scope']} ({d['origin']}{who}, {d['execution_id']})")
+    _agents_table(data["agents"])
+
+
+@click.group(invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Include stopped agents (deregistered or gone).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def agents(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """List running agents with their status and level (``--all``: stopped ones too)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with operator(ctx) as op:
+        data = op.agents(include_stopped=show_all)
+    print_json(data) if as_json else _agents_table(data)
+
+
+@agents.command("forget")
+@click.argument("name")
+@click.option("--by", required=True, help="The named human (e-mail).")
+@click.option("--reason", required=True, help="Why — recorded in the audit chain.")
+@click.pass_context
+def agents_forget(ctx: click.Context, name: str, by: str, reason: str) -> None:
+    """Free the name NAME so another key may register it (authority role).  Its directives stay: a stop
+    aimed at the name still holds whoever registers it next."""
+    with operator(ctx) as op:
+        op.forget(name, by=by, reason=reason)
+    click.echo(f"forgot {name}: the name may be registered again with a new key")
+
+
+@click.command()
+@click.argument("execution_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def executions(ctx: click.Context, execution_id: str | None, as_json: bool) -> None:
+    """List the executions (kills and dead man's switch firings), newest first; with an EXECUTION_ID,
+    show each agent in scope: halt confirmed, with its time-to-halt, or not confirmed."""
+    with operator(ctx) as op:
+        data: Any = op.execution(execution_id) if execution_id else op.executions()
+    if as_json:
+        print_json(data)
+        return
+    if not execution_id:
+        if not data:
+            click.echo("no executions yet")
+        for e in data:
+            click.echo(
+                f"{e['id']}  {human_time(e['started_at'])}  L{e['level']} on {e['scope']}  {e['origin']} by "
+                f"{safe(e['by_email'])}  {plural(len(e['agents']), 'agent')} — {safe(e['reason'])}"
+            )
+        return
+    _execution(data)
+
+
+def _execution(data: dict[str, Any]) -> None:
+    halt = data["time_to_halt"]
+    click.echo(
+        f"{data['id']}: L{data['level']} on {data['scope']} ({', '.join(data['levels_fired'])}), {data['origin']} "
+        f"by {safe(data['by_email'])} at {human_time(data['started_at'])} — {safe(data['reason'])}"
+    )
+    if halt["p50_ms"] is None:
+        click.echo(f"time to halt: no acknowledgement yet from the {plural(halt['in_scope'], 'agent')} in scope")
+    else:
+        click.echo(
+            f"time to halt: {halt['confirmed']} of {plural(halt['in_scope'], 'agent')} acknowledged (halt confirmed), "
+            f"p50 {halt['p50_ms']:.1f} ms, max {halt['max_ms']:.1f} ms"
+        )
+    for agent, ms in sorted(halt["per_agent"].items(), key=lambda item: item[1]):
+        click.echo(f"  {safe(agent):<32} {ms:9.1f} ms")
+    if halt["not_confirmed"]:
+        click.echo(f"  not acknowledged (NOT confirmed halted): {', '.join(halt['not_confirmed'])}")
+    if halt.get("breaches"):
+        click.echo(f"  over the {halt['slo_ms'] / 1000:g} s time-to-halt SLO: {', '.join(halt['breaches'])}")
+
+
+@click.command()
+@click.option("--by", required=True, help="The named human taking responsibility (an e-mail, or the token's name).")
+@click.option("--reason", required=True, help="Why — recorded in the audit chain.")
+@click.option(
+    "--level", default=3, show_default=True, type=click.IntRange(1, 6), help="Level to fire (L1…LN all fire)."
+)
+@scope_option(default="global", show_default=True)
+@click.option(
+    "--window",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds the authorisation stays valid.",
+)
+@click.option("--allow-empty", is_flag=True, help="Arm even when no running agent is in scope (a pre-emptive stop).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def arm(
+    ctx: click.Context, by: str, reason: str, level: int, scope: str, window: float, allow_empty: bool, as_json: bool
+) -> None:
+    """Phase one: create a time-limited, single-use authorisation.
+
+    A scope with no running agent in it is refused (it is usually a typo) unless --allow-empty.
+    """
+    with operator(ctx) as op:
+        data = op.arm(by, reason, level=level, scope=scope, window=window, allow_empty=allow_empty)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"armed: {data['id']}")
+    click.echo(
+        f"  L{data['level']} ({data['level_name']}) on {data['scope']}, "
+        f"{plural(len(data['agents_in_scope']), 'agent')} in scope, expires {when(data['expires_at'])}"
+    )
+    extra = f" --confirm '{data['confirmation_phrase']}'" if data.get("requires_confirmation") else ""
+    click.echo(f"  execute with: m99 execute --auth {data['id']} --force{extra}")
+
+
+@click.command()
+@click.option("--auth", "auth_id", required=True, help="The authorisation id from `m99 arm`.")
+@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--confirm", default=None, help="For L6: the exact phrase `m99 arm` printed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def execute(ctx: click.Context, auth_id: str, force: bool, confirm: str | None, as_json: bool) -> None:
+    """Phase two: fire the armed levels, L1 up to the armed level, on every agent in scope."""
+    with operator(ctx) as op:
+        if not force:
+            auth = op.authorization(auth_id)
+            names = auth.get("agents_in_scope", [])
+            click.echo(
+                f"About to fire on {auth['scope']} ({plural(len(names), 'agent')}: {', '.join(names) or 'none yet'}):"
+            )
+            for step in auth["levels_to_fire"]:
+                click.echo(f"  {step}")
+            if auth.get("requires_confirmation") and confirm is None:
+                confirm = click.prompt(
+                    f"Type '{auth['confirmation_phrase']}' to confirm", default="", show_default=False
+                )
+            elif not sys.stdin.isatty():
+                raise BadRequest("not a terminal: pass --force to execute without a prompt")
+            elif not click.confirm("Execute?", default=False):
+                click.echo("not executed")
+                sys.exit(1)
+        data = op.execute(auth_id, confirm=confirm)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(
+        f"executed {data['execution_id']}: {', '.join(data['levels_fired'])} on {data['scope']} — "
+        f"{plural(data['agents_terminated'], 'agent')} in scope (recorded in {data['committed_ms']:.1f} ms; "
+        f"each agent's confirmed time-to-halt: m99 executions {data['execution_id']})"
+    )
+
+
+@click.command()
+@click.option("--auth", "auth_id", default=None, help="Disarm one authorisation.")
+@click.option("--all", "every", is_flag=True, help="Disarm every armed authorisation.")
+@click.option("--by", default=None, help="Who disarms.")
+@click.option("--reason", default=None, help="Why.")
+@click.pass_context
+def disarm(ctx: click.Context, auth_id: str | None, every: bool, by: str | None, reason: str | None) -> None:
+    """Cancel an armed authorisation before it is executed.  With neither --auth nor --all, the only
+    armed one (if there is exactly one)."""
+    with operator(ctx) as op:
+        if not auth_id and not every:
+            armed = op.status()["armed"]
+            if not armed:
+                click.echo("nothing was armed")
+                return
+            if len(armed) > 1:
+                raise BadRequest(
+                    f"{len(armed)} authorisations are armed ({', '.join(a['id'] for a in armed)}): "
+                    "pass --auth ID, or --all"
+                )
+            auth_id = armed[0]["id"]
+        data = op.disarm(auth_id, every=every, by=by, reason=reason)
+    click.echo(f"disarmed: {', '.join(data['disarmed'])}" if data["disarmed"] else "nothing was armed")
+
+
+def _scope_act(fn: F) -> F:
+    fn = click.option("--reason", required=True, help="Why — recorded in the audit chain.")(fn)
+    fn = click.option("--by", required=True, help="The named human (e-mail).")(fn)
+    return scope_option(required=True)(fn)
+
+
+@click.command()
+@_scope_act
+@click.pass_context
+def restore(ctx: click.Context, scope: str, by: str, reason: str) -> None:
+    """Reverse L1–L3 on a scope (operator role); L4–L6 need `m99 lift`.
+
+    A scope lifts every directive it covers: `--scope global` lifts them all (also those aimed at one
+    agent, and the dead man's switch's); `class:K` and `framework:F` lift those aimed at their agents.
+    """
+    with operator(ctx) as op:
+        data = op.restore(scope, by=by, reason=reason)
+    click.echo(
+        f"restored {scope}: {plural(len(data['lifted']), 'directive')} lifted, "
+        f"agents: {', '.join(data['agents']) or '-'}"
+    )
+    if data["still_held"]:
+        click.echo(f"still held by other directives: {', '.join(data['still_held'])}")
+
+
+@click.command()
+@_scope_act
+@click.pass_context
+def lift(ctx: click.Context, scope: str, by: str, reason: str) -> None:
+    """Lift L4–L6 and tombstones on a scope (authority role; fleet for L6)."""
+    with operator(ctx) as op:
+        data = op.lift(scope, by=by, reason=reason)
+    click.echo(
+        f"lifted {scope}: {plural(len(data['lifted']), 'directive')}, tombstones lifted: "
+        f"{', '.join(data['tombstones_lifted']) or '-'}"
+    )
+
+
+COMMANDS = [status, agents, executions, arm, execute, disarm, restore, lift]

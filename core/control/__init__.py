@@ -1,0 +1,392 @@
+"""The control plane, independent of HTTP: a thin facade over the services that each own one thing.
+
+    ledger          unit of work: transaction + audit append + signed checkpoint
+    tokens          operator and enrolment tokens, roles
+    agents          the registry, identity rules for names, registration
+    liveness        heartbeats, group commit, acknowledgements, time-to-halt
+    authorizations  arm, disarm, expiry
+    executions      fire L1…LN with an origin (execute, deadman, later policy and drill)
+    directives      the active set indexed by scope, restore and lift
+    state           signed state documents, catch-up from the store, push events
+    deadman         the dead man's switch, gone agents, pruning
+    refusals        rate limits and folded refusal audit entries
+    background      the threads that flush, watch and tidy
+
+The store holds the truth; every mutating method is one unit of work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import audit
+from ..config import HEAD_FILE, SERVER_KEY_FILE, TOKEN_FILE
+from ..crypto import SigningKey, write_private
+from ..errors import ConfigError, Conflict, ControlPlaneError, NotFound
+from ..levels import Role, Scope
+from ..store import Store
+from .agents import Agent, Registrations, Registry, iso
+from .authorizations import Authorizations
+from .deadman import DeadMan
+from .directives import DirectiveIndex, Restores, directive_view
+from .executions import Executions
+from .ledger import SYSTEM_ACTOR, Ledger
+from .liveness import Liveness
+from .refusals import Refusals
+from .settings import Settings
+from .state import State
+from .tokens import Principal, Tokens, checked_by_reason
+
+__all__ = ["Agent", "ControlPlane", "Principal", "Settings"]
+
+log = logging.getLogger("m99.control")
+
+
+class ControlPlane:
+    """Everything the REST API and the background threads do, over one ``Store``."""
+
+    def __init__(
+        self,
+        store: Store,
+        data_dir: Path,
+        settings: Settings | None = None,
+        *,
+        key_file: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.settings = settings or Settings()
+        self.started_at = time.time()
+        key_path = key_file or data_dir / SERVER_KEY_FILE
+        try:
+            self.key = SigningKey.load_or_create(key_path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot use the server key {key_path}: {exc}") from None
+        self.ledger = Ledger(store, self.key, data_dir / HEAD_FILE)
+        self._genesis()
+        self.refusals = Refusals(self._write_refusals, self.settings.refusal_window)
+        self.registry = Registry()
+        self.index = DirectiveIndex()
+        self.state = State(store, self.key, self.registry, self.index)
+        self.state.load()
+        store.changes.subscribe(self.state.sync)
+        self.tokens = Tokens(store, self.ledger, self.refusals)
+        self.registrations = Registrations(
+            store,
+            self.ledger,
+            self.registry,
+            self.refusals,
+            self.settings,
+            self.key.derive("credential-fingerprints"),
+            self._level_of,
+        )
+        self.liveness = Liveness(
+            store, self.ledger, self.registry, self.index, self.refusals, self.settings, self._frameworks_changed
+        )
+        self.executions = Executions(store, self.ledger, self.registry, self.tokens, self.refusals, self.settings)
+        self.authorizations = Authorizations(
+            store, self.ledger, self.registry, self.tokens, self.executions, self.settings
+        )
+        self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
+        self.deadman = DeadMan(store, self.ledger, self.registry, self.executions, self.settings)
+        self.admin_token: str | None = None
+
+    def _genesis(self) -> None:
+        with self.ledger.unit() as unit:
+            unit.tx.audit_head(lock=True)  # a replica starting at the same moment waits here
+            stored = unit.tx.get_meta("server_public_key")
+            if stored is None:
+                unit.tx.set_meta("server_public_key", self.key.public_b64)
+                unit.audit("genesis", SYSTEM_ACTOR, {"server_public_key": self.key.public_b64})
+            elif stored != self.key.public_b64:
+                raise ConfigError(
+                    f"the server key does not match the database {self.store.location}: the audit chain could "
+                    "not be verified with it (replicas must share one key: --key-file)"
+                )
+
+    def ensure_admin_token(self) -> str | None:
+        """On first start: an admin (fleet) token, written owner-only into the data dir; never printed."""
+        if self.tokens.has_tokens():
+            return None
+        _, token = self.tokens.mint("admin", Role.FLEET, "first start")
+        write_private(self.data_dir / TOKEN_FILE, token + "\n")
+        self.admin_token = token
+        return token
+
+    def _write_refusals(self, entries: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        with self.ledger.unit() as unit:
+            for kind, actor, data in entries:
+                unit.audit(kind, actor, data)
+
+    def _level_of(self, name: str, kind: str, frameworks: Any, status: str) -> int:
+        return 5 if status == "tombstoned" else self.index.level(name, kind, frameworks)
+
+    def _frameworks_changed(self, agent: Agent, frameworks: tuple[str, ...]) -> None:
+        with self.ledger.unit() as unit:
+            unit.tx.set_agent_frameworks(agent.name, frameworks, unit.tx.next_registry_seq())
+            unit.audit(
+                "agent.frameworks",
+                {"agent": agent.name},
+                {"agent_id": agent.agent_id, "frameworks": list(frameworks), "was": list(agent.frameworks)},
+            )
+
+    def serving(self) -> None:
+        """The server accepts connections from now on (silence is counted from here)."""
+        self.deadman.serving()
+
+    # -- agents (signed requests) -------------------------------------------------------------------
+    def register(self, body: dict[str, Any], *, source: str = "", principal: Principal | None = None) -> dict[str, Any]:
+        record = self.registrations.register(body, source=source, principal=principal)
+        agent = self.registry.get(record.name)
+        if agent is None or agent.agent_id != record.agent_id:
+            self.registry.apply([record])
+            agent = self.registry.get(record.name)
+        assert agent is not None
+        return {
+            "agent_id": agent.agent_id,
+            "name": agent.name,
+            "incarnation": agent.incarnation,
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "lease_seconds": self.settings.lease,
+            "clock_skew": self.settings.clock_skew,
+            "server_public_key": self.key.public_b64,
+            "epoch": self.state.epoch,
+            "state": self.state.signed(agent),
+        }
+
+    def lookup(self, agent_id: str) -> Agent | None:
+        """An agent id this replica does not know yet (registered on another one a moment ago)."""
+        agent = self.registry.by_agent_id(agent_id)
+        if agent is not None:
+            return agent
+        with self.store.snapshot() as tx:
+            row = tx.get_agent_by_id(agent_id)
+        if row is None:
+            return None
+        self.registry.apply([row])
+        return self.registry.by_agent_id(agent_id)
+
+    def heartbeat_answer(self, agent: Agent) -> bytes:
+        return self.state.answer(agent)
+
+    def deregister(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
+        agent = self.liveness.agent(agent_id)
+        self.liveness.check_signed(agent, "deregister", body, source=source)
+        agent.last_seq = body["seq"]
+        if agent.status == "tombstoned":
+            return {"ok": True, "status": "tombstoned"}
+        now = time.time()
+        with self.ledger.unit() as unit:
+            tx = unit.tx
+            tx.record_liveness([(agent.name, agent.last_seq, now)])
+            tx.set_agent_status([agent.name], "stopped", "deregistered", now, tx.next_registry_seq())
+            unit.audit("agent.stopped", {"agent": agent.name}, {"agent_id": agent.agent_id, "reason": "deregistered"})
+        return {"ok": True, "status": "stopped"}
+
+    def acknowledge(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
+        """An agent applied state ``version``: its confirmed halts, with their time-to-halt."""
+        agent = self.liveness.checked_ack(agent_id, body, source)
+        result = self.liveness.record_acks([(agent, body)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return {"ok": True, "executions": result}
+
+    def acknowledge_batch(self, acks: list[dict[str, Any]], source: str = "") -> dict[str, Any]:
+        """Many agents' signed acks in one request: each checked on its own, recorded in one unit."""
+        results: list[dict[str, Any]] = []
+        accepted: list[tuple[Agent, dict[str, Any]]] = []
+        slots: list[int] = []
+        for body in acks:
+            result: dict[str, Any] = {"agent_id": body["agent_id"], "ok": True}
+            try:
+                agent = self.lookup(body["agent_id"]) or self.liveness.agent(body["agent_id"])
+                accepted.append((self.liveness.checked_ack(agent.agent_id, body, source), body))
+                slots.append(len(results))
+            except ControlPlaneError as exc:
+                result.update(ok=False, error={"code": exc.code or type(exc).__name__, "message": exc.message})
+            results.append(result)
+        if accepted:
+            for slot, outcome in zip(slots, self.liveness.record_acks(accepted), strict=True):
+                if isinstance(outcome, Exception):
+                    results[slot].update(ok=False, error={"code": outcome.code, "message": outcome.message})
+                else:
+                    results[slot]["executions"] = outcome
+        return {"ok": True, "results": results}
+
+    def agent_state(self, agent_id: str) -> dict[str, Any]:
+        agent = self.lookup(agent_id)
+        if agent is None:
+            raise NotFound(f"unknown agent id {agent_id!r}: register first", code="unknown_agent")
+        return self.state.signed(agent)
+
+    def open_stream(self, agent_id: str, body: dict[str, Any], source: str = "") -> Agent:
+        """A signed request to open the agent's push stream (``ts`` newer than its last stream's)."""
+        agent = self.lookup(agent_id)
+        if agent is None:
+            raise NotFound(f"unknown agent id {agent_id!r}: register first", code="unknown_agent")
+        self.liveness.check_signed(agent, "events", body, source=source, sequenced=False)
+        if body["ts"] <= agent.stream_ts:
+            raise Conflict("push stream refused: replayed (not newer than the last one)", code="replayed")
+        agent.stream_ts = float(body["ts"])
+        return agent
+
+    # -- operators ----------------------------------------------------------------------------------
+    def describe_agent(self, agent: Agent, now: float | None = None) -> dict[str, Any]:
+        now = now or time.time()
+        return {
+            "name": agent.name,
+            "agent_id": agent.agent_id,
+            "kind": agent.kind,
+            "frameworks": list(agent.frameworks),
+            "framework": ",".join(agent.frameworks),
+            "pid": agent.pid,
+            "host": agent.host,
+            "status": agent.status,
+            "status_reason": agent.status_reason,
+            "level": self.state.level(agent),
+            "incarnation": agent.incarnation,
+            "last_seen": iso(agent.last_seen),
+            "seconds_since_heartbeat": round(now - agent.last_seen, 3),
+            "last_seq": agent.last_seq,
+            "read_only_tools": list(agent.read_only_tools),
+        }
+
+    def list_agents(self, *, include_stopped: bool = False) -> list[dict[str, Any]]:
+        now = time.time()
+        agents = sorted(self.registry.all(), key=lambda a: a.name)
+        return [self.describe_agent(a, now) for a in agents if include_stopped or a.status != "stopped"]
+
+    def get_agent(self, name: str) -> dict[str, Any]:
+        agent = self.registry.get(name)
+        if agent is None:
+            raise NotFound(f"unknown agent {name!r}")
+        out = self.describe_agent(agent)
+        out["credentials"] = [
+            {
+                "label": c.label,
+                "fingerprint": c.fingerprint,
+                "kind": c.kind,
+                "revoked": {0: "no", 1: "revoked", 2: "revoked for good"}.get(c.revoked, "?"),
+            }
+            for c in self.registrations.credentials(name)
+        ]
+        out["directives"] = [directive_view(d) for d in self.index.for_agent(agent.name, agent.kind, agent.frameworks)]
+        return out
+
+    def forget_agent(self, who: Principal, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        by, reason = checked_by_reason(body.get("by"), body.get("reason"), who)
+        self.tokens.require(who, Role.AUTHORITY, "forgetting an agent", by)
+        return self.registrations.forget(who, name, by, reason)
+
+    def status(self) -> dict[str, Any]:
+        armed = self.authorizations.list("armed")
+        agents = self.list_agents()
+        head = self.ledger.head
+        directives = self.index.all()
+        return {
+            "status": "armed" if armed else ("engaged" if directives else "idle"),
+            "version": self.state.version,
+            "agents_total": len(agents),
+            "agents_held": sum(1 for a in agents if a["level"] > 0),
+            "agents_stopped": sum(1 for a in self.registry.all() if a.status == "stopped"),
+            "agents": agents,
+            "armed": armed,
+            "directives": [directive_view(d) for d in directives],
+            "audit_head": {"seq": head[0], "hash": head[1]},
+            "settings": {
+                "heartbeat_interval": self.settings.heartbeat_interval,
+                "missed_heartbeats": self.settings.missed_heartbeats,
+                "deadman_level": self.settings.deadman_level,
+                "enrol": self.settings.enrol,
+                "halt_slo": self.settings.halt_slo,
+            },
+        }
+
+    def counts(self) -> dict[str, Any]:
+        """The numbers ``/metrics`` shows: no per-agent work beyond one pass."""
+        by_status: dict[str, int] = {"active": 0, "silent": 0, "stopped": 0, "tombstoned": 0}
+        held = 0
+        for agent in self.registry.all():
+            by_status[agent.status] = by_status.get(agent.status, 0) + 1
+            if agent.live and self.state.level(agent) > 0:
+                held += 1
+        return {"agents": by_status, "held": held, "directives": len(self.index), "version": self.state.version}
+
+    # -- audit --------------------------------------------------------------------------------------
+    def audit_page(self, after: int, limit: int) -> list[dict[str, Any]]:
+        with self.store.snapshot() as tx:
+            rows = tx.audit_page(after, limit)
+        return [{"seq": r.seq, "hash": r.hash, **json.loads(r.body)} for r in rows]
+
+    def verify_audit(self) -> audit.VerifyResult:
+        with self.store.snapshot() as tx:
+            checkpoints = tx.list_checkpoints()
+            head_file = self.ledger.head_file
+            if head_file is not None and head_file.exists():
+                checkpoints.append(audit.read_head_file(head_file)[0])
+            # The head this process committed last is held in memory, out of reach of an attacker in
+            # the database: deleting the newest entries and their checkpoints is still caught.
+            seq, hash_ = self.ledger.head
+            if seq >= 0:
+                checkpoints.append(audit.sign_checkpoint(self.key, seq, hash_, audit.utc_now_iso()))
+            return audit.verify_entries(tx.iter_audit(), checkpoints=checkpoints, public_key_b64=self.key.public_b64)
+
+    def export_audit(self, page: int = 5000) -> Iterator[str]:
+        """JSONL lines up to the newest signed checkpoint, read a page per snapshot."""
+        with self.store.snapshot() as tx:
+            checkpoints = tx.list_checkpoints()
+        if not checkpoints:
+            return iter(())
+        latest = max(checkpoints, key=lambda c: c.seq)
+
+        def rows() -> Iterator[tuple[int, bytes, str]]:
+            start = 0
+            while start <= latest.seq:
+                stop = min(start + page, latest.seq + 1)
+                with self.store.snapshot() as tx:
+                    chunk = list(tx.iter_audit(start, stop))
+                yield from chunk
+                if len(chunk) < stop - start:
+                    return
+                start = stop
+
+        return audit.export_jsonl(rows(), [latest], self.key.public_b64)
+
+    def anchor(self) -> dict[str, Any]:
+        """A signed checkpoint of the newest entry, to keep elsewhere (``m99 audit anchor``)."""
+        with self.store.snapshot() as tx:
+            head = tx.audit_head()
+        seq, hash_ = head if head else (-1, audit.GENESIS_PREV)
+        checkpoint = audit.sign_checkpoint(self.key, seq, hash_, audit.utc_now_iso())
+        return {**checkpoint.to_dict(), "public_key": self.key.public_b64}
+
+    # -- shortcuts the HTTP layer calls -------------------------------------------------------------
+    def arm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        return self.authorizations.arm(who, body)
+
+    def execute(self, who: Principal, auth_id: str, confirm: str | None = None) -> dict[str, Any]:
+        return self.executions.execute(who, auth_id, confirm)
+
+    def disarm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        return self.authorizations.disarm(who, body)
+
+    def restore(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        return self.restores.lift(who, body, reversible=True)
+
+    def lift(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        return self.restores.lift(who, body, reversible=False)
+
+    def check_deadman(self, now: float | None = None) -> list[dict[str, Any]]:
+        return self.deadman.check(now)
+
+    def in_scope(self, scope: str) -> list[str]:
+        return self.executions.in_scope(Scope.parse(scope))
+
+    def close(self) -> None:
+        self.store.changes.unsubscribe(self.state.sync)
+        self.store.close()

@@ -1,0 +1,131 @@
+"""The operators' REST API: every route needs a token, and its role decides what it may do.
+
+Routes that touch the store are plain functions, run off the event loop (the web framework's
+thread pool), so the loop that serves agents' heartbeats and pushes never waits on the database.
+Large answers are serialised once, straight to JSON.
+"""
+
+# Annotations are evaluated eagerly here: FastAPI reads the routes' types (and the local `Who`) from them.
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ...control import ControlPlane, Principal
+from ...protocol import MAX_INT
+from ..schemas import ArmIn, DisarmIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
+
+__all__ = ["operator_router", "principal_dependency"]
+
+
+def source_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def bearer(authorization: str | None) -> str | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+def principal_dependency(cp: ControlPlane) -> Any:
+    def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+        return cp.tokens.authenticate(bearer(authorization), source_of(request))
+
+    return principal
+
+
+def operator_router(cp: ControlPlane) -> APIRouter:
+    router = APIRouter(prefix="/api")
+    Who = Annotated[Principal, Depends(principal_dependency(cp))]
+
+    @router.get("/status")
+    def status(who: Who) -> JSONResponse:
+        return JSONResponse(cp.status())
+
+    @router.post("/arm")
+    def arm(body: ArmIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.arm(who, body.model_dump(exclude_unset=True)))
+
+    @router.post("/execute")
+    def execute(body: ExecuteIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.execute(who, body.authorization_id, body.confirm))
+
+    @router.post("/disarm")
+    def disarm(who: Who, body: DisarmIn | None = None) -> JSONResponse:
+        return JSONResponse(cp.disarm(who, (body or DisarmIn()).model_dump()))
+
+    @router.post("/restore")
+    def restore(body: ScopeActIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.restore(who, body.model_dump()))
+
+    @router.post("/lift")
+    def lift(body: ScopeActIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.lift(who, body.model_dump()))
+
+    @router.get("/authorizations")
+    def authorizations(who: Who, status: Annotated[str | None, Query(max_length=20)] = None) -> JSONResponse:
+        return JSONResponse(cp.authorizations.list(status))
+
+    @router.get("/authorizations/{auth_id}")
+    def authorization(auth_id: str, who: Who) -> JSONResponse:
+        return JSONResponse(cp.authorizations.get(auth_id))
+
+    @router.get("/executions")
+    def executions(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
+        return JSONResponse(cp.executions.list(limit))
+
+    @router.get("/executions/{execution_id}")
+    def execution(execution_id: str, who: Who) -> JSONResponse:
+        return JSONResponse(cp.executions.get(execution_id))
+
+    @router.get("/agents")
+    def agents(who: Who, all: bool = False) -> JSONResponse:
+        return JSONResponse(cp.list_agents(include_stopped=all))
+
+    @router.get("/agents/{name:path}")
+    def agent(name: str, who: Who) -> JSONResponse:
+        return JSONResponse(cp.get_agent(name))
+
+    @router.post("/agents/{name:path}/forget")
+    def forget(name: str, body: ForgetIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.forget_agent(who, name, body.model_dump()))
+
+    @router.get("/audit")
+    def audit_entries(
+        who: Who,
+        after: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> JSONResponse:
+        return JSONResponse(cp.audit_page(after, limit))
+
+    @router.get("/audit/verify")
+    def audit_verify(who: Who) -> JSONResponse:
+        return JSONResponse(cp.verify_audit().to_dict())
+
+    @router.get("/audit/anchor")
+    def audit_anchor(who: Who) -> JSONResponse:
+        return JSONResponse(cp.anchor())
+
+    @router.get("/audit/export")
+    def audit_export(who: Who) -> StreamingResponse:
+        return StreamingResponse(cp.export_audit(), media_type="application/x-ndjson")
+
+    @router.post("/tokens")
+    def token_create(body: TokenIn, who: Who) -> JSONResponse:
+        return JSONResponse(
+            cp.tokens.create(
+                who, body.name, body.role, name_prefix=body.name_prefix, kind=body.kind, rebind=body.rebind
+            )
+        )
+
+    @router.get("/tokens")
+    def token_list(who: Who) -> JSONResponse:
+        return JSONResponse(cp.tokens.list(who))
+
+    @router.delete("/tokens/{token_id}")
+    def token_revoke(token_id: str, who: Who) -> JSONResponse:
+        return JSONResponse(cp.tokens.revoke(who, token_id))
+
+    return router

@@ -1,0 +1,111 @@
+"""The request bodies of the REST API, bounded at the door: every integer within 63 bits, every float
+finite, every string and list of a bounded size, no unknown field, no type coercion.  What a value
+means (a valid name, a scope, an identity) is checked by the control plane itself."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..protocol import MAX_FRAMEWORKS, MAX_INT
+
+MAX_ACKS = 1000  # per batch; in practice the 64 KiB body limit holds about 250
+
+Int63 = Annotated[int, Field(ge=0, le=MAX_INT)]
+Seq = Annotated[int, Field(ge=1, le=MAX_INT)]
+# A Unix time: finite, and between 1970 and the year 5138.
+Timestamp = Annotated[float, Field(ge=0, le=1e11)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Signature = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class CredentialIn(Strict):
+    label: str = Field(min_length=1, max_length=128)
+    fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    kind: str = Field(default="secret", pattern=r"^(env|secret|attribute)$")
+
+
+class RegisterIn(Strict):
+    """A registration, signed with the key it binds the name to (proof of possession)."""
+
+    name: Name
+    kind: Name = "agent"
+    frameworks: list[Name] = Field(default_factory=list, max_length=MAX_FRAMEWORKS)
+    pid: Int63 | None = None
+    host: str | None = Field(default=None, max_length=255)
+    public_key: str = Field(min_length=40, max_length=64)
+    read_only_tools: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=1000)
+    credentials: list[CredentialIn] = Field(default_factory=list, max_length=1000)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    ts: Timestamp
+    signature: Signature
+
+
+class SignedIn(Strict):
+    seq: Seq
+    ts: Timestamp
+    signature: Signature
+
+
+class HeartbeatIn(SignedIn):
+    frameworks: list[Name] | None = Field(default=None, max_length=MAX_FRAMEWORKS)
+
+
+class AckIn(SignedIn):
+    version: Int63
+    applied_at: Timestamp
+    receipt: dict[str, Any] | None = None
+
+
+class AgentAckIn(AckIn):
+    agent_id: str = Field(min_length=1, max_length=100)
+
+
+class AckBatchIn(Strict):
+    acks: list[AgentAckIn] = Field(min_length=1, max_length=MAX_ACKS)
+
+
+class ArmIn(Strict):
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=2000)
+    level: int = Field(default=3, ge=1, le=6)
+    scope: str = Field(default="global", min_length=1, max_length=200)
+    window: float = Field(default=300.0, ge=0, le=1e9)
+    allow_empty: bool = False
+
+
+class ExecuteIn(Strict):
+    authorization_id: str = Field(min_length=1, max_length=100)
+    confirm: str | None = Field(default=None, max_length=300)
+    force: bool = True
+
+
+class DisarmIn(Strict):
+    authorization_id: str | None = Field(default=None, min_length=1, max_length=100)
+    all: bool = False
+    by: str | None = Field(default=None, max_length=320)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ScopeActIn(Strict):
+    scope: str = Field(min_length=1, max_length=200)
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ForgetIn(Strict):
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class TokenIn(Strict):
+    name: Name
+    role: str = Field(max_length=20)
+    name_prefix: str | None = Field(default=None, max_length=128)
+    kind: str | None = Field(default=None, max_length=128)
+    rebind: bool = False
