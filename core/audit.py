@@ -101,8 +101,12 @@ def sign_checkpoint(key: SigningKey, seq: int, hash: str, ts: str) -> Checkpoint
     return Checkpoint(seq, hash, ts, key.sign(unsigned.message()))
 
 
-def write_head_file(path: Path, checkpoint: Checkpoint, public_key_b64: str) -> None:
-    """Replace the head file atomically, so a crash never leaves a half-written anchor."""
+def write_head_file(path: Path, checkpoint: Checkpoint, public_key_b64: str, *, sync: bool = False) -> None:
+    """Replace the head file atomically, so a crash never leaves a half-written anchor.
+
+    Not flushed to disk unless ``sync``: like the database's own commits (WAL, synchronous=NORMAL), the
+    copy survives a crash of the process, and only a power cut can lose the newest one; an fsync per
+    transaction would double what a registration costs."""
     text = json.dumps({**checkpoint.to_dict(), "public_key": public_key_b64}, sort_keys=True) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -110,7 +114,8 @@ def write_head_file(path: Path, checkpoint: Checkpoint, public_key_b64: str) -> 
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -11,6 +11,7 @@ longer exists.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -41,6 +42,18 @@ def _process_gone(pid: int | None) -> bool:
     except OSError:
         return False
     return False
+
+
+def _log_firing(names: list[str], settings: Settings) -> None:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    log.warning(
+        "m99: dead man's switch fired L%d on %d silent agent%s (%d heartbeats missed): %s",
+        settings.deadman_level,
+        len(names),
+        "" if len(names) == 1 else "s",
+        settings.missed_heartbeats,
+        shown,
+    )
 
 
 class DeadMan:
@@ -104,8 +117,12 @@ class DeadMan:
                             token_name="system",
                             auth_id=None,
                             extra={"last_heartbeat": evidence},
+                            log_line=False,
                         )
                     )
+                batch = [f["scope"].removeprefix("agent:") for f in fired[start:]]
+                if batch:
+                    unit.after(functools.partial(_log_firing, batch, self.settings))
         return fired
 
     def gone(self, now: float | None = None) -> list[str]:

@@ -104,8 +104,10 @@ class Executions:
         token_name: str,
         auth_id: str | None,
         extra: dict[str, Any] | None = None,
+        log_line: bool = True,
     ) -> dict[str, Any]:
-        """Fire L1…level on every agent in scope, in ``unit``, one audit entry a step."""
+        """Fire L1…level on every agent in scope, in ``unit``, one audit entry a step; the server logs a
+        line once it commits (``log_line=False``: the caller logs a batch of them together)."""
         tx = unit.tx
         started = time.time()
         execution_id = new_id("exe")
@@ -181,19 +183,20 @@ class Executions:
                 "directive_id": directive.id,
             },
         )
-        unit.after(
-            lambda: log.warning(
-                "m99: %s fired L%d on %s (%d agent%s) by %s: %s [%s]",
-                origin,
-                int(level),
-                scope,
-                len(names),
-                "" if len(names) == 1 else "s",
-                by,
-                reason,
-                execution_id,
+        if log_line:
+            unit.after(
+                lambda: log.warning(
+                    "m99: %s fired L%d on %s (%d agent%s) by %s: %s [%s]",
+                    origin,
+                    int(level),
+                    scope,
+                    len(names),
+                    "" if len(names) == 1 else "s",
+                    by,
+                    reason,
+                    execution_id,
+                )
             )
-        )
         return {
             "success": True,
             "agents_terminated": len(names),

@@ -224,7 +224,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         return json_error(500, "internal", "internal error: see the server log")
 
     app.add_middleware(HeartbeatFastPath, cp=cp, counters=counters)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, timeout=cp.settings.body_timeout)
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:

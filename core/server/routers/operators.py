@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...control import ControlPlane, Principal
+from ...levels import Role
 from ...protocol import MAX_INT
 from ..schemas import ArmIn, DisarmIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
 
@@ -31,7 +32,10 @@ def bearer(authorization: str | None) -> str | None:
 
 def principal_dependency(cp: ControlPlane) -> Any:
     def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-        return cp.tokens.authenticate(bearer(authorization), source_of(request))
+        who = cp.tokens.authenticate(bearer(authorization), source_of(request))
+        # An enrolment (agent-role) token registers agents and does nothing else.
+        cp.tokens.require(who, Role.VIEWER, f"{request.method} {request.url.path}")
+        return who
 
     return principal
 
