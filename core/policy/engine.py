@@ -1,0 +1,605 @@
+"""The decision engine of a KILLSWITCH.md policy: fed what the adapters report, it decides whether the next
+tool or model call may run, and walks the escalation ladder none → throttle → pause → shutdown.
+
+Pure: no framework, no network, no threads of its own; time comes from an injected clock.  The only
+files it touches are the day's totals (``DailyLedger``) and the audit log.  The Guard wires it:
+
+- before a tool call:   ``if engine.tool_gate: decision = engine.admit_tool(name, args, read_only=…)``
+- before a model call:  ``if engine.model_gate: decision = engine.admit_model(model, max_tokens=…, prompt_tokens=…)``
+  (``decision.ticket`` goes back with the response); ``allow`` runs after ``decision.delay`` seconds
+  (throttle), ``wait`` asks again after ``engine.wait_for_change(decision.delay)``, ``refuse`` raises
+  ``decision.error()``.
+- after a call:         ``engine.record_tool(name, ok=…)`` / ``engine.settle_model(ticket, …)``
+  (``engine.release_model(ticket)`` for a call that was never sent)
+- a timer:              ``engine.tick()`` at ``engine.next_deadline()`` (level timeouts, runtime limit)
+- ``engine.on_event(listener)``: every transition (after the gates already enforce it, so it holds
+  with the control plane out of reach) and every refusal; the Guard freezes at level 3 (evidence first
+  when ``save_state``) and reports to the control plane from there.
+
+``tool_gate`` and ``model_gate`` are attributes the engine sets when its state changes: with no level
+in force they are False unless a rule must see every call (FORBIDDEN paths or actions for tools,
+a cost or token budget for models).  Observation (``record_*``, ``settle_model``, ``tick``) never
+raises into the agent; an error inside a decision refuses (fail closed).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import NotAuthorised
+from .audit_log import AuditLog
+from .budget import AllowanceSource, Budget, WindowCeiling
+from .decision import ALLOW, Decision, ModelTicket, PolicyEvent, local_day, number, record_of
+from .forbidden import ActionMap, PathGuard
+from .meter import Meter
+from .model import Policy, Stage
+from .prices import PriceTable
+from .spend import Spend
+
+__all__ = ["Decision", "ModelTicket", "PolicyEngine", "PolicyEvent", "local_day"]
+
+logger = logging.getLogger("m99.policy")
+
+Clock = Callable[[], float]
+
+
+class PolicyEngine:
+    """Enforces one ``Policy`` for one process (every framework and framework agent in it)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        clock: Clock = time.time,
+        state_file: str | Path | None = None,
+        prices: PriceTable | None = None,
+        session_allowance: AllowanceSource | None = None,
+        daily_allowance: AllowanceSource | None = None,
+        action_tools: Mapping[str, Any] | None = None,
+        audit: AuditLog | Literal["policy"] | None = "policy",
+        session_id: str = "",
+        agent_id: str = "",
+        default_max_tokens: int = 4096,
+        error_window: int = 20,
+        error_min_calls: int = 10,
+        unpriced: Literal["allow", "refuse"] = "allow",
+        day: Callable[[float], str] = local_day,
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._day = day
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._dispatch = threading.Lock()
+        self._pending: collections.deque[PolicyEvent] = collections.deque()
+        self._listeners: list[Callable[[PolicyEvent], object]] = []
+        self.session_id, self.agent_id = session_id, agent_id
+        self.default_max_tokens = int(default_max_tokens)
+        now = clock()
+        self.spend = Spend(
+            policy.triggers,
+            now,
+            prices=prices,
+            state_file=state_file,
+            session_allowance=session_allowance,
+            daily_allowance=daily_allowance,
+            unpriced=unpriced,
+            day=day,
+        )
+        self.notices = self.spend.notices  # said at start (and once per unpriced model), for the Guard to log
+        t = policy.triggers
+        self._ceiling = WindowCeiling(t.tokens_per_minute) if t.tokens_per_minute else None
+        # rules
+        f = policy.forbidden
+        extra = {k: tuple(v) for k, v in f.action_tools.items()}
+        for key, value in (action_tools or {}).items():
+            extra[key] = (*extra.get(key, ()), *((value,) if isinstance(value, str) else tuple(value)))
+        self.actions = ActionMap(f.actions, extra)
+        self.audit = (
+            AuditLog(policy.log_path, policy.audit.log_fields)
+            if audit == "policy" and policy.log_path
+            else (audit if isinstance(audit, AuditLog) else None)
+        )
+        protected: list[Path] = []
+        if policy.source is not None and not policy.override.allow_agent_modification:
+            protected.append(policy.source)
+        if self.audit is not None:
+            protected.append(self.audit.path)
+        if state_file is not None:
+            protected.append(Path(state_file))
+        self.paths = PathGuard(f.files, f.directories, root=policy.root, protected=protected)
+        self._meter = Meter(now, error_window=error_window, error_min_calls=error_min_calls)
+        self._run_started = now
+        # the ladder
+        self._stage = Stage.NONE
+        self._cause = ""
+        self._entered_at = now
+        self._deadline: float | None = None
+        self._interval = 0.0
+        self._next_slot = 0.0
+        self.tool_gate = False
+        self.model_gate = False
+        self._update_gates()
+
+    # -- hooks --------------------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    def on_event(self, listener: Callable[[PolicyEvent], object]) -> None:
+        self._listeners.append(listener)
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block (real time) until the ladder moves or ``timeout`` seconds pass."""
+        with self._changed:
+            self._changed.wait(max(0.0, min(timeout, 60.0)))
+
+    def _update_gates(self) -> None:
+        stage = self._stage
+        self.tool_gate = stage != Stage.NONE or bool(self.paths) or bool(self.actions)
+        self.model_gate = stage != Stage.NONE or bool(self.spend.active or self._ceiling)
+
+    def _flush(self) -> None:
+        """Deliver pending events, in order, outside the engine lock (enforcement already holds)."""
+        if not self._pending:
+            return
+        with self._dispatch:
+            while self._pending:
+                event = self._pending.popleft()
+                if self.audit is not None:
+                    self.audit.write(event.record)
+                for listener in tuple(self._listeners):
+                    try:
+                        listener(event)
+                    except Exception:  # observation never stops enforcement
+                        logger.exception("m99: policy listener %r failed", listener)
+
+    # -- decisions before a call ----------------------------------------------------------------------
+
+    def admit_tool(self, name: str, args: Any = None, *, read_only: bool = False) -> Decision:
+        """May tool ``name`` run with ``args`` now?  ``read_only`` tools may name the protected files."""
+        try:
+            with self._lock:
+                return self._admit_tool(name, args, read_only)
+        except Exception as exc:
+            logger.exception("m99: policy engine error on tool %r", name)
+            return Decision("refuse", reason=f"policy engine error ({type(exc).__name__}): refused", rule="engine")
+        finally:
+            self._flush()
+
+    def _admit_tool(self, name: str, args: Any, read_only: bool) -> Decision:
+        now = self._clock()
+        self._due(now)
+        if self._stage == Stage.SHUTDOWN:
+            return self._stopped()
+        action = self.actions.match(name) if self.actions else None
+        if action is not None:
+            return self._refuse(
+                now,
+                "forbidden_action",
+                f"tool {name!r} is the forbidden action {action!r}",
+                "FORBIDDEN.actions",
+                tool=True,
+            )
+        hit = self.paths.scan(args) if self.paths else None
+        if hit is not None and not (hit.kind == "protected" and read_only and hit.pattern != "(arguments)"):
+            rule = {"files": "FORBIDDEN.files", "directories": "FORBIDDEN.directories"}.get(hit.kind, "")
+            if hit.kind == "protected":
+                rule = "OVERRIDE.allow_agent_modification" if self._is_policy(hit.pattern) else "M99 records"
+            what = f"names {hit.path}" if hit.path else f"has {hit.argument}"
+            return self._refuse(
+                now, f"forbidden_{hit.kind}", f"tool {name!r} {what} ({hit.kind}: {hit.pattern})", rule, tool=True
+            )
+        if self._stage == Stage.PAUSE:
+            return self._paused(now)
+        return self._pace(now)
+
+    def _is_policy(self, pattern: str) -> bool:
+        return self.policy.source is not None and pattern == str(self.policy.source)
+
+    def admit_model(
+        self, model: str | None = None, *, max_tokens: int | None = None, prompt_tokens: int = 0
+    ) -> Decision:
+        """May a model call run now?  ``max_tokens`` (else ``default_max_tokens``) and the prompt's
+        estimated tokens make its worst case, reserved against the budgets until it is settled."""
+        try:
+            return self._admit_model(model, max_tokens, prompt_tokens)
+        except Exception as exc:
+            logger.exception("m99: policy engine error on a model call")
+            return Decision("refuse", reason=f"policy engine error ({type(exc).__name__}): refused", rule="engine")
+        finally:
+            self._flush()
+
+    def _admit_model(self, model: str | None, max_tokens: int | None, prompt_tokens: int) -> Decision:
+        out_tokens = int(max_tokens) if max_tokens and max_tokens > 0 else self.default_max_tokens
+        worst_tokens = max(0, int(prompt_tokens)) + out_tokens
+        ticket = ModelTicket(model, None, worst_tokens)
+        with self._lock:
+            now = self._clock()
+            self._due(now)
+            if self._stage >= Stage.PAUSE:
+                return self._stopped() if self._stage == Stage.SHUTDOWN else self._paused(now)
+            ceiling = self._ceiling
+            if ceiling is not None:
+                if worst_tokens > ceiling.limit:
+                    return self._refuse(
+                        now,
+                        "tokens_per_minute",
+                        f"a model call of up to {worst_tokens} tokens is "
+                        f"over the ceiling of {int(ceiling.limit)} tokens per minute",
+                        "TRIGGERS.tokens_per_minute",
+                        tool=False,
+                    )
+                ticket.slot = ceiling.reserve(now, worst_tokens)
+                if ticket.slot is None:
+                    fresh = ceiling.used_since(now, self._meter.since) + worst_tokens
+                    if self._stage == Stage.NONE or fresh > ceiling.limit:
+                        value = ceiling.used(now) + worst_tokens if self._stage == Stage.NONE else fresh
+                        self._breach(now, "tokens_per_minute", value, ceiling.limit)
+                    if self._stage >= Stage.PAUSE:
+                        return self._stopped() if self._stage == Stage.SHUTDOWN else self._paused(now)
+                    return Decision(
+                        "wait",
+                        delay=ceiling.retry_after(now, worst_tokens),
+                        stage=self._stage,
+                        reason="the tokens-per-minute ceiling is reached",
+                        rule="TRIGGERS.tokens_per_minute",
+                    )
+            self.spend.rollover(now)
+        if self.spend.active:
+            refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
+            if refused is not None:
+                return self._refuse_cost(ticket, *refused)
+        with self._lock:
+            decision = self._pace(self._clock())
+        return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
+
+    def _refuse_cost(self, ticket: ModelTicket, why: str, budget: Budget | None, amount: float) -> Decision:
+        self.release_model(ticket)
+        with self._lock:
+            now = self._clock()
+            if budget is None:
+                return self._refuse(now, "unpriced", f"no price for model {ticket.model!r}", "prices", tool=False)
+            self._breach(now, budget.name, budget.spent + budget.reserved + amount, budget.allowance)
+            reason = (
+                f"this model call (worst case ${amount:.4f}) would pass {budget.name} ${budget.allowance:.2f} "
+                f"(spent ${budget.spent:.4f}, ${budget.reserved:.4f} in flight)"
+            )
+            return self._refuse(now, budget.name, reason, f"TRIGGERS.{budget.name}", tool=False)
+
+    def _pace(self, now: float) -> Decision:
+        if self._stage != Stage.THROTTLE:
+            return ALLOW
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self._interval
+        return Decision("allow", delay=slot - now, stage=Stage.THROTTLE, reason="throttled (reduce_rate)")
+
+    def _paused(self, now: float) -> Decision:
+        delay = 1.0 if self._deadline is None else max(0.0, min(1.0, self._deadline - now))
+        return Decision(
+            "wait", delay=delay, stage=Stage.PAUSE, reason=f"paused ({self._cause})", rule="ESCALATION.level_2_pause"
+        )
+
+    def _stopped(self) -> Decision:
+        return Decision(
+            "refuse",
+            stage=Stage.SHUTDOWN,
+            reason=f"stopped by the policy ({self._cause})",
+            rule="ESCALATION.level_3_shutdown",
+        )
+
+    def _refuse(self, now: float, trigger: str, reason: str, rule: str, *, tool: bool) -> Decision:
+        stage = self._stage
+        self._emit(
+            "refusal",
+            now,
+            stage,
+            stage,
+            trigger,
+            None,
+            None,
+            "refuse_tool_call" if tool else "refuse_model_call",
+            reason,
+            rule,
+        )
+        return Decision("refuse", reason=reason, rule=rule, stage=stage)
+
+    # -- what happened after a call -----------------------------------------------------------------
+
+    def record_tool(self, name: str, *, ok: bool = True) -> None:
+        """A tool call ended (``ok`` False: with an error)."""
+        try:
+            with self._lock:
+                now = self._clock()
+                self._meter.note(now, ok)
+                self._evaluate(now)
+        except Exception:
+            logger.exception("m99: policy engine failed to record tool %r", name)
+        self._flush()
+
+    def settle_model(
+        self,
+        ticket: ModelTicket | None,
+        *,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        tokens: int | None = None,
+        cost_usd: float | None = None,
+        ok: bool = True,
+    ) -> None:
+        """A model call came back: its tokens and cost (the provider's, else the price table's) are
+        counted and its reservations freed.  ``ticket`` None: a call the gate did not see."""
+        try:
+            self._settle(ticket, model, input_tokens, output_tokens, tokens, cost_usd, ok)
+        except Exception:
+            logger.exception("m99: policy engine failed to settle a model call")
+        self._flush()
+
+    def _settle(
+        self,
+        ticket: ModelTicket | None,
+        model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        tokens: int | None,
+        cost_usd: float | None,
+        ok: bool,
+    ) -> None:
+        if ticket is not None:
+            if ticket.done:
+                return
+            ticket.done = True
+            model = model or ticket.model
+        used = int(tokens) if tokens is not None else max(0, int(input_tokens)) + max(0, int(output_tokens))
+        self.spend.settle(ticket, model, input_tokens, output_tokens, used, cost_usd, tokens is None, ok)
+        with self._lock:
+            now = self._clock()
+            if self._ceiling is not None:
+                if ticket is not None and ticket.slot is not None:
+                    self._ceiling.settle(ticket.slot, used)
+                else:
+                    self._ceiling.add(now, used)
+            self._meter.note(now, ok, used)
+            self._evaluate(now)
+
+    def release_model(self, ticket: ModelTicket) -> None:
+        """The admitted call was never sent: give its reservations back."""
+        if ticket.done:
+            return
+        ticket.done = True
+        self.spend.release(ticket)
+        if ticket.slot is not None and self._ceiling is not None:
+            with self._lock:
+                self._ceiling.settle(ticket.slot, 0)
+
+    def tick(self) -> None:
+        """Time passed: level timeouts, the runtime limit, a new calendar day.  The Guard's timer calls it."""
+        try:
+            with self._lock:
+                now = self._clock()
+                self._due(now)
+                self.spend.rollover(now)
+                self._evaluate(now)
+        except Exception:
+            logger.exception("m99: policy engine tick failed")
+        self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` has something to do next (a level timeout, the runtime limit), on the clock."""
+        limit = self.policy.triggers.runtime_limit_minutes
+        times = [t for t in (self._deadline, self._run_started + limit * 60 if limit else None) if t is not None]
+        return min(times) if times else None
+
+    # -- measuring ----------------------------------------------------------------------------------
+
+    def measured(self, now: float | None = None) -> dict[str, float]:
+        """The value of every configured trigger now, as the engine compares it to the limit."""
+        with self._lock:
+            return self._measure(self._clock() if now is None else now)
+
+    def _measure(self, now: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        self.spend.measure(out)
+        out.update(self._meter.measure(now, self.policy.triggers))
+        limit = self.policy.triggers.runtime_limit_minutes
+        if limit:
+            out["runtime_limit_minutes"] = (now - self._run_started) / 60.0
+        return out
+
+    def _evaluate(self, now: float) -> None:
+        if self._stage == Stage.SHUTDOWN:
+            return
+        limits = self.policy.triggers.configured()
+        breached: list[tuple[Stage, str, float, float]] = []
+        for key, value in self._measure(now).items():
+            limit = limits[key]
+            if key in ("tokens_per_minute", "api_calls_per_minute"):
+                hit = value > limit  # a ceiling: reaching it is allowed
+            elif key in ("cost_limit_usd", "cost_limit_daily_usd"):
+                hit = value >= limit and value > 0
+            else:
+                hit = value >= limit
+            if hit:
+                breached.append((self.policy.escalation.entry(key), key, value, limit))
+        if breached:
+            _, key, value, limit = max(breached, key=lambda b: b[0])
+            self._breach(now, key, value, limit)
+
+    # -- the ladder ---------------------------------------------------------------------------------
+
+    def _breach(self, now: float, trigger: str, value: float, limit: float) -> None:
+        esc, stage = self.policy.escalation, self._stage
+        entry = esc.entry(trigger)
+        if stage == Stage.SHUTDOWN:
+            return
+        if entry > stage:
+            target = entry
+        elif stage == Stage.THROTTLE:
+            target = esc.next_after(stage)  # still breached while throttled
+        else:
+            return  # paused: nothing new runs; the timeout or an operator decides
+        self._move(now, target, trigger, value, limit, f"{trigger} {number(value)} over {number(limit)}")
+
+    def _due(self, now: float) -> None:
+        if self._deadline is not None and now >= self._deadline:
+            stage = self._stage
+            level = self.policy.escalation.level(stage)
+            minutes = (now - self._entered_at) / 60.0
+            self._move(
+                now,
+                self.policy.escalation.next_after(stage),
+                "timeout_minutes",
+                minutes,
+                level.timeout_minutes,
+                f"{stage.key} unresolved after {number(level.timeout_minutes or 0)} min ({self._cause})",
+            )
+
+    def _move(
+        self,
+        now: float,
+        target: Stage,
+        trigger: str,
+        value: float | None,
+        limit: float | None,
+        reason: str,
+        *,
+        by: str = "",
+        action: str = "",
+    ) -> None:
+        old = self._stage
+        measured = self._measure(now)  # for the record, before measuring starts afresh
+        rate = self._meter.rate(now)
+        self._stage = target
+        self._entered_at = now
+        self._cause = reason
+        level = self.policy.escalation.level(target) if target != Stage.NONE else None
+        timeout = level.timeout_minutes if level is not None and target != Stage.SHUTDOWN else None
+        self._deadline = now + timeout * 60.0 if timeout else None
+        # measure afresh from here: a trigger is "still breached" only by what happens at this level
+        self._meter.restart(now)
+        if target == Stage.THROTTLE:
+            self._interval = min(60.0, 120.0 / max(rate, 1))  # half the call rate of the last minute
+            self._next_slot = now
+        if target == Stage.NONE:
+            self._run_started = now
+        self._update_gates()
+        self._changed.notify_all()
+        if level is not None:
+            action = action or level.action
+        self._emit(
+            "transition",
+            now,
+            target,
+            old,
+            trigger,
+            value,
+            limit,
+            action or "resume",
+            reason,
+            f"TRIGGERS.{trigger}" if trigger in self.policy.triggers.configured() else trigger,
+            by=by,
+            measured=measured,
+        )
+        logger.warning("m99: policy %s -> %s: %s", old.key, target.key, reason)
+
+    def _emit(
+        self,
+        kind: Literal["transition", "refusal"],
+        now: float,
+        stage: Stage,
+        previous: Stage,
+        trigger: str,
+        value: float | None,
+        limit: float | None,
+        action: str,
+        reason: str,
+        rule: str,
+        *,
+        by: str = "",
+        measured: dict[str, float] | None = None,
+    ) -> None:
+        level = self.policy.escalation.level(stage) if stage != Stage.NONE else None
+        event = PolicyEvent(
+            kind,
+            now,
+            stage,
+            previous,
+            trigger,
+            value,
+            limit,
+            action,
+            reason,
+            rule,
+            by,
+            save_state=bool(level and stage == Stage.SHUTDOWN and level.save_state),
+            allow_restart=self.policy.escalation.level(Stage.SHUTDOWN).allow_restart,
+            notify=bool(level and level.notify),
+            channels=level.channels if level else (),
+        )
+        measured = self._measure(now) if measured is None else measured
+        record = record_of(event, measured, self._meter.rate(now), self.session_id, self.agent_id)
+        self._pending.append(dataclasses.replace(event, record=record))
+
+    # -- the operator -------------------------------------------------------------------------------
+
+    def resume(self, by: str, reason: str = "", *, authority: bool = False) -> bool:
+        """An operator resolves the current level: back to none.  After a level-3 stop with
+        ``allow_restart: false`` only an authority may (``NotAuthorised`` otherwise)."""
+        with self._lock:
+            if self._stage == Stage.NONE:
+                return False
+            if (
+                self._stage == Stage.SHUTDOWN
+                and not self.policy.escalation.level(Stage.SHUTDOWN).allow_restart
+                and not authority
+            ):
+                raise NotAuthorised(
+                    "the policy stopped this agent with allow_restart: false: only an authority may lift it"
+                )
+            self._move(
+                self._clock(),
+                Stage.NONE,
+                "operator",
+                None,
+                None,
+                reason or "resumed by an operator",
+                by=by,
+                action="resume",
+            )
+        self._flush()
+        return True
+
+    def escalate(self, by: str, reason: str = "") -> bool:
+        """An operator moves the ladder one level up now (False when already stopped)."""
+        with self._lock:
+            stage = self._stage
+            if stage == Stage.SHUTDOWN:
+                return False
+            esc = self.policy.escalation
+            target = esc.defined()[0] if stage == Stage.NONE else esc.next_after(stage)
+            self._move(self._clock(), target, "operator", None, None, reason or "escalated by an operator", by=by)
+        self._flush()
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """The engine's state, for the Guard's snapshot and the control plane."""
+        with self._lock:
+            return {
+                "stage": self._stage.key,
+                "cause": self._cause,
+                "entered_at": self._entered_at,
+                "deadline": self._deadline,
+                "measured": self._measure(self._clock()),
+                **self.spend.status(),
+                "notices": list(self.notices),
+                "audit_failures": self.audit.failures if self.audit else 0,
+            }
