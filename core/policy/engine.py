@@ -415,12 +415,10 @@ class PolicyEngine:
             out["runtime_limit_minutes"] = (now - self._run_started) / 60.0
         return out
 
-    def _evaluate(self, now: float) -> None:
-        if self._stage == Stage.SHUTDOWN:
-            return
+    def _breached(self, measured: dict[str, float]) -> list[tuple[Stage, str, float, float]]:
         limits = self.policy.triggers.configured()
-        breached: list[tuple[Stage, str, float, float]] = []
-        for key, value in self._measure(now).items():
+        out = []
+        for key, value in measured.items():
             limit = limits[key]
             if key in ("tokens_per_minute", "api_calls_per_minute"):
                 hit = value > limit  # a ceiling: reaching it is allowed
@@ -429,7 +427,13 @@ class PolicyEngine:
             else:
                 hit = value >= limit
             if hit:
-                breached.append((self.policy.escalation.entry(key), key, value, limit))
+                out.append((self.policy.escalation.entry(key), key, value, limit))
+        return out
+
+    def _evaluate(self, now: float) -> None:
+        if self._stage == Stage.SHUTDOWN:
+            return
+        breached = self._breached(self._measure(now))
         if breached:
             _, key, value, limit = max(breached, key=lambda b: b[0])
             self._breach(now, key, value, limit)
@@ -485,7 +489,11 @@ class PolicyEngine:
         timeout = level.timeout_minutes if level is not None and target != Stage.SHUTDOWN else None
         self._deadline = now + timeout * 60.0 if timeout else None
         # measure afresh from here: a trigger is "still breached" only by what happens at this level
-        self._meter.restart(now)
+        # Measure the breached triggers afresh from here, so that "still breached" at the new level is
+        # measured there; the others go on counting (two failures in a row stay two).  A resume, after
+        # a human looked, starts every measure again.
+        keys = None if target == Stage.NONE else {k for _, k, _, _ in self._breached(measured)} | {trigger}
+        self._meter.restart(now, keys)
         if target == Stage.THROTTLE:
             self._interval = min(60.0, 120.0 / max(rate, 1))  # half the call rate of the last minute
             self._next_slot = now

@@ -33,14 +33,18 @@ class Meter:
             self._tokens.append((now, tokens))
             self._token_sum += tokens
 
-    def restart(self, now: float) -> None:
-        """Measure afresh from ``now``: a trigger is "still breached" only by what happens from here."""
+    def restart(self, now: float, keys: set[str] | None = None) -> None:
+        """Measure the triggers ``keys`` (all when None) afresh from ``now``."""
         self.since = now
-        self._calls.clear()
-        self._outcomes.clear()
-        self._tokens.clear()
-        self._token_sum = 0
-        self.failed_run = 0
+        if keys is None or "api_calls_per_minute" in keys:
+            self._calls.clear()
+        if keys is None or "error_rate_threshold" in keys:
+            self._outcomes.clear()
+        if keys is None or "tokens_per_minute" in keys:
+            self._tokens.clear()
+            self._token_sum = 0
+        if keys is None or "consecutive_failures" in keys:
+            self.failed_run = 0
 
     def _prune(self, now: float) -> None:
         edge = now - WINDOW

@@ -27,6 +27,7 @@ __all__ = ["KNOWN_KEYS", "MAX_BYTES", "ParseResult", "PolicyError", "load_policy
 MAX_BYTES = 1 << 20  # a policy file over 1 MiB is refused
 _MAX_EVENTS = 20_000  # YAML events per section
 _MAX_DEPTH = 16
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
 
 
 class PolicyError(ConfigError):
@@ -128,6 +129,8 @@ def _yaml(block: _Block, c: Checker) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else block.heading_line
+        last = max((i + 1 for i, text in block.lines if text.strip()), default=block.heading_line)
+        line = min(line, last)  # an error found at the end of the stream belongs to the last line
         c.error(block.name, f"not valid YAML: {exc.problem or exc.context}", line)
         return None
     except yaml.YAMLError as exc:
@@ -156,6 +159,8 @@ def _value(node: yaml.Node, path: str, c: Checker, ctor: yaml.constructor.SafeCo
         if isinstance(value, bytes):
             raise _Reject(node.start_mark.line + 1, f"{path}: binary values are not allowed")
         return value
+    if not isinstance(node, yaml.ScalarNode) and node.tag not in (_SEQ, _MAP):
+        raise _Reject(node.start_mark.line + 1, f"{path}: the YAML tag {node.tag!r} is not allowed in a policy")
     if isinstance(node, yaml.SequenceNode):
         return [_value(item, f"{path}[{i}]", c, ctor, depth + 1) for i, item in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):

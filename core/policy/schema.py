@@ -214,7 +214,10 @@ def _network(c: Checker, value: Any) -> Network:
                 c.error(f"{key}[{i}]", f"must be one 'name: value' entry, not {_kind(item)} {item!r}")
                 continue
             name, item_value = next(iter(item.items()))
-            c.lines.setdefault(f"{key}.{name}", c.lines.get(f"{key}[{i}].{name}", 0))
+            prefix = f"{key}[{i}].{name}"
+            for path, line in list(c.lines.items()):  # the lines of the entry, under the merged key
+                if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+                    c.lines.setdefault(f"{key}.{name}" + path[len(prefix) :], line)
             if name in merged:
                 c.error(f"{key}.{name}", "given twice", c.lines.get(f"{key}[{i}].{name}"))
             merged[name] = item_value
