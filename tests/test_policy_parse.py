@@ -327,3 +327,28 @@ def test_a_missing_title_and_a_newer_spec_version_warn() -> None:
         "no '# KILLSWITCH' title line",
         "written for KILLSWITCH.md 2.0",
     }
+
+
+def test_the_policy_package_imports_no_framework_and_no_server() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, m99.policy, m99.policy.cli; print(','.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .split(",")
+    )
+    heavy = {
+        "langchain_core",
+        "langchain",
+        "langgraph",
+        "crewai",
+        "autogen_agentchat",
+        "autogen_core",
+        "fastapi",
+        "uvicorn",
+        "pydantic",
+        "httpx",
+    }
+    assert not loaded & heavy, loaded & heavy

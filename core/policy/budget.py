@@ -177,6 +177,7 @@ class Budget:
 class Slot:
     at: float
     amount: float
+    live: bool = True  # still in the window (counted in its total)
 
 
 class WindowCeiling:
@@ -192,7 +193,9 @@ class WindowCeiling:
     def _prune(self, now: float) -> None:
         slots, edge = self._slots, now - self.window
         while slots and slots[0].at <= edge:
-            self.total -= slots.popleft().amount
+            old = slots.popleft()
+            old.live = False
+            self.total -= old.amount
         if not slots:
             self.total = 0.0  # no float drift left behind
 
@@ -229,7 +232,7 @@ class WindowCeiling:
 
     def settle(self, slot: Slot, actual: float) -> None:
         """The call used ``actual``: its slot now counts that (if still in the window)."""
-        if any(s is slot for s in self._slots):
+        if slot.live:
             self.total += actual - slot.amount
         slot.amount = actual
 

@@ -86,6 +86,8 @@ def _report(path: Path, result: Any) -> None:
                 click.echo(line)
     click.echo("")
     click.echo("Which level each trigger enters")
+    if not policy.triggers.configured():
+        click.echo("  no trigger is set")
     for p in trigger_paths(policy):
         if p.limit is None:
             continue

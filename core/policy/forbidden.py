@@ -8,6 +8,7 @@ symlink to ``.env`` is still ``.env``) and ``os.getcwd`` for relative ones.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import os
 import re
@@ -46,6 +47,7 @@ DEFAULT_ACTION_TOOLS: Mapping[str, tuple[str, ...]] = {
 _NAME_RUN = re.compile(r"[^a-z0-9*?\[\]!]+")
 
 
+@functools.lru_cache(maxsize=4096)
 def normal_tool_name(name: str) -> str:
     """``Git-Push.Force`` → ``git_push_force``: how tool and action names are compared."""
     return _NAME_RUN.sub("_", name.strip().lower()).strip("_")
@@ -236,8 +238,10 @@ class PathGuard:
         return None
 
     def _candidates(self, text: str, cwd: str, budget: list[int]) -> Iterator[str]:
-        words = [text] if len(text) <= 4096 and "\n" not in text else []
-        if any(c in text for c in " \t\n'\";|&<>()=,`"):
+        spaced = any(c in text for c in " \t\n'\";|&<>()=,`")
+        # The whole string when it can be one path (one word, or path-like), then its path-like words.
+        words = [text] if len(text) <= 4096 and "\n" not in text and (not spaced or _pathlike(text)) else []
+        if spaced:
             words.extend(w for w in _WORD.findall(text) if _pathlike(w))
         seen: set[str] = set()
         for word in words:
@@ -276,10 +280,15 @@ class PathGuard:
         return None
 
 
+_SCALARS = (int, float, bool, type(None))
+
+
 def _strings(value: Any, depth: int) -> Iterator[str | None]:
     """Every string in a nested value (None once when it is nested deeper than M99 looks)."""
     if isinstance(value, str):
         yield value
+    elif isinstance(value, _SCALARS):
+        return
     elif isinstance(value, bytes | bytearray):
         yield bytes(value[:65536]).decode("utf-8", "replace")
     elif isinstance(value, os.PathLike):
@@ -289,7 +298,7 @@ def _strings(value: Any, depth: int) -> Iterator[str | None]:
         yield None
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            if isinstance(key, str):
+            if isinstance(key, str) and _pathlike(key):  # argument names are not paths; a path as a key is
                 yield key
             yield from _strings(item, depth + 1)
     elif isinstance(value, list | tuple | set | frozenset):
