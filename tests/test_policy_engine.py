@@ -282,7 +282,7 @@ def test_a_decision_error_fails_closed_and_observation_never_raises(monkeypatch:
     def broken(*a: object, **k: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine, "_pace", broken)
+    monkeypatch.setattr(engine._ladder, "pace", broken)
     assert engine.admit_tool("t").verdict == "refuse"
     monkeypatch.setattr(engine._meter, "note", broken)
     engine.record_tool("t")  # logged, not raised
@@ -505,3 +505,10 @@ def test_the_log_appends_and_a_failed_write_does_not_raise(tmp_path: Path) -> No
                      '{"timestamp":null,"trigger_type":"y","unknown_field":null}']  # fmt: skip
     blocked = AuditLog(tmp_path / "ks.log" / "below-a-file", ["timestamp"])
     assert blocked.write({"timestamp": 1}) is False and blocked.failures == 1
+
+
+def test_a_listener_may_act_on_the_engine() -> None:
+    engine, _, events = make("consecutive_failures: 1\n")
+    engine.on_event(lambda e: engine.resume("bot") if e.stage == Stage.PAUSE else None)
+    engine.record_tool("t", ok=False)
+    assert engine.stage == Stage.NONE and [e.action for e in events] == ["pause_and_notify", "resume"]

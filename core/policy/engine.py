@@ -36,8 +36,9 @@ from typing import Any, Literal
 from ..errors import NotAuthorised
 from .audit_log import AuditLog
 from .budget import AllowanceSource, Budget, WindowCeiling
-from .decision import ALLOW, Decision, ModelTicket, PolicyEvent, local_day, number, record_of
+from .decision import Decision, ModelTicket, PolicyEvent, local_day, number, record_of
 from .forbidden import ActionMap, PathGuard
+from .ladder import Ladder
 from .meter import Meter
 from .model import Policy, Stage
 from .prices import PriceTable
@@ -77,7 +78,7 @@ class PolicyEngine:
         self._day = day
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._dispatch = threading.Lock()
+        self._dispatch = threading.RLock()  # a listener may act on the engine (resume) and so flush again
         self._pending: collections.deque[PolicyEvent] = collections.deque()
         self._listeners: list[Callable[[PolicyEvent], object]] = []
         self.session_id, self.agent_id = session_id, agent_id
@@ -117,13 +118,7 @@ class PolicyEngine:
         self.paths = PathGuard(f.files, f.directories, root=policy.root, protected=protected)
         self._meter = Meter(now, error_window=error_window, error_min_calls=error_min_calls)
         self._run_started = now
-        # the ladder
-        self._stage = Stage.NONE
-        self._cause = ""
-        self._entered_at = now
-        self._deadline: float | None = None
-        self._interval = 0.0
-        self._next_slot = 0.0
+        self._ladder = Ladder(policy.escalation, now)
         self.tool_gate = False
         self.model_gate = False
         self._update_gates()
@@ -132,7 +127,7 @@ class PolicyEngine:
 
     @property
     def stage(self) -> Stage:
-        return self._stage
+        return self._ladder.stage
 
     def on_event(self, listener: Callable[[PolicyEvent], object]) -> None:
         self._listeners.append(listener)
@@ -143,7 +138,7 @@ class PolicyEngine:
             self._changed.wait(max(0.0, min(timeout, 60.0)))
 
     def _update_gates(self) -> None:
-        stage = self._stage
+        stage = self._ladder.stage
         self.tool_gate = stage != Stage.NONE or bool(self.paths) or bool(self.actions)
         self.model_gate = stage != Stage.NONE or bool(self.spend.active or self._ceiling)
 
@@ -178,8 +173,8 @@ class PolicyEngine:
     def _admit_tool(self, name: str, args: Any, read_only: bool) -> Decision:
         now = self._clock()
         self._due(now)
-        if self._stage == Stage.SHUTDOWN:
-            return self._stopped()
+        if self._ladder.stage == Stage.SHUTDOWN:
+            return self._ladder.stopped()
         action = self.actions.match(name) if self.actions else None
         if action is not None:
             return self._refuse(
@@ -198,9 +193,9 @@ class PolicyEngine:
             return self._refuse(
                 now, f"forbidden_{hit.kind}", f"tool {name!r} {what} ({hit.kind}: {hit.pattern})", rule, tool=True
             )
-        if self._stage == Stage.PAUSE:
-            return self._paused(now)
-        return self._pace(now)
+        if self._ladder.stage == Stage.PAUSE:
+            return self._ladder.paused(now)
+        return self._ladder.pace(now)
 
     def _is_policy(self, pattern: str) -> bool:
         return self.policy.source is not None and pattern == str(self.policy.source)
@@ -225,42 +220,47 @@ class PolicyEngine:
         with self._lock:
             now = self._clock()
             self._due(now)
-            if self._stage >= Stage.PAUSE:
-                return self._stopped() if self._stage == Stage.SHUTDOWN else self._paused(now)
-            ceiling = self._ceiling
-            if ceiling is not None:
-                if worst_tokens > ceiling.limit:
-                    return self._refuse(
-                        now,
-                        "tokens_per_minute",
-                        f"a model call of up to {worst_tokens} tokens is "
-                        f"over the ceiling of {int(ceiling.limit)} tokens per minute",
-                        "TRIGGERS.tokens_per_minute",
-                        tool=False,
-                    )
-                ticket.slot = ceiling.reserve(now, worst_tokens)
-                if ticket.slot is None:
-                    fresh = ceiling.used_since(now, self._meter.since) + worst_tokens
-                    if self._stage == Stage.NONE or fresh > ceiling.limit:
-                        value = ceiling.used(now) + worst_tokens if self._stage == Stage.NONE else fresh
-                        self._breach(now, "tokens_per_minute", value, ceiling.limit)
-                    if self._stage >= Stage.PAUSE:
-                        return self._stopped() if self._stage == Stage.SHUTDOWN else self._paused(now)
-                    return Decision(
-                        "wait",
-                        delay=ceiling.retry_after(now, worst_tokens),
-                        stage=self._stage,
-                        reason="the tokens-per-minute ceiling is reached",
-                        rule="TRIGGERS.tokens_per_minute",
-                    )
+            held = self._ladder.held(now)
+            if held is not None:
+                return held
+            if self._ceiling is not None:
+                held = self._hold_for_tokens(now, ticket)
+                if held is not None:
+                    return held
             self.spend.rollover(now)
         if self.spend.active:
             refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
             if refused is not None:
                 return self._refuse_cost(ticket, *refused)
         with self._lock:
-            decision = self._pace(self._clock())
+            decision = self._ladder.pace(self._clock())
         return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
+
+    def _hold_for_tokens(self, now: float, ticket: ModelTicket) -> Decision | None:
+        """Reserve the call's worst case under the tokens-per-minute ceiling; a Decision when it does not fit."""
+        ceiling, worst = self._ceiling, ticket.worst_tokens
+        assert ceiling is not None
+        rule = "TRIGGERS.tokens_per_minute"
+        if worst > ceiling.limit:
+            why = f"a model call of up to {worst} tokens is over the ceiling of {int(ceiling.limit)} tokens per minute"
+            return self._refuse(now, "tokens_per_minute", why, rule, tool=False)
+        ticket.slot = ceiling.reserve(now, worst)
+        if ticket.slot is not None:
+            return None
+        # The first call the ceiling holds back breaches the trigger; while throttled, only what was
+        # placed since the throttle began counts as "still breached".
+        fresh = ceiling.used_since(now, self._meter.since) + worst
+        if self._ladder.stage == Stage.NONE:
+            self._breach(now, "tokens_per_minute", ceiling.used(now) + worst, ceiling.limit)
+        elif fresh > ceiling.limit:
+            self._breach(now, "tokens_per_minute", fresh, ceiling.limit)
+        held = self._ladder.held(now)
+        if held is not None:
+            return held
+        delay = ceiling.retry_after(now, worst)
+        return Decision(
+            "wait", delay=delay, stage=self._ladder.stage, reason="tokens per minute at the ceiling", rule=rule
+        )
 
     def _refuse_cost(self, ticket: ModelTicket, why: str, budget: Budget | None, amount: float) -> Decision:
         self.release_model(ticket)
@@ -275,29 +275,8 @@ class PolicyEngine:
             )
             return self._refuse(now, budget.name, reason, f"TRIGGERS.{budget.name}", tool=False)
 
-    def _pace(self, now: float) -> Decision:
-        if self._stage != Stage.THROTTLE:
-            return ALLOW
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + self._interval
-        return Decision("allow", delay=slot - now, stage=Stage.THROTTLE, reason="throttled (reduce_rate)")
-
-    def _paused(self, now: float) -> Decision:
-        delay = 1.0 if self._deadline is None else max(0.0, min(1.0, self._deadline - now))
-        return Decision(
-            "wait", delay=delay, stage=Stage.PAUSE, reason=f"paused ({self._cause})", rule="ESCALATION.level_2_pause"
-        )
-
-    def _stopped(self) -> Decision:
-        return Decision(
-            "refuse",
-            stage=Stage.SHUTDOWN,
-            reason=f"stopped by the policy ({self._cause})",
-            rule="ESCALATION.level_3_shutdown",
-        )
-
     def _refuse(self, now: float, trigger: str, reason: str, rule: str, *, tool: bool) -> Decision:
-        stage = self._stage
+        stage = self._ladder.stage
         self._emit(
             "refusal",
             now,
@@ -396,7 +375,7 @@ class PolicyEngine:
     def next_deadline(self) -> float | None:
         """When ``tick`` has something to do next (a level timeout, the runtime limit), on the clock."""
         limit = self.policy.triggers.runtime_limit_minutes
-        times = [t for t in (self._deadline, self._run_started + limit * 60 if limit else None) if t is not None]
+        times = [t for t in (self._ladder.deadline, self._run_started + limit * 60 if limit else None) if t is not None]
         return min(times) if times else None
 
     # -- measuring ----------------------------------------------------------------------------------
@@ -431,7 +410,7 @@ class PolicyEngine:
         return out
 
     def _evaluate(self, now: float) -> None:
-        if self._stage == Stage.SHUTDOWN:
+        if self._ladder.stage == Stage.SHUTDOWN:
             return
         breached = self._breached(self._measure(now))
         if breached:
@@ -441,118 +420,46 @@ class PolicyEngine:
     # -- the ladder ---------------------------------------------------------------------------------
 
     def _breach(self, now: float, trigger: str, value: float, limit: float) -> None:
-        esc, stage = self.policy.escalation, self._stage
-        entry = esc.entry(trigger)
-        if stage == Stage.SHUTDOWN:
-            return
-        if entry > stage:
-            target = entry
-        elif stage == Stage.THROTTLE:
-            target = esc.next_after(stage)  # still breached while throttled
-        else:
-            return  # paused: nothing new runs; the timeout or an operator decides
-        self._move(now, target, trigger, value, limit, f"{trigger} {number(value)} over {number(limit)}")
+        target = self._ladder.target(trigger)
+        if target is not None:
+            self._move(now, target, trigger, value, limit, f"{trigger} {number(value)} over {number(limit)}")
 
     def _due(self, now: float) -> None:
-        if self._deadline is not None and now >= self._deadline:
-            stage = self._stage
-            level = self.policy.escalation.level(stage)
-            minutes = (now - self._entered_at) / 60.0
-            self._move(
-                now,
-                self.policy.escalation.next_after(stage),
-                "timeout_minutes",
-                minutes,
-                level.timeout_minutes,
-                f"{stage.key} unresolved after {number(level.timeout_minutes or 0)} min ({self._cause})",
-            )
+        due = self._ladder.timeout(now)
+        if due is not None:
+            target, minutes, limit, why = due
+            self._move(now, target, "timeout_minutes", minutes, limit, why)
 
-    def _move(
-        self,
-        now: float,
-        target: Stage,
-        trigger: str,
-        value: float | None,
-        limit: float | None,
-        reason: str,
-        *,
-        by: str = "",
-        action: str = "",
-    ) -> None:
-        old = self._stage
+    def _move(self, now: float, target: Stage, trigger: str, value: float | None, limit: float | None,
+              reason: str, *, by: str = "", action: str = "") -> None:  # fmt: skip
+        old = self._ladder.stage
         measured = self._measure(now)  # for the record, before measuring starts afresh
-        rate = self._meter.rate(now)
-        self._stage = target
-        self._entered_at = now
-        self._cause = reason
-        level = self.policy.escalation.level(target) if target != Stage.NONE else None
-        timeout = level.timeout_minutes if level is not None and target != Stage.SHUTDOWN else None
-        self._deadline = now + timeout * 60.0 if timeout else None
-        # measure afresh from here: a trigger is "still breached" only by what happens at this level
+        level = self._ladder.move(now, target, reason, self._meter.rate(now))
         # Measure the breached triggers afresh from here, so that "still breached" at the new level is
         # measured there; the others go on counting (two failures in a row stay two).  A resume, after
         # a human looked, starts every measure again.
         keys = None if target == Stage.NONE else {k for _, k, _, _ in self._breached(measured)} | {trigger}
         self._meter.restart(now, keys)
-        if target == Stage.THROTTLE:
-            self._interval = min(60.0, 120.0 / max(rate, 1))  # half the call rate of the last minute
-            self._next_slot = now
         if target == Stage.NONE:
             self._run_started = now
         self._update_gates()
         self._changed.notify_all()
-        if level is not None:
-            action = action or level.action
-        self._emit(
-            "transition",
-            now,
-            target,
-            old,
-            trigger,
-            value,
-            limit,
-            action or "resume",
-            reason,
-            f"TRIGGERS.{trigger}" if trigger in self.policy.triggers.configured() else trigger,
-            by=by,
-            measured=measured,
-        )
+        action = action or (level.action if level is not None else "resume")
+        rule = f"TRIGGERS.{trigger}" if trigger in self.policy.triggers.configured() else trigger
+        self._emit("transition", now, target, old, trigger, value, limit, action, reason, rule, by, measured)
         logger.warning("m99: policy %s -> %s: %s", old.key, target.key, reason)
 
-    def _emit(
-        self,
-        kind: Literal["transition", "refusal"],
-        now: float,
-        stage: Stage,
-        previous: Stage,
-        trigger: str,
-        value: float | None,
-        limit: float | None,
-        action: str,
-        reason: str,
-        rule: str,
-        *,
-        by: str = "",
-        measured: dict[str, float] | None = None,
-    ) -> None:
+    def _emit(self, kind: Literal["transition", "refusal"], now: float, stage: Stage, previous: Stage, trigger: str,
+              value: float | None, limit: float | None, action: str, reason: str, rule: str, by: str = "",
+              measured: dict[str, float] | None = None) -> None:  # fmt: skip
         level = self.policy.escalation.level(stage) if stage != Stage.NONE else None
         event = PolicyEvent(
-            kind,
-            now,
-            stage,
-            previous,
-            trigger,
-            value,
-            limit,
-            action,
-            reason,
-            rule,
-            by,
+            kind, now, stage, previous, trigger, value, limit, action, reason, rule, by,
             save_state=bool(level and stage == Stage.SHUTDOWN and level.save_state),
             allow_restart=self.policy.escalation.level(Stage.SHUTDOWN).allow_restart,
             notify=bool(level and level.notify),
             channels=level.channels if level else (),
-        )
+        )  # fmt: skip
         measured = self._measure(now) if measured is None else measured
         record = record_of(event, measured, self._meter.rate(now), self.session_id, self.agent_id)
         self._pending.append(dataclasses.replace(event, record=record))
@@ -563,33 +470,25 @@ class PolicyEngine:
         """An operator resolves the current level: back to none.  After a level-3 stop with
         ``allow_restart: false`` only an authority may (``NotAuthorised`` otherwise)."""
         with self._lock:
-            if self._stage == Stage.NONE:
+            if self._ladder.stage == Stage.NONE:
                 return False
             if (
-                self._stage == Stage.SHUTDOWN
+                self._ladder.stage == Stage.SHUTDOWN
                 and not self.policy.escalation.level(Stage.SHUTDOWN).allow_restart
                 and not authority
             ):
                 raise NotAuthorised(
                     "the policy stopped this agent with allow_restart: false: only an authority may lift it"
                 )
-            self._move(
-                self._clock(),
-                Stage.NONE,
-                "operator",
-                None,
-                None,
-                reason or "resumed by an operator",
-                by=by,
-                action="resume",
-            )
+            why = reason or "resumed by an operator"
+            self._move(self._clock(), Stage.NONE, "operator", None, None, why, by=by, action="resume")
         self._flush()
         return True
 
     def escalate(self, by: str, reason: str = "") -> bool:
         """An operator moves the ladder one level up now (False when already stopped)."""
         with self._lock:
-            stage = self._stage
+            stage = self._ladder.stage
             if stage == Stage.SHUTDOWN:
                 return False
             esc = self.policy.escalation
@@ -602,10 +501,10 @@ class PolicyEngine:
         """The engine's state, for the Guard's snapshot and the control plane."""
         with self._lock:
             return {
-                "stage": self._stage.key,
-                "cause": self._cause,
-                "entered_at": self._entered_at,
-                "deadline": self._deadline,
+                "stage": self._ladder.stage.key,
+                "cause": self._ladder.cause,
+                "entered_at": self._ladder.entered_at,
+                "deadline": self._ladder.deadline,
                 "measured": self._measure(self._clock()),
                 **self.spend.status(),
                 "notices": list(self.notices),
