@@ -352,3 +352,8 @@ def test_the_policy_package_imports_no_framework_and_no_server() -> None:
         "httpx",
     }
     assert not loaded & heavy, loaded & heavy
+
+
+def test_a_problem_without_a_key_still_says_its_severity() -> None:
+    result = parse_text("## TRIGGERS\ncost_limit_usd: 1\n")
+    assert [str(p) for p in result.problems] == ["KILLSWITCH.md:1: warning: no '# KILLSWITCH' title line"]

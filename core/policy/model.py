@@ -104,7 +104,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where}: {self.severity}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return f"{where}: {self.severity}: {self.key + ': ' if self.key else ''}{self.message}"
 
 
 @dataclass(frozen=True)
