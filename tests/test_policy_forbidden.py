@@ -207,3 +207,15 @@ def test_allow_agent_modification_true_lifts_the_self_protection(repo: Path) -> 
 def test_without_rules_the_tool_gate_stays_down(repo: Path) -> None:
     engine = engine_for(repo, "# KILLSWITCH\n\n## OVERRIDE\nallow_agent_modification: true\n")
     assert not engine.tool_gate and not engine.model_gate
+
+
+def test_matching_stays_fast_on_hostile_arguments(repo: Path) -> None:
+    import time
+
+    g = guard(repo, files=("**/a*b*c*d*e/**", *TEMPLATE_FILES))
+    hostile = {"cmd": " ".join(["/" + "a" * 3000 + "x"] * 20), "path": "a/" * 2000}
+    start = time.perf_counter()
+    assert g.scan(hostile) is None
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(ValueError, match="wildcards"):
+        compile_glob("*" * 9)

@@ -357,3 +357,12 @@ def test_the_policy_package_imports_no_framework_and_no_server() -> None:
 def test_a_problem_without_a_key_still_says_its_severity() -> None:
     result = parse_text("## TRIGGERS\ncost_limit_usd: 1\n")
     assert [str(p) for p in result.problems] == ["KILLSWITCH.md:1: warning: no '# KILLSWITCH' title line"]
+
+
+def test_the_policy_package_all_is_its_public_api() -> None:
+    import types
+
+    import m99.policy as pkg
+
+    public = {n for n in dir(pkg) if not n.startswith("_") and not isinstance(getattr(pkg, n), types.ModuleType)}
+    assert set(pkg.__all__) == public - {"annotations"}

@@ -133,6 +133,11 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     below a match (a forbidden directory forbids what it holds).  ValueError for a malformed glob."""
     if not pattern or "\x00" in pattern:
         raise ValueError("empty pattern" if not pattern else "NUL in pattern")
+    while "**/**" in pattern:
+        pattern = pattern.replace("**/**", "**")
+    if pattern.count("*") > 8 or len(pattern) > 1024:
+        # Each wildcard is a loop of the expression: bounded, so that no argument makes matching slow.
+        raise ValueError("more than 8 wildcards" if len(pattern) <= 1024 else "longer than 1024 characters")
     flags = re.IGNORECASE if _CASELESS else 0
     return re.compile(_glob_regex(pattern) + r"(?:/.*)?\Z", flags | re.DOTALL)
 
@@ -246,6 +251,8 @@ class PathGuard:
         seen: set[str] = set()
         for word in words:
             word = word.strip()
+            if len(word) > 4096:  # longer than any path the system takes
+                continue
             if word.startswith("file://"):
                 word = word[7:]
             if not word or word in seen or "\x00" in word:
