@@ -115,11 +115,13 @@ def main(ctx: click.Context, url: str | None, token: str | None, data_dir: str |
 
 
 def _register() -> None:
+    from ..policy.cli import policy
     from . import audit, operate, run, serve, tokens
 
     for module in (serve, operate, run, audit, tokens):
         for command in module.COMMANDS:
             main.add_command(command)
+    main.add_command(policy)
 
 
 _register()

@@ -1,0 +1,182 @@
+"""``m99 policy``: lint a KILLSWITCH.md and show what M99 enforces of it, or write a starter file.
+
+Same conventions as the rest of the CLI: problems print as ``FILE:LINE: severity: KEY: message``, an
+expected failure ends with one line ``m99: error: …`` and the exit code of its error class (2 for an
+invalid or unreadable file); warnings alone exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError, M99Error
+from .explain import Entry, explain, trigger_paths
+from .parse import PolicyError, parse_file
+from .prices import resolve_prices
+from .starter import STARTER
+
+__all__ = ["policy"]
+
+# The Guard does not load KILLSWITCH.md yet: until it does, `check` says that "enforced" describes the
+# engine's enforcement once wired, so that no key looks enforced today when it is not.
+GUARD_LOADS_POLICY = False
+
+_WIDTH = 100
+
+
+def _fail(exc: M99Error) -> None:
+    click.echo(f"m99: error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(_show(v) for v in value) or "[]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) or "{}"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def _entry_text(entry: Entry) -> list[str]:
+    name = entry.key.split(".", 1)[1] if "." in entry.key else entry.key
+    where = f"line {entry.line}" if entry.line else "default"
+    head = f"  {name} = {_show(entry.value)}"
+    if len(head) > 60:
+        head = head[:57] + "..."
+    lines = [f"{head:<62} [{entry.status}]  {where}"]
+    lines += textwrap.wrap(entry.how, _WIDTH, initial_indent="      ", subsequent_indent="      ")
+    return lines
+
+
+def _report(path: Path, result: Any) -> None:
+    policy = result.policy
+    warnings = len(result.warnings)
+    spec = policy.metadata.get("spec_version", "-")
+    sections = ", ".join(policy.sections) or "none"
+    click.echo(f"{path}: valid, {warnings} warning{'s' * (warnings != 1)} (spec {spec}; sections: {sections})")
+    if not GUARD_LOADS_POLICY:
+        click.echo(
+            textwrap.fill(
+                "note: this M99 release parses and checks the policy and has its decision engine, but the Guard "
+                "does not load KILLSWITCH.md yet: 'enforced' below is what the engine enforces once wired.",
+                _WIDTH,
+            )
+        )
+    for section, entries in explain(policy).items():
+        if not entries:
+            continue
+        click.echo("")
+        click.echo(section + ("" if section in policy.sections else "  (section absent: defaults)"))
+        for entry in entries:
+            for line in _entry_text(entry):
+                click.echo(line)
+    click.echo("")
+    click.echo("Which level each trigger enters")
+    if not policy.triggers.configured():
+        click.echo("  no trigger is set")
+    for p in trigger_paths(policy):
+        if p.limit is None:
+            continue
+        enters = f"{p.enters.key} ({policy.escalation.level(p.enters).action})"
+        click.echo(f"  {p.trigger:<24} {_show(p.limit):>10}  -> {enters:<33} {p.then}")
+    if policy.triggers.cost_limit_usd is not None or policy.triggers.cost_limit_daily_usd is not None:
+        try:
+            table = resolve_prices()
+        except PolicyError as exc:
+            click.echo(f"\nprice table: {exc.message}")
+        else:
+            click.echo(
+                f"\nprice table: {len(table)} models from $M99_PRICES"
+                if table is not None
+                else "\nprice table: none ($M99_PRICES unset): only costs that providers report will count"
+            )
+
+
+def _as_json(path: Path, result: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": str(path), "valid": result.policy is not None}
+    out["problems"] = [
+        {"severity": p.severity, "line": p.line, "key": p.key, "message": p.message} for p in result.problems
+    ]
+    if result.policy is not None:
+        out["keys"] = [
+            {"key": e.key, "value": e.value, "status": e.status, "how": e.how, "line": e.line}
+            for entries in explain(result.policy).values()
+            for e in entries
+        ]
+        out["triggers"] = [
+            {"trigger": p.trigger, "limit": p.limit, "enters": p.enters.key, "then": p.then}
+            for p in trigger_paths(result.policy)
+        ]
+    return out
+
+
+@click.group()
+def policy() -> None:
+    """Check KILLSWITCH.md, the policy the agent's Guard enforces, or write a starter one."""
+
+
+@policy.command("check")
+@click.argument("path", default="KILLSWITCH.md", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the findings and the effective policy as JSON.")
+def check(path: Path, as_json: bool) -> None:
+    """Lint PATH (default ./KILLSWITCH.md) and print the effective policy: for every key, how M99
+    enforces it, or that it does not; and which escalation level each trigger enters.
+
+    Exit 0 when the file is valid (warnings are printed), 2 when it is invalid or unreadable."""
+    try:
+        result = parse_file(path)
+    except M99Error as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(_as_json(path, result), indent=2, default=str))
+        if result.policy is None:
+            sys.exit(ConfigError.exit_code)
+        return
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    if result.policy is None:
+        count = len(result.errors)
+        _fail(PolicyError(f"{path} is not a valid policy ({count} error{'s' * (count != 1)})", result.problems))
+        return
+    _report(path, result)
+
+
+@policy.command("init")
+@click.argument("path", default="KILLSWITCH.md", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter KILLSWITCH.md at PATH (default ./KILLSWITCH.md)."""
+    try:
+        if path.exists() and not force:
+            raise ConfigError(f"{path} exists: pass --force to overwrite it")
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory")
+        tmp = ""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".KILLSWITCH-", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(STARTER)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except M99Error as exc:
+        _fail(exc)
+        return
+    click.echo(f"wrote {path}: review the limits, then run `m99 policy check {path}`")

@@ -1,0 +1,383 @@
+"""What M99 does with each key of a policy: enforced (and how), not enforced (and whose business it is),
+or information only; and which escalation level each trigger enters.  ``m99 policy check`` prints it.
+
+No key may look enforced when it is not: every key the parser knows has an entry here (a test holds
+that), and one that M99 does not act on says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .decision import number
+from .forbidden import ActionMap
+from .model import LEVEL_KEYS, TRIGGER_KEYS, Policy, Stage
+from .schema import KNOWN_KEYS
+
+__all__ = ["Entry", "Status", "TriggerPath", "explain", "trigger_paths"]
+
+Status = Literal["enforced", "not enforced", "not yet enforced", "information", "off"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # SECTION.key
+    value: Any  # the effective value (a default when the file does not set it)
+    status: Status
+    how: str
+    line: int | None  # None when the file does not set it (a default)
+
+
+@dataclass(frozen=True)
+class TriggerPath:
+    trigger: str
+    limit: float | None
+    enters: Stage
+    then: str  # what follows at that level
+
+
+def _level_name(stage: Stage, policy: Policy) -> str:
+    return f"{stage.key} ({policy.escalation.level(stage).action})"
+
+
+def trigger_paths(policy: Policy) -> list[TriggerPath]:
+    """For each trigger of the spec: its limit (None when unset), the level it enters, what comes next."""
+    esc = policy.escalation
+    out: list[TriggerPath] = []
+    configured = policy.triggers.configured()
+    for key in TRIGGER_KEYS:
+        stage = esc.entry(key)
+        steps: list[str] = []
+        current = stage
+        while current != Stage.SHUTDOWN:
+            level = esc.level(current)
+            nxt = esc.next_after(current)
+            # At a throttle calls go on, so a trigger can be breached again; at a pause nothing new runs.
+            when = ["still breached"] if current == Stage.THROTTLE else []
+            if level.timeout_minutes:
+                when.append(f"after {number(level.timeout_minutes)} min")
+            steps.append(f"{' or '.join(when) or 'when an operator escalates'}: {nxt.key}")
+            current = nxt
+        if stage == Stage.SHUTDOWN:
+            steps.append(
+                "stays until an operator resumes"
+                if esc.level(Stage.SHUTDOWN).allow_restart
+                else "stays until an authority lifts it"
+            )
+        out.append(TriggerPath(key, configured.get(key), stage, "; ".join(steps)))
+    return out
+
+
+_TRIGGER_HOW = {
+    "cost_limit_usd": (
+        "hard budget for this process's session: before each model call M99 reserves its worst case "
+        "(prompt + max_tokens at the model's price) and refuses the call if the spend plus the calls in "
+        "flight would pass the limit; the response settles the actual cost (the provider's, else the "
+        "price table's). Reaching it enters {enters}."
+    ),
+    "cost_limit_daily_usd": (
+        "the same hard budget per calendar day (local time), kept in a state file across restarts and "
+        "shared by the processes that use the same file. Reaching it enters {enters}."
+    ),
+    "tokens_per_minute": (
+        "ceiling on tokens (prompt + completion) in any sliding minute, reserved at each call's worst "
+        "case: a call that would pass it waits until it fits, and the first wait enters {enters}; a "
+        "call whose worst case alone is over the ceiling is refused."
+    ),
+    "api_calls_per_minute": (
+        "tool and model calls completed in a sliding minute, every framework of the process together; "
+        "above it enters {enters} (measured after the calls: concurrent calls may pass it by those in "
+        "flight)."
+    ),
+    "error_rate_threshold": (
+        "share of failed tool and model calls among the last 20, once 10 have run; at or above it enters {enters}."
+    ),
+    "runtime_limit_minutes": (
+        "time since the Guard started (or an operator last resumed), checked at every call and by the "
+        "Guard's timer; reaching it enters {enters}."
+    ),
+    "consecutive_failures": "failed tool or model calls in a row; reaching it enters {enters}.",
+}
+_COST_NOTE = (
+    " Needs each call's cost: the provider's, or a price table (prices= or $M99_PRICES); without "
+    "either, the Guard says so at start."
+)
+
+
+def _entry(policy: Policy, key: str, value: Any, status: Status, how: str) -> Entry:
+    return Entry(key, value, status, how, policy.line(key))
+
+
+def _triggers(policy: Policy) -> list[Entry]:
+    out = []
+    paths = {p.trigger: p for p in trigger_paths(policy)}
+    for key in TRIGGER_KEYS:
+        value = getattr(policy.triggers, key)
+        full = f"TRIGGERS.{key}"
+        if value is None:
+            out.append(_entry(policy, full, None, "off", "not set: no limit."))
+            continue
+        how = _TRIGGER_HOW[key].format(enters=_level_name(paths[key].enters, policy))
+        if key.startswith("cost_"):
+            how += _COST_NOTE
+        out.append(_entry(policy, full, value, "enforced", how))
+    return out
+
+
+_PATHS_HOW = (
+    "a tool call whose arguments name a matching path (any string at any depth, and each word of a "
+    "command line) is refused before it runs, for reading and writing alike; ~ is expanded, relative "
+    "patterns start at the policy file's directory, a pattern without '/' matches a name at any depth, "
+    "symlinks are resolved. Not seen: a path a tool builds itself or a shell expands (a glob, a variable)."
+)
+
+
+def _forbidden(policy: Policy) -> list[Entry]:
+    f = policy.forbidden
+    out = []
+    for key, values in (("files", f.files), ("directories", f.directories)):
+        status: Status = "enforced" if values else "off"
+        how = (
+            _PATHS_HOW if key == "files" else "as files: a tool call naming the directory or anything in it is refused."
+        )
+        out.append(_entry(policy, f"FORBIDDEN.{key}", list(values), status, how if values else "none listed."))
+    actions = ActionMap(f.actions, {k: tuple(v) for k, v in f.action_tools.items()})
+    if f.actions:
+        mapping = "; ".join(f"{a} = {', '.join(actions.tools[a])}" for a in actions.actions)
+        how = (
+            f"a tool whose name is one of the action's tool names is refused: {mapping}. Extend the mapping "
+            "with FORBIDDEN.action_tools or action_tools=. An action done through a general tool (a shell "
+            "running git push --force) is not recognised."
+        )
+        out.append(_entry(policy, "FORBIDDEN.actions", list(f.actions), "enforced", how))
+    else:
+        out.append(_entry(policy, "FORBIDDEN.actions", [], "off", "none listed."))
+    if f.action_tools:
+        out.append(
+            _entry(
+                policy,
+                "FORBIDDEN.action_tools",
+                {k: list(v) for k, v in f.action_tools.items()},
+                "enforced",
+                "M99's extension: more tool names for the actions above.",
+            )
+        )
+    net = f.network
+    if net.block_public_egress:
+        hosts = ", ".join(r.text for r in net.allowlist) or "none"
+        how = (
+            "decided (only allow-listed and non-public destinations would pass; allowed: "
+            f"{hosts}) but not applied yet: the in-process egress guard will apply it. Outbound traffic is "
+            "NOT restricted by this key today."
+        )
+        out.append(_entry(policy, "FORBIDDEN.network.block_public_egress", True, "not yet enforced", how))
+    else:
+        out.append(
+            _entry(policy, "FORBIDDEN.network.block_public_egress", False, "off", "outbound traffic is not restricted.")
+        )
+    if net.allowlist:
+        out.append(
+            _entry(
+                policy,
+                "FORBIDDEN.network.allowlist",
+                [r.text for r in net.allowlist],
+                "not yet enforced",
+                "see block_public_egress.",
+            )
+        )
+    return out
+
+
+def _escalation(policy: Policy) -> list[Entry]:
+    esc = policy.escalation
+    out = []
+    if not esc.present:
+        out.append(
+            Entry(
+                "ESCALATION",
+                None,
+                "enforced",
+                "no ESCALATION section: every trigger stops the agent at once (full_stop, with "
+                "evidence; an operator may restart).",
+                None,
+            )
+        )
+        return out
+    actions = {
+        Stage.THROTTLE: "tool and model calls are spaced to half the call rate of the minute before.",
+        Stage.PAUSE: "new tool and model calls wait (those in flight finish) until an operator resumes or escalates.",
+        Stage.SHUTDOWN: (
+            "every tool and model call is refused: the Guard applies its level-3 tool-call freeze locally, "
+            "then reports to the control plane."
+        ),
+    }
+    for stage, name in LEVEL_KEYS.items():
+        if stage not in esc.levels:
+            text = "not declared: triggers that would enter it go to the next level up."
+            if stage == Stage.SHUTDOWN:
+                text = "not declared: M99 still stops on a trigger that reaches it (full_stop, with evidence)."
+            out.append(Entry(f"ESCALATION.{name}", None, "enforced" if stage == Stage.SHUTDOWN else "off", text, None))
+            continue
+        level = esc.levels[stage]
+        key = f"ESCALATION.{name}"
+        nxt = esc.next_after(stage)
+        out.append(_entry(policy, f"{key}.action", level.action, "enforced", actions[stage]))
+        if stage != Stage.SHUTDOWN:
+            if level.timeout_minutes:
+                how = f"unresolved after {number(level.timeout_minutes)} min, it escalates to {nxt.key}."
+                out.append(_entry(policy, f"{key}.timeout_minutes", level.timeout_minutes, "enforced", how))
+            else:
+                out.append(
+                    _entry(
+                        policy,
+                        f"{key}.timeout_minutes",
+                        None,
+                        "off",
+                        "not set: the level holds until an operator acts, or a trigger escalates it.",
+                    )
+                )
+        else:
+            how = (
+                "the Guard's signed evidence snapshot is taken before the stop."
+                if level.save_state
+                else "no evidence snapshot before the stop."
+            )
+            out.append(_entry(policy, f"{key}.save_state", level.save_state, "enforced", how))
+            how = (
+                "an operator may resume after the stop."
+                if level.allow_restart
+                else "only an authority may lift the stop (an operator's resume is refused)."
+            )
+            out.append(_entry(policy, f"{key}.allow_restart", level.allow_restart, "enforced", how))
+        out.append(
+            _entry(
+                policy,
+                f"{key}.notify",
+                level.notify,
+                "not enforced",
+                "M99 reports every transition to the control plane (audit chain, dashboard) whatever "
+                "this says; it sends no notification itself.",
+            )
+        )
+        if level.channels:
+            out.append(
+                _entry(
+                    policy,
+                    f"{key}.channels",
+                    [f"{c.kind}: {c.target}" for c in level.channels],
+                    "not enforced",
+                    "M99 sends nothing to these channels: route the control plane's events to them.",
+                )
+            )
+    if esc.trigger_levels:
+        value = {k: v.key for k, v in esc.trigger_levels.items()}
+        out.append(
+            _entry(
+                policy,
+                "ESCALATION.trigger_levels",
+                value,
+                "enforced",
+                "M99's extension: the level each trigger listed enters instead of its default.",
+            )
+        )
+    return out
+
+
+def _audit(policy: Policy) -> list[Entry]:
+    a = policy.audit
+    if not a.present or not a.log_file:
+        return [
+            Entry(
+                "AUDIT.log_file",
+                None,
+                "off",
+                "no local log (the control plane's audit chain still records what the Guard reports).",
+                policy.line("AUDIT"),
+            )
+        ]
+    return [
+        _entry(
+            policy,
+            "AUDIT.log_file",
+            a.log_file,
+            "enforced",
+            f"append-only JSON Lines at {policy.log_path}: one line per escalation event and per refused "
+            "call; agent tools may not write it.",
+        ),
+        _entry(policy, "AUDIT.log_format", a.log_format, "enforced", "JSON Lines, the one format M99 writes."),
+        _entry(
+            policy,
+            "AUDIT.log_fields",
+            list(a.log_fields),
+            "enforced",
+            "each line has exactly these fields, null where M99 has no value.",
+        ),
+        _entry(
+            policy,
+            "AUDIT.retain_logs_days",
+            a.retain_logs_days,
+            "not enforced",
+            "M99 never deletes nor rotates the log: retention is the operator's business.",
+        ),
+    ]
+
+
+def _override(policy: Policy) -> list[Entry]:
+    o = policy.override
+    modify = (
+        "the agent may not change its policy: a tool call naming this file is refused unless the tool is "
+        "declared read-only, and M99 never reloads it at run time."
+        if not o.allow_agent_modification
+        else "agent tools may write this file (M99 still reads it only at start)."
+    )
+    if not o.present:
+        modify = "no OVERRIDE section: defaults to false. " + modify
+    return [
+        _entry(
+            policy,
+            "OVERRIDE.allow_agent_modification",
+            o.allow_agent_modification,
+            "enforced" if not o.allow_agent_modification else "off",
+            modify,
+        ),
+        _entry(
+            policy,
+            "OVERRIDE.require_human_approval",
+            o.require_human_approval,
+            "not enforced",
+            "changes are the repository's review process; M99 reads the file once at start, so a change "
+            "takes effect when a human restarts the agent.",
+        ),
+        _entry(
+            policy,
+            "OVERRIDE.override_requires_mfa",
+            o.override_requires_mfa,
+            "not enforced",
+            "the repository's business (signed commits, its host's MFA).",
+        ),
+        _entry(
+            policy,
+            "OVERRIDE.protected_branch",
+            o.protected_branch,
+            "not enforced",
+            "the repository's business (branch protection).",
+        ),
+    ]
+
+
+def explain(policy: Policy) -> dict[str, list[Entry]]:
+    """Every key of every section, with its effective value and what M99 does with it."""
+    metadata = [
+        _entry(policy, f"METADATA.{key}", value, "information", "for people and auditors; M99 does not act on it.")
+        for key, value in policy.metadata.items()
+        if key in KNOWN_KEYS["METADATA"]
+    ]
+    return {
+        "TRIGGERS": _triggers(policy),
+        "FORBIDDEN": _forbidden(policy),
+        "ESCALATION": _escalation(policy),
+        "AUDIT": _audit(policy),
+        "OVERRIDE": _override(policy),
+        "METADATA": metadata,
+    }

@@ -1,0 +1,74 @@
+"""What the engine measures from completed calls: calls and tokens over a sliding minute, the outcome of
+the last calls, the current run of failures.  Not locked: the engine calls it under its own lock."""
+
+from __future__ import annotations
+
+import collections
+
+from .model import Triggers
+
+__all__ = ["Meter"]
+
+WINDOW = 60.0  # seconds of the per-minute triggers
+
+
+class Meter:
+    def __init__(self, now: float, *, error_window: int = 20, error_min_calls: int = 10) -> None:
+        self.error_min_calls = int(error_min_calls)
+        self.since = now  # measuring starts here, again at each transition
+        self._calls: collections.deque[float] = collections.deque()
+        self._outcomes: collections.deque[bool] = collections.deque(maxlen=max(1, int(error_window)))
+        self._tokens: collections.deque[tuple[float, int]] = collections.deque()
+        self._token_sum = 0
+        self.failed_run = 0
+        # Calls of the last minute whatever the transitions: the rate a throttle halves.
+        self._trail: collections.deque[float] = collections.deque()
+
+    def note(self, now: float, ok: bool, tokens: int = 0) -> None:
+        self._calls.append(now)
+        self._trail.append(now)
+        self._outcomes.append(ok)
+        self.failed_run = 0 if ok else self.failed_run + 1
+        if tokens > 0:
+            self._tokens.append((now, tokens))
+            self._token_sum += tokens
+
+    def restart(self, now: float, keys: set[str] | None = None) -> None:
+        """Measure the triggers ``keys`` (all when None) afresh from ``now``."""
+        self.since = now
+        if keys is None or "api_calls_per_minute" in keys:
+            self._calls.clear()
+        if keys is None or "error_rate_threshold" in keys:
+            self._outcomes.clear()
+        if keys is None or "tokens_per_minute" in keys:
+            self._tokens.clear()
+            self._token_sum = 0
+        if keys is None or "consecutive_failures" in keys:
+            self.failed_run = 0
+
+    def _prune(self, now: float) -> None:
+        edge = now - WINDOW
+        for calls in (self._calls, self._trail):
+            while calls and calls[0] <= edge:
+                calls.popleft()
+        while self._tokens and self._tokens[0][0] <= edge:
+            self._token_sum -= self._tokens.popleft()[1]
+
+    def rate(self, now: float) -> int:
+        """Calls completed in the last minute, across transitions."""
+        self._prune(now)
+        return len(self._trail)
+
+    def measure(self, now: float, triggers: Triggers) -> dict[str, float]:
+        """The window-based triggers the policy sets, as compared with their limits."""
+        self._prune(now)
+        out: dict[str, float] = {}
+        if triggers.tokens_per_minute:
+            out["tokens_per_minute"] = self._token_sum
+        if triggers.api_calls_per_minute:
+            out["api_calls_per_minute"] = len(self._calls)
+        if triggers.error_rate_threshold and len(self._outcomes) >= self.error_min_calls:
+            out["error_rate_threshold"] = self._outcomes.count(False) / len(self._outcomes)
+        if triggers.consecutive_failures:
+            out["consecutive_failures"] = self.failed_run
+        return out
