@@ -405,3 +405,32 @@ def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     run(agent("writer", ScriptedClient([call("write_file", {"text": "x"})]), [write_file]).run(task="go"))
     assert effects == ["write:x"]
     assert os.environ.get("OPENAI_API_KEY") is None
+
+
+def test_uninstall_leaves_a_seam_wrapped_after_it_and_goes_inert(guard: Guard) -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    original = AssistantAgent.__dict__["_execute_tool_call"]
+    aga.install()
+    ours = AssistantAgent.__dict__["_execute_tool_call"].__func__
+    seen: list[str] = []
+
+    async def theirs(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["tool_call"].name)
+        return await ours(*args, **kwargs)
+
+    AssistantAgent._execute_tool_call = staticmethod(theirs)  # type: ignore[method-assign,assignment]
+    try:
+        aga.uninstall()
+        assert AssistantAgent.__dict__["_execute_tool_call"].__func__ is theirs  # another library's stays
+        guard.apply_state(3)
+        run(agent("writer", ScriptedClient([call("write_file", {"text": "x"})]), [write_file]).run(task="go"))
+        assert effects == ["write:x"]  # ours under it no longer refuses
+        aga.install()  # a new install goes on top, and only it refuses
+        with pytest.raises(ModelCallRefused):
+            run(agent("writer", ScriptedClient([call("write_file", {"text": "y"})]), [write_file]).run(task="go"))
+        assert effects == ["write:x"]
+    finally:
+        aga.uninstall()
+        AssistantAgent._execute_tool_call = original  # type: ignore[method-assign]
+    assert seen == ["write_file"]  # only the first run's call reached their wrapper

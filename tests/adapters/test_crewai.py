@@ -23,8 +23,10 @@ from crewai.hooks import (
     tool_hooks,
 )
 
+import m99.adapters._crewai_hooks as hooks
 import m99.adapters.crewai as cra
 from m99.adapters import GuardResolver, default_resolver
+from m99.adapters._patch import is_ours
 from m99.credentials import REDACTED
 from m99.errors import M99KillSwitchTriggered
 from m99.guard import Guard
@@ -306,13 +308,49 @@ def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     cra.install()
     # The tool path goes through M99's wrapper of CrewAI's tool-hook dispatcher, not a registered hook.
     assert [len(f()) for f in lists] == [len(b) + d for b, d in zip(before, (0, 0, 1, 1), strict=True)]
-    assert tool_hooks.dispatch is cra._dispatch and cra._next_dispatch is crewai_dispatch
-    assert cra._on_llm_failed in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
+    assert is_ours(tool_hooks.dispatch) and tool_hooks.dispatch.__wrapped__ is crewai_dispatch
+    assert hooks._on_llm_failed in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
     cra.uninstall()
     cra.uninstall()
     assert [f() for f in lists] == before and not cra.installed()
     assert tool_hooks.dispatch is crewai_dispatch
-    assert cra._on_llm_failed not in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
+    assert hooks._on_llm_failed not in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
     guard.apply_state(3)
     assert crew(agent("writer", llm(react("write_file", {"text": "x"}), FINAL), [write_file])).kickoff().raw == "done"
     assert effects == ["write:x"]
+
+
+def test_uninstall_leaves_a_dispatcher_wrapped_after_it_and_goes_inert(guard: Guard) -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    crewai_dispatch = tool_hooks.dispatch
+    cra.install()
+    ours = tool_hooks.dispatch
+    seen: list[Any] = []
+
+    def theirs(point: Any, ctx: Any, **kwargs: Any) -> Any:
+        seen.append(point)
+        return ours(point, ctx, **kwargs)
+
+    tool_hooks.dispatch = theirs
+    try:
+        cra.uninstall()
+        assert tool_hooks.dispatch is theirs  # another library's wrapper stays
+        guard.apply_state(3)
+        assert (
+            crew(agent("writer", llm(native("write_file", {"text": "x"}), "done", native_calls=True), [write_file]))
+            .kickoff()
+            .raw
+            == "done"
+        )
+        assert effects == ["write:x"]  # ours under it no longer refuses
+        cra.install()  # a new install goes on top, and only it refuses
+        with pytest.raises(cra.M99RunStopped):
+            crew(
+                agent("writer", llm(native("write_file", {"text": "y"}), "done", native_calls=True), [write_file])
+            ).kickoff()
+        assert effects == ["write:x"]
+    finally:
+        cra.uninstall()
+        tool_hooks.dispatch = crewai_dispatch
+    assert seen  # their wrapper kept running
