@@ -1,6 +1,7 @@
 """Framework adapters: each module turns one agent framework's hooks into questions to the Guard.
 
-``install_all()`` (what ``m99.init`` calls) installs every adapter whose framework is importable.
+``install_on_import()`` (what ``m99.init`` calls) installs every adapter whose framework is installed
+when that framework is imported, or at once if it already is; ``install_all()`` installs them all now.
 Each adapter module also has per-object variants, and imports its framework only when used: importing
 this package, or ``m99.adapters.langchain`` / ``crewai`` / ``autogen``, imports no agent framework.
 """
@@ -12,22 +13,28 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from m99.errors import AdapterUnavailable
 
 from ._common import GuardResolver, GuardSource, as_resolver, default_resolver, set_refusal_limit
 
+if TYPE_CHECKING:
+    from ._imports import AutoInstall
+
 __all__ = [
     "ADAPTERS",
     "AdapterSpec",
+    "AutoInstall",
     "GuardResolver",
     "available_adapters",
     "default_resolver",
     "install",
     "install_all",
+    "install_on_import",
     "installed_adapters",
     "load",
     "set_refusal_limit",
@@ -45,7 +52,7 @@ DISABLED_ENV = "M99_DISABLED_ADAPTERS"
 class AdapterSpec:
     name: str
     requires: tuple[str, ...]  # top-level import names install() needs, checked without importing them
-    trigger: str  # the module whose import the adapter waits for
+    trigger: str  # the module whose import installs the adapter (install_on_import)
     implementation: str  # the module under m99.adapters that imports the framework and installs
 
     @property
@@ -159,6 +166,25 @@ def install_all(
     return installed, skipped
 
 
+def install_on_import(
+    guard_resolver: GuardSource = None,
+    *,
+    exclude: Iterable[str] | None = None,
+    on_install: Callable[[str], object] | None = None,
+) -> AutoInstall:
+    """Install every adapter whose framework is installed when that framework is imported (post-import
+    hooks), or at once if it already is; ``on_install(name)`` is called after each one installs.
+
+    Nothing is imported here: an agent that uses no framework pays for none.  The ``AutoInstall`` says
+    what is installed, what waits for its framework's import and what was skipped; ``cancel()`` it to
+    stop installing (a framework imported afterwards gets no adapter).  ``exclude`` as for
+    ``install_all``; an adapter that fails to install is reported and logged, never raised.
+    """
+    from ._imports import watch
+
+    return watch(as_resolver(guard_resolver), _excluded(exclude), on_install)
+
+
 def uninstall_all() -> None:
     for name in ADAPTERS:
         uninstall(name)
@@ -172,3 +198,11 @@ def installed_adapters() -> list[str]:
         if module is not None and module.installed():
             out.append(name)
     return out
+
+
+def __getattr__(name: str) -> object:
+    if name == "AutoInstall":
+        from ._imports import AutoInstall
+
+        return AutoInstall
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -103,6 +103,8 @@ def test_an_adapter_module_imports_without_its_framework_and_using_it_names_the_
         assert used, "the module exports nothing to use"
         installed, skipped = adapters.install_all(exclude=[n for n in adapters.ADAPTERS if n != {name!r}])
         assert installed == [] and hint in skipped[{name!r}], skipped
+        auto = adapters.install_on_import(exclude=[n for n in adapters.ADAPTERS if n != {name!r}])
+        assert auto.installed == [] and not auto.waiting and hint in auto.skipped[{name!r}], auto
         print("ok", used)
         """
     )
@@ -182,3 +184,28 @@ def test_a_per_object_guard_still_answers_to_the_process_guard(guard: Guard, mak
     assert scoped(None)("writer") == (own, guard)
     with pytest.raises(TypeError):
         scoped("not a guard")  # type: ignore[arg-type]
+
+
+def test_install_on_import_installs_what_is_imported_reports_failures_and_cancel_stops_it(
+    guard: Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import langchain_core.tools  # noqa: F401  (imported: its adapter installs at once)
+
+    from m99.adapters import _langchain_managers
+
+    installed_now: list[str] = []
+    auto = adapters.install_on_import(exclude=["crewai", "autogen"], on_install=installed_now.append)
+    assert auto.installed == installed_now == ["langchain"] and not auto.waiting
+    assert auto.skipped == {"crewai": "excluded", "autogen": "excluded"}
+    auto.cancel()
+    adapters.uninstall_all()
+
+    def broken(resolver: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_langchain_managers, "install", broken)
+    auto = adapters.install_on_import(exclude=["crewai", "autogen"], on_install=installed_now.append)
+    assert auto.installed == [] and "boom" in auto.skipped["langchain"]  # reported, never raised
+    auto.cancel()
+    with pytest.raises(ValueError, match="unknown adapters"):
+        adapters.install_on_import(exclude=["haystack"])
