@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 from crewai import hooks as _hooks
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.llm_events import LLMCallFailedEvent
-from crewai.hooks import HookAborted, LLMCallHookContext, ToolCallHookContext
+from crewai.hooks import LLMCallHookContext, ToolCallHookContext
 from crewai.hooks import tool_hooks as _tool_hooks
 from crewai.hooks.dispatch import InterceptionPoint
 from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
@@ -53,6 +53,8 @@ from ._common import (
     reset_streaks,
 )
 from ._credentials import ModelKeys
+from ._crewai_stop import M99RunStopped, M99ToolBlocked
+from ._crewai_stop import put_in as _stop_cleanly
 from ._patch import Adapter, Installation
 
 __all__ = ["M99RunStopped", "M99ToolBlocked", "adapter", "install", "installed", "keys", "refusal_text", "uninstall"]
@@ -60,32 +62,6 @@ __all__ = ["M99RunStopped", "M99ToolBlocked", "adapter", "install", "installed",
 logger = logging.getLogger("m99.adapters.crewai")
 
 SUPPORTED = {"crewai": ">=1.15,<2"}
-
-
-class M99ToolBlocked(HookAborted, ToolCallRefused):
-    """A tool call refused by M99.
-
-    A ``HookAborted`` because CrewAI *swallows* every other exception from a hook and runs the tool
-    anyway (fail-open); this one blocks the call and the agent is told why.
-    """
-
-    def __init__(self, cause: ToolCallRefused) -> None:
-        ToolCallRefused.__init__(
-            self, cause.message, tool=cause.tool, level=cause.level, reason=cause.reason, agent=cause.agent
-        )
-        self.source = "m99"
-
-
-class M99RunStopped(HookAborted, ModelCallRefused):
-    """Raised out of ``kickoff()`` when a halted agent reaches its next model call.
-
-    A ``HookAborted`` so CrewAI treats it as a deliberate deny (no ``max_retry_limit`` retries, no
-    fail-open handler) and an ``M99KillSwitchTriggered`` so callers can catch the kill switch.
-    """
-
-    def __init__(self, cause: M99KillSwitchTriggered) -> None:
-        ModelCallRefused.__init__(self, cause.message, level=cause.level, reason=cause.reason, agent=cause.agent)
-        self.source = "m99"
 
 
 def _role(agent: Any) -> str | None:
@@ -365,6 +341,7 @@ def _put_in(state: _CrewInstall) -> None:
     state.add(lambda: _hooks.unregister_after_llm_call_hook(_after_llm_call))
     crewai_event_bus.register_handler(LLMCallFailedEvent, _on_llm_failed)
     state.add(lambda: crewai_event_bus.off(LLMCallFailedEvent, _on_llm_failed))
+    _stop_cleanly(state)  # a stopped run ends with M99's one-line error, not CrewAI's noise
 
 
 adapter = Adapter("crewai", _CrewInstall, _put_in, supported=SUPPORTED)

@@ -19,7 +19,7 @@ from ._common import GuardSource
 from ._exports import CLASS, FUNCTION, Exports
 
 if TYPE_CHECKING:
-    from ._crewai_hooks import M99RunStopped, M99ToolBlocked
+    from ._crewai_stop import M99RunStopped, M99ToolBlocked
     from ._crewai_tools import GuardedTool, protect_llm, wrap_tool
 
 __all__ = [
@@ -39,8 +39,8 @@ _exports = Exports(
     "CrewAI",
     {
         "GuardedTool": ("_crewai_tools", CLASS),
-        "M99RunStopped": (_INSTALL, ModelCallRefused),
-        "M99ToolBlocked": (_INSTALL, ToolCallRefused),
+        "M99RunStopped": ("_crewai_stop", ModelCallRefused),
+        "M99ToolBlocked": ("_crewai_stop", ToolCallRefused),
         "protect_llm": ("_crewai_tools", FUNCTION),
         "wrap_tool": ("_crewai_tools", FUNCTION),
     },
