@@ -1,5 +1,6 @@
-"""The AutoGen adapter's ``install()``: ``AssistantAgent``'s tool, model and inbox seams, and a team's
-``run_stream``, patched to ask the Guard.  Nothing here ever cancels or raises into a running tool.
+"""The AutoGen adapter's ``install()``: ``AssistantAgent``'s tool, model and inbox seams patched to ask the
+Guard (and ``_autogen_stop``: how a halted team ends).  Nothing here ever cancels or raises into a running
+tool.
 
 AssistantAgent calls its workbenches directly (no runtime in between), and runs tool calls in a task
 whose end-of-stream sentinel is only queued when every call *returns*: an exception or a cancellation on
@@ -11,8 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,12 +19,13 @@ from typing import Any
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMessage
-from autogen_agentchat.teams import BaseGroupChat
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import CreateResult, FunctionExecutionResult, RequestUsage
 
 from m99.errors import M99KillSwitchTriggered, ToolCallRefused
 
+from ._autogen_stop import put_in as _stop_cleanly
+from ._autogen_stop import raised
 from ._common import (
     Guards,
     GuardSource,
@@ -156,32 +156,6 @@ def _model_gate(state: Installation, agent: str | None, client: Any) -> tuple[Gu
     return guards, stop
 
 
-class RaisedInTeams:
-    """The M99 errors raised in agents lately, by their text: a team turns a participant's exception into
-    ``RuntimeError("<type>: <message>")``, and the team's ``run_stream`` gives the caller the original."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._recent: OrderedDict[str, M99KillSwitchTriggered] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def note(self, exc: M99KillSwitchTriggered) -> None:
-        key = f"{type(exc).__name__}: {exc}"
-        with self._lock:
-            self._recent[key] = exc
-            self._recent.move_to_end(key)
-            while len(self._recent) > self._size:
-                self._recent.popitem(last=False)
-
-    def recall(self, text: str) -> M99KillSwitchTriggered | None:
-        # AutoGen's text: "<type>: <message>", then "\nTraceback:\n…" when it kept one.
-        with self._lock:
-            return self._recent.get(text.split("\nTraceback:", 1)[0])
-
-
-raised = RaisedInTeams()
-
-
 # ``_call_llm`` and ``_reflect_on_tool_use_flow`` are replaced, like ``on_messages_stream``, by plain
 # functions returning a stream: AssistantAgent iterates what they return at once (``async for ... in
 # cls._call_llm(...)``), so a refusal raised when called leaves the same statement, and an allowed
@@ -297,31 +271,6 @@ def _withhold_incoming(resolve: Resolve, receiver: str, messages: Sequence[BaseC
     return out
 
 
-# -- a team's run ------------------------------------------------------------------------------------------
-
-
-def _team_seam(state: Installation) -> Wrapper:
-    def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
-        async def run_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-            """``BaseGroupChat.run_stream`` (``run`` too): a halt that ended the team as a participant's
-            error reaches the caller as the M99 error it was, not as AutoGen's ``RuntimeError``."""
-            stream = previous(self, *args, **kwargs)
-            try:
-                async for item in stream:
-                    yield item
-            except RuntimeError as exc:
-                original = raised.recall(str(exc)) if state.live else None
-                if original is None:
-                    raise
-                raise original from exc
-            finally:
-                await stream.aclose()
-
-        return run_stream
-
-    return factory
-
-
 # -- install / uninstall ---------------------------------------------------------------------------------
 
 
@@ -330,7 +279,7 @@ def _put_in(state: Installation) -> None:
     state.wrap(AssistantAgent, "_call_llm", _model_seam(state))
     state.wrap(AssistantAgent, "_reflect_on_tool_use_flow", _reflection_seam(state))
     state.wrap(AssistantAgent, "on_messages_stream", _inbox_seam(state))
-    state.wrap(BaseGroupChat, "run_stream", _team_seam(state))
+    _stop_cleanly(state)  # a halted team ends with M99's error, not AutoGen's noise about it
 
 
 adapter = Adapter("autogen", Installation, _put_in, supported=SUPPORTED)
