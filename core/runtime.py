@@ -242,10 +242,7 @@ def init(
             runtime._adapters = adapters.install_on_import(
                 default_resolver, exclude=exclude, on_install=runtime._installed_into
             )
-        except BaseException:
-            if runtime._adapters is not None:
-                runtime._adapters.cancel()
-            adapters.uninstall_all()
+        except BaseException:  # a bad ``exclude``: nothing was installed or hooked
             default_resolver.default = None
             session.close()
             raise

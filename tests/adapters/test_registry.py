@@ -28,7 +28,9 @@ def test_importing_the_adapters_package_imports_no_framework() -> None:
         """
         import sys
         import m99.adapters
+        from m99.adapters import langchain, crewai, autogen
         assert m99.adapters.available_adapters() == ["langchain", "crewai", "autogen"]
+        assert not any(m.installed() for m in (langchain, crewai, autogen))
         loaded = [m for m in sys.modules if m.split(".")[0] in ("langchain", "langchain_core",
                   "langgraph", "crewai", "autogen_agentchat", "autogen_core", "autogen_ext")]
         assert loaded == [], loaded
