@@ -1,71 +1,26 @@
-"""CrewAI adapter: a check in front of CrewAI's tool-hook dispatcher and global before/after LLM-call
-hooks that consult the live Guard state (``install()``), and ``wrap_tool`` for one tool.  A refused
-tool never runs; a halted agent's next model call raises ``M99RunStopped`` out of ``kickoff()`` /
-``kickoff_async()``.
+"""CrewAI adapter: ``install()`` puts a check in front of CrewAI's tool-hook dispatcher and registers
+global before/after LLM-call hooks that consult the live Guard state; ``wrap_tool`` guards one tool.
+A refused tool never runs; a halted agent's next model call raises ``M99RunStopped`` out of
+``kickoff()`` / ``kickoff_async()``.
 
-Why not registered tool hooks: CrewAI emits a ``HookDispatchedEvent`` (a pydantic event through its
-event bus) after every tool-hook dispatch that finds a hook, which cost more than the Guard check
-itself on every allowed tool call.  ``install()`` instead wraps ``crewai.hooks.tool_hooks.dispatch``,
-the one function both tool paths (native function calling and ReAct) reach through
-``run_before_tool_call_hooks`` / ``run_after_tool_call_hooks``: M99 runs first among the
-before-hooks and last among the after-hooks, with the hook semantics unchanged (a refusal is a
-``HookAborted``: "blocked by hook", the tool never runs).
+Importing this module imports no CrewAI; without CrewAI installed, ``install()`` and every class and
+function here raise ``AdapterUnavailable`` naming ``pip install 'm99[crewai]'`` (an ``except`` clause
+naming ``M99RunStopped`` then matches nothing).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import logging
-import threading
-import warnings
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from m99.errors import AdapterUnavailable, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
-from m99.guard import Guard
+from m99.errors import ModelCallRefused, ToolCallRefused
 
-from ._common import (
-    GuardResolver,
-    Guards,
-    GuardSource,
-    Resolve,
-    allows_messages,
-    as_resolver,
-    check_model,
-    check_tool,
-    governing,
-    idle,
-    note_task,
-    observing,
-    record_model,
-    record_tool,
-    redact,
-    redacting,
-    reset_streaks,
-    scoped,
-)
-from ._credentials import ModelKeys, protect_model_client
+from ._common import GuardSource
+from ._exports import CLASS, FUNCTION, Exports
 
-try:
-    with warnings.catch_warnings():
-        # crewai's import emits an ImportWarning (crewai.rag); under -W error it would stop the adapter.
-        warnings.simplefilter("ignore", ImportWarning)
-        import crewai  # noqa: F401
-    from crewai import hooks as _hooks
-    from crewai.events.event_bus import crewai_event_bus
-    from crewai.events.types.llm_events import LLMCallFailedEvent
-    from crewai.hooks import HookAborted, LLMCallHookContext, ToolCallHookContext
-    from crewai.hooks import tool_hooks as _tool_hooks
-    from crewai.hooks.dispatch import InterceptionPoint
-    from crewai.tools import BaseTool
-    from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
-    from pydantic import PrivateAttr
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise AdapterUnavailable(
-        f"the CrewAI adapter needs CrewAI ({exc.name} is missing): pip install 'm99[crewai]'"
-    ) from exc
+if TYPE_CHECKING:
+    from ._crewai_stop import M99RunStopped, M99ToolBlocked
+    from ._crewai_tools import GuardedTool, protect_llm, wrap_tool
 
 __all__ = [
     "GuardedTool",
@@ -78,431 +33,42 @@ __all__ = [
     "wrap_tool",
 ]
 
-logger = logging.getLogger("m99.adapters.crewai")
-
-SUPPORTED = {"crewai": ">=1.15"}
-
-
-class M99ToolBlocked(HookAborted, ToolCallRefused):
-    """A tool call refused by M99.
-
-    A ``HookAborted`` because CrewAI *swallows* every other exception from a hook and runs the tool
-    anyway (fail-open); this one blocks the call and the agent is told why.
-    """
-
-    def __init__(self, cause: ToolCallRefused) -> None:
-        ToolCallRefused.__init__(
-            self, cause.message, tool=cause.tool, level=cause.level, reason=cause.reason, agent=cause.agent
-        )
-        self.source = "m99"
-
-
-class M99RunStopped(HookAborted, ModelCallRefused):
-    """Raised out of ``kickoff()`` when a halted agent reaches its next model call.
-
-    A ``HookAborted`` so CrewAI treats it as a deliberate deny (no ``max_retry_limit`` retries, no
-    fail-open handler) and an ``M99KillSwitchTriggered`` so callers can catch the kill switch.
-    """
-
-    def __init__(self, cause: M99KillSwitchTriggered) -> None:
-        ModelCallRefused.__init__(self, cause.message, level=cause.level, reason=cause.reason, agent=cause.agent)
-        self.source = "m99"
-
-
-def _role(agent: Any) -> str | None:
-    role = getattr(agent, "role", None)
-    return role if isinstance(role, str) and role else None
-
-
-def _refusal_text(exc: M99KillSwitchTriggered) -> str:
-    return f"{exc} The tool did not run; do not call it again."
-
-
-class _State:
-    def __init__(self, resolver: GuardResolver) -> None:
-        self.resolve: Resolve = resolver.resolve
-        # Refusals waiting for the after-tool hook of the same call (keyed by the tool_input dict,
-        # which CrewAI passes to both hooks), so the agent reads M99's reason, not "blocked by hook".
-        self.pending: OrderedDict[int, str] = OrderedDict()
-        # Model calls not reported yet: LLM id -> (Guards, its token total when the call started).
-        # CrewAI runs after-LLM hooks only for text answers, so a tool-call answer is reported at
-        # the next model call instead.
-        self.calls: dict[int, tuple[Guards, int]] = {}
-        self.lock = threading.Lock()
-
-    def remember_refusal(self, key: int, text: str) -> None:
-        with self.lock:
-            self.pending[key] = text
-            while len(self.pending) > 256:
-                self.pending.popitem(last=False)
-
-    def take_refusal(self, key: int) -> str | None:
-        with self.lock:
-            return self.pending.pop(key, None)
-
-
-_lock = threading.Lock()
-_state: _State | None = None
-_keys = ModelKeys()
-
-
-# -- the hooks: module-level functions, so executors that snapshotted them stay consistent --------------
-
-
-def _before_tool_call(ctx: ToolCallHookContext) -> None:
-    state = _state
-    if state is None:
-        return None
-    tool = str(ctx.tool_name)
-    agent = ctx.agent
-    _heal_executor(agent)
-    try:
-        guards = governing(state.resolve, _role(agent), tool=tool)
-        if idle(guards) and "coworker" not in ctx.tool_input:
-            return None  # the usual case, and the cheapest (a coworker may have a Guard of its own)
-        check_tool(guards, tool)
-        # Without a coworker named and with messages allowed, the check cannot refuse: skip the
-        # (pydantic private attribute) lookup that tells a delegation on every other call.
-        if ("coworker" in ctx.tool_input or not allows_messages(guards)) and _is_delegation(ctx):
-            _check_messages(state, guards, ctx, tool)
-        if redacting(guards):  # CrewAI only sees in-place changes to tool_input
-            for key, value in list(ctx.tool_input.items()):
-                clean = redact(guards, value)
-                if clean is not value:
-                    ctx.tool_input[key] = clean
-    except ToolCallRefused as exc:
-        state.remember_refusal(id(ctx.tool_input), _refusal_text(exc))
-        raise M99ToolBlocked(exc) from None
-    except Exception as exc:
-        # Anything but HookAborted is swallowed by CrewAI and the tool runs: fail closed instead.
-        refused = ToolCallRefused(
-            f"M99: tool {tool!r} refused: the M99 hook failed ({exc!r}); failing closed", tool=tool
-        )
-        state.remember_refusal(id(ctx.tool_input), _refusal_text(refused))
-        raise M99ToolBlocked(refused) from exc
-    return None
-
-
-def _is_delegation(ctx: ToolCallHookContext) -> bool:
-    """CrewAI's "Delegate work to coworker" / "Ask question to coworker" tools."""
-    return isinstance(getattr(ctx.tool, "_original_tool", None), BaseAgentTool)
-
-
-def _check_messages(state: _State, guards: Guards, ctx: ToolCallHookContext, tool: str) -> None:
-    """At L2 delegation is agent-to-agent messaging: refused for the sender and for the coworker."""
-    coworker = ctx.tool_input.get("coworker")
-    receivers = governing(state.resolve, coworker, tool=tool) if isinstance(coworker, str) else ()
-    for guard in (*guards, *receivers):
-        if not allows_messages((guard,)):
-            raise ToolCallRefused(
-                f"M99: {tool!r} refused for agent {guard.name!r}: L2 SaaS disconnection, "
-                "agent-to-agent messages are cut",
-                tool=tool,
-                level=max(2, guard.level),
-                reason=guard.reason,
-                agent=guard.name,
-            )
-
-
-def _after_tool_call(ctx: ToolCallHookContext) -> str | None:
-    state = _state
-    if state is None:
-        return None
-    if state.pending:  # a refusal of this call was stored by the before-hook
-        refusal = state.take_refusal(id(ctx.tool_input))
-        if refusal is not None:
-            return refusal
-    guards = observing(state.resolve, _role(ctx.agent))
-    if not guards:
-        return None
-    raw = ctx.raw_tool_result
-    failed = isinstance(raw, str) and raw.startswith(("Error executing tool", "Tool execution blocked"))
-    record_tool(guards, str(ctx.tool_name), ok=not failed)
-    if not redacting(guards):
-        return None
-    result = ctx.tool_result
-    try:
-        clean = redact(guards, result)
-    except Exception:
-        logger.exception("m99: redaction failed; withholding the tool output")
-        return "[REDACTED:m99] (the tool output was withheld: redaction failed)"
-    return clean if clean is not result else None
-
-
-def _before_llm_call(ctx: LLMCallHookContext) -> None:
-    state = _state
-    if state is None:
-        return None
-    role = _role(ctx.agent)
-    try:
-        if getattr(ctx, "iterations", 0) == 0:
-            # A new executor loop: a refusal streak from an earlier run must not stop this one.
-            started = observing(state.resolve, role)
-            reset_streaks(started)
-            note_task(started, getattr(ctx.task, "description", None))
-        _report_call(state, ctx.llm)
-        guards = governing(state.resolve, role)
-        check_model(guards)
-        if guards:
-            _keys.protect(guards, ctx.llm, label=_llm_label(ctx.llm))
-            _redact_messages(guards, ctx.messages)
-            with state.lock:
-                state.calls[id(ctx.llm)] = (guards, _token_total(ctx.llm))
-    except M99KillSwitchTriggered as exc:
-        raise M99RunStopped(exc) from None
-    except Exception as exc:
-        raise M99RunStopped(
-            ModelCallRefused(f"M99: model call refused: the M99 hook failed ({exc!r}); failing closed")
-        ) from exc
-    return None
-
-
-def _after_llm_call(ctx: LLMCallHookContext) -> None:
-    state = _state
-    if state is not None:
-        _report_call(state, ctx.llm)
-    return None
-
-
-def _on_llm_failed(source: Any, event: Any) -> None:
-    state = _state
-    if state is not None:
-        role = getattr(event, "agent_role", None)
-        record_model(observing(state.resolve, role if isinstance(role, str) else None), ok=False)
-
-
-def _token_total(llm: Any) -> int:
-    """CrewAI counts tokens per LLM instance, cumulatively."""
-    try:
-        return int(llm.get_token_usage_summary().total_tokens)
-    except Exception:
-        return 0
-
-
-def _report_call(state: _State, llm: Any) -> None:
-    with state.lock:
-        pending = state.calls.pop(id(llm), None)
-    if pending is not None:
-        guards, start = pending
-        record_model(guards, tokens=max(0, _token_total(llm) - start), ok=True)
-
-
-def _redact_messages(guards: Guards, messages: Any) -> None:
-    # In place: the hook context shares the executor's history, and CrewAI ignores a new list.
-    if not isinstance(messages, list):
-        return
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        for key, value in list(message.items()):  # content, and the model's own tool_calls
-            clean = redact(guards, value)
-            if clean is not value:
-                message[key] = clean
-
-
-def _llm_label(llm: Any) -> str:
-    return f"crewai:{getattr(llm, 'model', type(llm).__name__)}"
-
-
-def _heal_executor(agent: Any) -> None:
-    """Give an executor built before ``install()`` the LLM hooks it snapshotted without."""
-    try:
-        executor = getattr(agent, "agent_executor", None)
-        if executor is None or _before_llm_call in getattr(executor, "before_llm_call_hooks", ()):
-            return  # the usual case: built after install(), or healed at an earlier tool call
-        for attr, hook in _LLM_HOOKS:
-            hooks = getattr(executor, attr, None)
-            if type(hooks) is list and hook not in hooks:
-                hooks.append(hook)
-    except Exception:
-        logger.exception("m99: could not add the LLM hooks to an existing executor")
-
-
-_LLM_HOOKS = (("before_llm_call_hooks", _before_llm_call), ("after_llm_call_hooks", _after_llm_call))
-
-
-# -- the tool-hook dispatcher -----------------------------------------------------------------------------
-
-_PRE_TOOL = InterceptionPoint.PRE_TOOL_CALL
-_POST_TOOL = InterceptionPoint.POST_TOOL_CALL
-# The dispatcher ``_dispatch`` hands over to (CrewAI's), and whether ``_dispatch`` is in CrewAI's chain:
-# it stays there, inert, when ``uninstall`` finds another wrapper on top of it.
-_next_dispatch: Callable[..., Any] = _tool_hooks.dispatch
-_hooked = False
-
-
-def _dispatch_default(name: str, fallback: Any) -> Any:
-    """The default CrewAI's dispatcher gives keyword ``name``, so ours passes on the same one."""
-    try:
-        default = inspect.signature(_tool_hooks.dispatch).parameters[name].default
-    except (KeyError, TypeError, ValueError):
-        return fallback
-    return fallback if default is inspect.Parameter.empty else default
-
-
-_REDUCER_DEFAULT = _dispatch_default("reducer", None)
-_VERBOSE_DEFAULT = _dispatch_default("verbose", True)
-
-
-def _dispatch(
-    point: Any, ctx: Any, *, reducer: Any = _REDUCER_DEFAULT, verbose: Any = _VERBOSE_DEFAULT, **more: Any
-) -> Any:
-    """``crewai.hooks.tool_hooks.dispatch`` with M99 first among the before-tool hooks and last among
-    the after-tool hooks; other hooks (and other points) run exactly as CrewAI runs them.
-
-    CrewAI's keywords are spelled out (forwarding ``*args, **kwargs`` cost 150-300 ns a call, twice per
-    tool call); any keyword a later CrewAI adds still reaches it through ``more``.
-    """
-    if _state is None or (point is not _PRE_TOOL and point is not _POST_TOOL):
-        return _next_dispatch(point, ctx, reducer=reducer, verbose=verbose, **more)
-    if point is _PRE_TOOL:
-        # M99ToolBlocked is a HookAborted: run_before_tool_call_hooks reports the call blocked and
-        # the tool never runs; no other before-hook runs for a refused call.
-        _before_tool_call(ctx)
-    try:
-        if more:  # a keyword a later CrewAI added (unpacking an empty ``more`` costs ~90 ns a call)
-            return _next_dispatch(point, ctx, reducer=reducer, verbose=verbose, **more)
-        return _next_dispatch(point, ctx, reducer=reducer, verbose=verbose)
-    finally:
-        if point is _POST_TOOL:  # last, so no other after-hook can put back what M99 redacted or replaced
-            _finish_tool_call(ctx)
-
-
-def _finish_tool_call(ctx: Any) -> None:
-    try:
-        result = _after_tool_call(ctx)
-    except Exception:
-        logger.exception("m99: the after-tool check failed; withholding the tool output")
-        result = "[REDACTED:m99] (the tool output was withheld: the M99 check failed)"
-    if isinstance(result, str):  # CrewAI's after_tool_call_reducer semantics
-        ctx.tool_result = result
-
-
-# -- install / uninstall ---------------------------------------------------------------------------------
+_INSTALL = "_crewai_hooks"
+_exports = Exports(
+    "crewai",
+    "CrewAI",
+    {
+        "GuardedTool": ("_crewai_tools", CLASS),
+        "M99RunStopped": ("_crewai_stop", ModelCallRefused),
+        "M99ToolBlocked": ("_crewai_stop", ToolCallRefused),
+        "protect_llm": ("_crewai_tools", FUNCTION),
+        "wrap_tool": ("_crewai_tools", FUNCTION),
+    },
+)
 
 
 def install(guard_resolver: GuardSource = None) -> None:
-    """Put M99 in CrewAI's tool path and register its LLM hooks process-wide; idempotent (again:
-    only the resolver changes).
-
-    Install before the first ``kickoff``: CrewAI copies the LLM-hook list into each agent executor
-    when it is built (an older executor gets the hooks at its next tool call).
-    """
-    global _state, _next_dispatch, _hooked
-    resolver = as_resolver(guard_resolver)
-    with _lock:
-        if _state is not None:
-            _state.resolve = resolver.resolve
-            return
-        _state = _State(resolver)
-        if not _hooked:
-            _next_dispatch = _tool_hooks.dispatch
-            _tool_hooks.dispatch = _dispatch
-            _hooked = True
-        _hooks.register_before_llm_call_hook(_before_llm_call)
-        _hooks.register_after_llm_call_hook(_after_llm_call)
-        crewai_event_bus.register_handler(LLMCallFailedEvent, _on_llm_failed)
+    """Put M99 in CrewAI's tool path and register its LLM hooks process-wide; idempotent (again: only
+    the resolver changes).  Install before the first ``kickoff``: CrewAI copies the LLM-hook list into
+    each agent executor when it is built (an older executor gets the hooks at its next tool call)."""
+    _exports.load(_INSTALL).install(guard_resolver)
 
 
 def uninstall() -> None:
-    """Undo exactly what ``install`` did; idempotent."""
-    global _state, _hooked
-    with _lock:
-        if _state is None:
-            return
-        _state = None  # executors that copied the LLM hooks now find them inert, and _dispatch too
-        if _tool_hooks.dispatch is _dispatch:
-            _tool_hooks.dispatch = _next_dispatch
-            _hooked = False
-        else:  # someone wrapped it after us: leave their wrapper (ours under it is inert now)
-            logger.warning("m99: crewai.hooks.tool_hooks.dispatch was wrapped after install(); left in place")
-        _hooks.unregister_before_llm_call_hook(_before_llm_call)
-        _hooks.unregister_after_llm_call_hook(_after_llm_call)
-        crewai_event_bus.off(LLMCallFailedEvent, _on_llm_failed)
+    """Undo exactly what ``install`` did; idempotent; never imports CrewAI."""
+    module = sys.modules.get(f"{__package__}.{_INSTALL}")
+    if module is not None:
+        module.uninstall()
 
 
 def installed() -> bool:
-    return _state is not None
+    module = sys.modules.get(f"{__package__}.{_INSTALL}")
+    return module is not None and bool(module.installed())
 
 
-# -- per-object variants ---------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    return _exports.get(name, globals())
 
 
-class GuardedTool(BaseTool):
-    """A CrewAI tool that asks the Guard before the wrapped tool runs (see ``wrap_tool``)."""
-
-    _inner: BaseTool = PrivateAttr()
-    _resolve: Resolve = PrivateAttr()
-    # Read on every call from the dict pydantic keeps them in: ``self._inner`` goes through
-    # ``BaseModel.__getattr__``, measured at ~1.5 µs a read here.
-
-    # The inner tool's ``_run``/``_arun``, not its ``run``: CrewAI calls this tool's ``run``, which already
-    # validated the arguments and counted the use against this tool's limit.
-
-    def _gate(self) -> Guards | str:
-        try:
-            guards = governing(self.__pydantic_private__["_resolve"], None, tool=self.name)
-            check_tool(guards, self.name)
-        except ToolCallRefused as exc:
-            # Returned, not raised: CrewAI would turn an exception into "Error executing tool" text.
-            return _refusal_text(exc)
-        return guards
-
-    def _done(self, guards: Guards, result: Any) -> Any:
-        if _state is None:  # with install() the after-tool hook reports the call
-            record_tool(guards, self.name, ok=True)
-        # Asked again: the level may have risen while the tool ran.
-        return redact(guards, result) if redacting(guards) else result
-
-    def _run(self, *args: Any, **kwargs: Any) -> Any:
-        guards = self._gate()
-        if isinstance(guards, str):
-            return guards
-        if redacting(guards):  # below L1 the arguments go on as they came, uncopied
-            args, kwargs = redact(guards, args), redact(guards, kwargs)
-        result = self.__pydantic_private__["_inner"]._run(*args, **kwargs)
-        # An async tool body: CrewAI's run() awaits what this returns.  A text result is never one, and
-        # asyncio.iscoroutine costs ~160 ns on it (an ABC check, uncached for negatives).
-        if not isinstance(result, str) and asyncio.iscoroutine(result):
-
-            async def finish() -> Any:
-                return self._done(guards, await result)
-
-            return finish()
-        return self._done(guards, result)
-
-    async def _arun(self, *args: Any, **kwargs: Any) -> Any:
-        guards = self._gate()
-        if isinstance(guards, str):
-            return guards
-        if redacting(guards):
-            args, kwargs = redact(guards, args), redact(guards, kwargs)
-        return self._done(guards, await self.__pydantic_private__["_inner"]._arun(*args, **kwargs))
-
-
-def wrap_tool(tool: BaseTool, guard: Guard | GuardResolver | None = None) -> GuardedTool:
-    """``tool`` behind ``guard``: refused calls return M99's reason and never run the tool.
-
-    The per-object variant of ``install``; only ``install`` can also end a halted run, because a
-    tool cannot stop CrewAI's agent loop.
-    """
-    guarded = GuardedTool(
-        name=tool.name,
-        description=tool.description,
-        args_schema=tool.args_schema,
-        result_as_answer=tool.result_as_answer,
-        max_usage_count=tool.max_usage_count,
-        cache_function=tool.cache_function,
-    )
-    guarded._inner = tool
-    guarded._resolve = scoped(guard)
-    return guarded
-
-
-def protect_llm(llm: Any, guard: Guard | None = None) -> Any:
-    """Register where a CrewAI ``LLM`` keeps its API key, so L1 revokes it; returns ``llm``."""
-    target = guard if guard is not None else as_resolver(None).default
-    if target is None:
-        raise ValueError("protect_llm needs a Guard (none given and no process default)")
-    protect_model_client(target, llm, label=f"crewai:{getattr(llm, 'model', type(llm).__name__)}")
-    return llm
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

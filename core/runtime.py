@@ -1,9 +1,10 @@
 """``m99.init``: the one line that puts an agent process under the kill switch.
 
 It creates the process's Guard, connects it to the control plane (register, signed heartbeats, pushed
-state), makes it the Guard every adapter asks, and installs the adapter of every framework that is
-importable.  ``Runtime.agent`` gives one framework agent (a CrewAI role, an AutoGen agent name, a
-LangChain ``create_agent(name=...)``) its own M99 identity, so a kill scoped to it stops only it.
+state), makes it the Guard every adapter asks, and installs the adapter of every installed framework
+when the agent imports that framework (at once for one imported already): an agent pays for no
+framework it does not use.  ``Runtime.agent`` gives one framework agent (a CrewAI role, an AutoGen agent
+name, a LangChain ``create_agent(name=...)``) its own M99 identity, so a kill scoped to it stops only it.
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ class Runtime:
         self.guard = guard
         self.session = session
         self.url = url
-        self.installed: list[str] = []
-        self.skipped: dict[str, str] = {}
         self._options = options
+        self._adapters: Any = None  # the AutoInstall of m99.adapters.install_on_import
         self._agents: dict[str, tuple[Guard, Session]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -64,6 +64,27 @@ class Runtime:
     @property
     def name(self) -> str:
         return self.guard.name
+
+    @property
+    def installed(self) -> list[str]:
+        """The adapters installed, in the order they were (one waiting joins when its framework is imported)."""
+        return list(self._adapters.installed) if self._adapters is not None else []
+
+    @property
+    def waiting(self) -> list[str]:
+        """The adapters that install when the agent imports their framework (none after shutdown)."""
+        return list(self._adapters.waiting) if self._adapters is not None else []
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The adapters that will not install, and why: excluded, framework not installed, install failed."""
+        return dict(self._adapters.skipped) if self._adapters is not None else {}
+
+    def _installed_into(self, framework: str) -> None:
+        """An adapter installed into ``framework``: the process now runs under it (``framework:`` scopes)."""
+        self.guard.add_framework(framework)
+        if self._adapters is not None:  # not during init, which logs what it installed at once
+            log.info("m99: %s: %s was imported; the %s adapter is installed", self.name, framework, framework)
 
     @property
     def agents(self) -> dict[str, Guard]:
@@ -76,7 +97,7 @@ class Runtime:
         name: str,
         *,
         kind: str | None = None,
-        framework: str = "none",
+        framework: str | Iterable[str] | None = None,
         read_only_tools: Iterable[str] = (),
         bind: str | Iterable[str] | None = None,
     ) -> Guard:
@@ -86,7 +107,8 @@ class Runtime:
         scoped to ``name`` stops only this agent, a kill of the process (or fleet) stops it too.
         ``bind`` is the framework's own name for it — a CrewAI role, an AutoGen agent name, a LangChain
         ``create_agent(name=...)`` — when it differs from the M99 name; several names make the M99
-        agent a group (an AutoGen team's members, say).
+        agent a group (an AutoGen team's members, say).  ``framework``: what it runs under (a name or a
+        list), matched by ``framework:`` scopes.
         """
         default_resolver = _adapters().default_resolver
         with self._lock:
@@ -128,6 +150,8 @@ class Runtime:
             self._closed = True
             agents = list(self._agents.items())
             self._agents.clear()
+        if self._adapters is not None:
+            self._adapters.cancel()  # a framework imported from now on gets no adapter
         adapters.uninstall_all()
         own = {guard for _, (guard, _session) in agents}
         for bound, guard in default_resolver.agents.items():
@@ -159,7 +183,7 @@ def init(
     *,
     kind: str = "agent",
     url: str | list[str] | None = None,
-    framework: str | None = None,
+    framework: str | Iterable[str] | None = None,
     read_only_tools: Iterable[str] = (),
     credentials: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
@@ -184,11 +208,16 @@ def init(
       adapters see are revoked too.
     - ``read_only_tools``: tools that may still run under L4.
     - ``exclude``: adapters to leave alone (default ``$M99_DISABLED_ADAPTERS``).
+    - ``framework``: what the agent reports it runs under before any adapter installs (a name or a
+      list; default none, reported as ``custom``).  Each adapter that installs adds its framework, so
+      ``framework:NAME`` scopes reach the process; excluded or missing frameworks are never reported.
     - ``fail_open``: keep running when the control plane is out of reach past the lease (default: freeze).
 
-    Calling ``init`` again with the same name returns the running ``Runtime``; another name is an error
-    until ``m99.shutdown()``.  The returned ``Runtime`` says which adapters were installed and which
-    skipped (and why); with no framework installed it still guards the process (``check_status``,
+    No framework is imported here: the adapter of an installed framework installs when the agent
+    imports it, or at once if it already has.  Calling ``init`` again with the same name returns the
+    running ``Runtime``; another name is an error until ``m99.shutdown()``.  The returned ``Runtime``
+    says which adapters are ``installed``, which are ``waiting`` for their framework's import and which
+    ``skipped`` (and why); with no framework at all it still guards the process (``check_status``,
     credentials, network).
     """
     global _runtime
@@ -206,9 +235,6 @@ def init(
             raise ConfigError("credentials must be a list of environment variable names, not one string")
         target = resolve_url(url if isinstance(url, str) or url is None else ",".join(url))
         env_names = default_credentials() if credentials is None else list(credentials)
-        if framework is None:
-            available = adapters.available_adapters()
-            framework = available[0] if len(available) == 1 else ("mixed" if available else "none")
         guard = Guard(
             name,
             kind=kind,
@@ -241,19 +267,22 @@ def init(
         )
         default_resolver.default = guard
         try:
-            runtime.installed, runtime.skipped = adapters.install_all(default_resolver, exclude=exclude)
-        except BaseException:
+            runtime._adapters = adapters.install_on_import(
+                default_resolver, exclude=exclude, on_install=runtime._installed_into
+            )
+        except BaseException:  # a bad ``exclude``: nothing was installed or hooked
             default_resolver.default = None
             session.close()
             raise
         _runtime = runtime
     skipped = "; ".join(f"{k}: {v}" for k, v in runtime.skipped.items())
     log.info(
-        "m99: %s registered at %s (L%d); adapters installed: %s%s",
+        "m99: %s registered at %s (L%d); adapters installed: %s; waiting for their framework's import: %s%s",
         name,
         target,
         guard.level,
         ", ".join(runtime.installed) or "none",
+        ", ".join(runtime.waiting) or "none",
         f"; skipped: {skipped}" if skipped else "",
     )
     return runtime

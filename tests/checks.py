@@ -21,7 +21,7 @@ def run(*cmd: str) -> None:
 def main() -> None:
     run("ruff", "check", ".")
     run("ruff", "format", "--check", ".")
-    run("mypy", "--strict", "core")
+    run("mypy", "--strict", "core", "adapters")
 
 
 if __name__ == "__main__":

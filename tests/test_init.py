@@ -32,14 +32,19 @@ def init(embedded: EmbeddedControlPlane) -> Iterator[Callable[..., m99.Runtime]]
 
 
 def test_init_installs_every_framework_adapter_and_shutdown_removes_them(init, admin: httpx.Client) -> None:  # type: ignore[no-untyped-def]
+    import autogen_agentchat.agents  # noqa: F401
+    import crewai  # noqa: F401
+    import langchain_core.tools  # noqa: F401
+
+    # Every framework is imported already: each adapter installs at once.
     runtime = init(kind="autonomous")
     assert runtime.installed == ["langchain", "crewai", "autogen"]
-    assert runtime.skipped == {}
+    assert runtime.skipped == {} and runtime.waiting == []
     assert installed_adapters() == ["langchain", "crewai", "autogen"]
     assert default_resolver.default is runtime.guard
+    assert runtime.guard.frameworks == ("autogen", "crewai", "langchain")
     agents = {a["name"]: a for a in admin.get("/api/agents").json()}
     assert agents["research-bot"]["kind"] == "autonomous"
-    assert agents["research-bot"]["framework"] == "mixed"
     m99.shutdown()
     assert installed_adapters() == []
     assert admin.get("/api/agents", params={"all": "true"}).json()[0]["status"] == "stopped"
@@ -188,3 +193,150 @@ def test_init_without_any_framework_still_guards_and_says_what_was_skipped(embed
     assert report["installed"] == [] and report["level"] == 0
     assert set(report["skipped"]) == {"langchain", "crewai", "autogen"}
     assert "pip install 'm99[crewai]'" in report["skipped"]["crewai"]
+
+
+def test_the_frameworks_reported_are_those_an_adapter_installed_into(init) -> None:  # type: ignore[no-untyped-def]
+    """Not ``mixed`` for every process with two frameworks installed: the frameworks actually installed
+    into, so that ``framework:NAME`` scopes match; excluded frameworks are never reported."""
+    import langchain_core.tools  # noqa: F401  (imported: the adapter installs at once)
+
+    runtime = init(exclude=["crewai", "autogen"])
+    assert runtime.installed == ["langchain"]
+    assert runtime.guard.frameworks == ("langchain",)
+    assert runtime.skipped == {"crewai": "excluded", "autogen": "excluded"}
+    m99.shutdown()
+    runtime = init(exclude=["langchain", "crewai", "autogen"])
+    assert runtime.installed == [] and runtime.guard.frameworks == ("custom",)
+    m99.shutdown()
+    runtime = init(framework="support-loop", exclude=["crewai", "autogen"])
+    assert runtime.guard.frameworks == ("langchain", "support-loop")
+    m99.shutdown()
+    runtime = init(framework=["support-loop"], exclude=["langchain", "crewai", "autogen"])
+    assert runtime.guard.frameworks == ("support-loop",)
+    assert runtime.agent("helper").frameworks == ("custom",)
+    assert runtime.agent("writer", framework="autogen").frameworks == ("autogen",)
+
+
+# A fresh interpreter with all three frameworks installed and none imported: m99.init imports none of
+# them, and each adapter installs when the agent imports its framework.
+LAZY = textwrap.dedent(
+    """
+    import json, sys
+    import m99
+    from m99.errors import ToolCallRefused
+
+    FRAMEWORKS = ("langchain", "langchain_core", "langgraph", "crewai", "autogen_agentchat", "autogen_core")
+
+    def loaded():
+        return sorted({m.split(".")[0] for m in sys.modules} & set(FRAMEWORKS))
+
+    runtime = m99.init("lazy-bot", url=sys.argv[1])
+    report = {"loaded": loaded(), "installed": runtime.installed, "waiting": runtime.waiting,
+              "skipped": runtime.skipped, "frameworks": list(runtime.guard.frameworks)}
+    from langchain_core.tools import tool
+
+    @tool
+    def write_file(text: str) -> str:
+        \"\"\"Write a file.\"\"\"
+        return "wrote " + text
+
+    report["after_langchain"] = [runtime.installed, runtime.waiting, list(runtime.guard.frameworks)]
+    runtime.guard.apply_state(3, reason="drill")
+    try:
+        write_file.invoke({"text": "x"})
+        report["refused"] = False
+    except ToolCallRefused:
+        report["refused"] = True
+    runtime.guard.apply_state(0)
+    import crewai
+    report["after_crewai"] = [runtime.installed, runtime.waiting, list(runtime.guard.frameworks)]
+    m99.shutdown()
+    report["after_shutdown"] = [runtime.installed, runtime.waiting, m99.adapters.installed_adapters()]
+    import autogen_agentchat.agents  # imported after shutdown: no adapter
+    report["autogen_after_shutdown"] = [m99.adapters.installed_adapters(), "m99.adapters._autogen_agents" in sys.modules]
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.mark.slow
+def test_init_imports_no_framework_and_installs_each_adapter_when_its_framework_is_imported(
+    embedded: EmbeddedControlPlane,
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY, embedded.url], capture_output=True, text=True, timeout=120, env=_offline_env()
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["loaded"] == []  # m99.init imported no framework
+    assert report["installed"] == [] and report["skipped"] == {}
+    assert report["waiting"] == ["langchain", "crewai", "autogen"]
+    assert report["frameworks"] == ["custom"]
+    assert report["after_langchain"] == [["langchain"], ["crewai", "autogen"], ["langchain"]]
+    assert report["refused"] is True
+    assert report["after_crewai"] == [["langchain", "crewai"], ["autogen"], ["crewai", "langchain"]]
+    assert report["after_shutdown"] == [["langchain", "crewai"], [], []]
+    assert report["autogen_after_shutdown"] == [[], False]
+
+
+# The first framework import of an agent can come from anywhere in the framework: the adapter must
+# install from each without breaking that import (a post-import hook runs inside it), then enforce.
+FIRST_IMPORTS = {
+    "langchain.agents": """
+        from langchain.agents import create_agent
+        from langchain_core.tools import tool
+        refused = lambda: tool(lambda text: text, description="Write.").invoke({"text": "x"})
+    """,
+    "langgraph.prebuilt": """
+        from langgraph.prebuilt import ToolNode
+        from langchain_core.tools import tool
+        refused = lambda: tool(lambda text: text, description="Write.").invoke({"text": "x"})
+    """,
+    "crewai.tools": """
+        from crewai.tools import tool
+        from m99.adapters._crewai_hooks import adapter
+        refused = lambda: adapter.current.resolve()[0].check_tool("write_file")
+    """,
+    "autogen_agentchat.agents": """
+        from autogen_agentchat.agents import AssistantAgent
+        from m99.adapters._autogen_agents import adapter
+        refused = lambda: adapter.current.resolve()[0].check_tool("write_file")
+    """,
+}
+ADAPTER_OF = {"langchain.agents": "langchain", "langgraph.prebuilt": "langchain", "crewai.tools": "crewai"}
+
+FIRST_IMPORT = """
+import json, sys
+import m99
+from m99.errors import ToolCallRefused
+runtime = m99.init("first-import-bot", url=sys.argv[1])
+{case}
+runtime.guard.apply_state(3, reason="drill")
+try:
+    refused()
+    print(json.dumps({{"installed": runtime.installed, "refused": False}}))
+except ToolCallRefused:
+    print(json.dumps({{"installed": runtime.installed, "refused": True}}))
+runtime.guard.apply_state(0)
+m99.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(FIRST_IMPORTS))
+def test_an_adapter_installs_from_any_first_import_of_its_framework(case: str, embedded: EmbeddedControlPlane) -> None:
+    code = FIRST_IMPORT.format(case=textwrap.dedent(FIRST_IMPORTS[case]).strip())
+    out = subprocess.run(
+        [sys.executable, "-c", code, embedded.url], capture_output=True, text=True, timeout=120, env=_offline_env()
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report == {"installed": [ADAPTER_OF.get(case, "autogen")], "refused": True}, out.stderr
+
+
+def _offline_env() -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(CREWAI_DISABLE_TELEMETRY="true", OTEL_SDK_DISABLED="true", CREWAI_TESTING="true")
+    return env

@@ -7,7 +7,9 @@ tool path, a dropped team message) hang forever rather than fail, so "no hang" i
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -282,7 +284,7 @@ def test_a_team_halted_through_install_alone_ends_with_the_m99_error(guard: Guar
     with pytest.raises(ModelCallRefused) as refused:  # AutoGen alone would raise RuntimeError("ModelCallRefused: …")
         run(team.run(task="go"))
     assert isinstance(refused.value, M99KillSwitchTriggered) and "drill" in str(refused.value)
-    assert isinstance(refused.value.__cause__, RuntimeError)
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # not AutoGen's RuntimeError
     assert effects == []
     guard.apply_state(0)  # other errors of a team are left as AutoGen raises them
 
@@ -405,3 +407,78 @@ def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     run(agent("writer", ScriptedClient([call("write_file", {"text": "x"})]), [write_file]).run(task="go"))
     assert effects == ["write:x"]
     assert os.environ.get("OPENAI_API_KEY") is None
+
+
+def test_uninstall_leaves_a_seam_wrapped_after_it_and_goes_inert(guard: Guard) -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    original = AssistantAgent.__dict__["_execute_tool_call"]
+    aga.install()
+    ours = AssistantAgent.__dict__["_execute_tool_call"].__func__
+    seen: list[str] = []
+
+    async def theirs(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["tool_call"].name)
+        return await ours(*args, **kwargs)
+
+    AssistantAgent._execute_tool_call = staticmethod(theirs)  # type: ignore[method-assign,assignment]
+    try:
+        aga.uninstall()
+        assert AssistantAgent.__dict__["_execute_tool_call"].__func__ is theirs  # another library's stays
+        guard.apply_state(3)
+        run(agent("writer", ScriptedClient([call("write_file", {"text": "x"})]), [write_file]).run(task="go"))
+        assert effects == ["write:x"]  # ours under it no longer refuses
+        aga.install()  # a new install goes on top, and only it refuses
+        with pytest.raises(ModelCallRefused):
+            run(agent("writer", ScriptedClient([call("write_file", {"text": "y"})]), [write_file]).run(task="go"))
+        assert effects == ["write:x"]
+    finally:
+        aga.uninstall()
+        AssistantAgent._execute_tool_call = original  # type: ignore[method-assign]
+    assert seen == ["write_file"]  # only the first run's call reached their wrapper
+
+
+def test_a_halted_team_without_m99_termination_ends_without_autogens_noise(
+    guard: Guard, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured before: AutoGen logged "Error processing publish message" with the M99 error's traceback,
+    then one "Unhandled message in agent container" traceback for each other participant, and the
+    caller got the M99 error chained to AutoGen's RuntimeError (two tracebacks more)."""
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    aga.install()
+    writer = agent(
+        "writer",
+        ScriptedClient(
+            [call("write_file", {"text": str(n)}, n) for n in range(5)],
+            on_call=lambda n: n == 3 and guard.apply_state(3),
+        ),
+        [write_file],
+    )
+    reviewers = [agent(name, ScriptedClient(["again"] * 10)) for name in ("reviewer", "editor")]
+    team = RoundRobinGroupChat([writer, *reviewers], termination_condition=MaxMessageTermination(50))
+    with caplog.at_level(logging.INFO), pytest.raises(ModelCallRefused) as refused:
+        run(team.run(task="go"))
+    assert len(effects) == 2  # it worked until the switch
+    lines = "".join(traceback.format_exception(refused.value)).splitlines()
+    assert lines[-1] == f"m99.errors.ModelCallRefused: {refused.value}"
+    inside = [f.name for f in traceback.extract_tb(refused.value.__traceback__) if f"{os.sep}autogen_" in f.filename]
+    assert inside == ["run"], inside  # only the team's run, which called run_stream
+    errors = [r for r in caplog.records if r.name.startswith("autogen") and r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def test_errors_not_caused_by_m99_are_still_logged_by_autogen(guard: Guard, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(ScriptedClient):
+        async def create(self, messages: Any, **kwargs: Any) -> Any:
+            raise LookupError("user bug")
+
+    aga.install()
+    team = RoundRobinGroupChat(
+        [agent("carol", Broken([])), agent("dave", ScriptedClient(["ok"]))],
+        termination_condition=MaxMessageTermination(3),
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError, match="LookupError: user bug"):
+        run(team.run(task="go"))
+    errors = [r.getMessage() for r in caplog.records if r.name == "autogen_core" and r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all("Error processing publish message" in e for e in errors), errors

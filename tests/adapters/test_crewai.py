@@ -7,6 +7,9 @@ A refused tool never runs (CrewAI's "blocked by hook"), and a halted agent's nex
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +26,10 @@ from crewai.hooks import (
     tool_hooks,
 )
 
+import m99.adapters._crewai_hooks as hooks
 import m99.adapters.crewai as cra
 from m99.adapters import GuardResolver, default_resolver
+from m99.adapters._patch import is_ours
 from m99.credentials import REDACTED
 from m99.errors import M99KillSwitchTriggered
 from m99.guard import Guard
@@ -306,13 +311,129 @@ def test_install_and_uninstall_are_idempotent_and_exact(guard: Guard) -> None:
     cra.install()
     # The tool path goes through M99's wrapper of CrewAI's tool-hook dispatcher, not a registered hook.
     assert [len(f()) for f in lists] == [len(b) + d for b, d in zip(before, (0, 0, 1, 1), strict=True)]
-    assert tool_hooks.dispatch is cra._dispatch and cra._next_dispatch is crewai_dispatch
-    assert cra._on_llm_failed in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
+    assert is_ours(tool_hooks.dispatch) and tool_hooks.dispatch.__wrapped__ is crewai_dispatch
+    assert hooks._on_llm_failed in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
     cra.uninstall()
     cra.uninstall()
     assert [f() for f in lists] == before and not cra.installed()
     assert tool_hooks.dispatch is crewai_dispatch
-    assert cra._on_llm_failed not in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
+    assert hooks._on_llm_failed not in crewai_event_bus._sync_handlers.get(LLMCallFailedEvent, ())
     guard.apply_state(3)
     assert crew(agent("writer", llm(react("write_file", {"text": "x"}), FINAL), [write_file])).kickoff().raw == "done"
     assert effects == ["write:x"]
+
+
+def test_uninstall_leaves_a_dispatcher_wrapped_after_it_and_goes_inert(guard: Guard) -> None:
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    crewai_dispatch = tool_hooks.dispatch
+    cra.install()
+    ours = tool_hooks.dispatch
+    seen: list[Any] = []
+
+    def theirs(point: Any, ctx: Any, **kwargs: Any) -> Any:
+        seen.append(point)
+        return ours(point, ctx, **kwargs)
+
+    tool_hooks.dispatch = theirs
+    try:
+        cra.uninstall()
+        assert tool_hooks.dispatch is theirs  # another library's wrapper stays
+        guard.apply_state(3)
+        assert (
+            crew(agent("writer", llm(native("write_file", {"text": "x"}), "done", native_calls=True), [write_file]))
+            .kickoff()
+            .raw
+            == "done"
+        )
+        assert effects == ["write:x"]  # ours under it no longer refuses
+        cra.install()  # a new install goes on top, and only it refuses
+        with pytest.raises(cra.M99RunStopped):
+            crew(
+                agent("writer", llm(native("write_file", {"text": "y"}), "done", native_calls=True), [write_file])
+            ).kickoff()
+        assert effects == ["write:x"]
+    finally:
+        cra.uninstall()
+        tool_hooks.dispatch = crewai_dispatch
+    assert seen  # their wrapper kept running
+
+
+# -- a stopped run ends with M99's one-line error, not CrewAI's noise ---------------------------------------
+
+
+def looping(guard: Guard, steps: int) -> tuple[Any, list[str]]:
+    """An agent calling a tool on every step; the switch is pressed before model call ``steps``."""
+    effects: list[str] = []
+    write_file, _ = tools(effects)
+    model = llm(*(react("write_file", {"text": str(n)}) for n in range(steps)))
+    model.on_call = lambda n: guard.apply_state(3, reason="drill") if n == steps else None
+    writer = agent("writer", model, [write_file])
+    writer.max_iter = 100
+    return writer, effects
+
+
+def noise(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What CrewAI printed or logged (warnings and up) about the run, its fake LLM's notes aside."""
+    out = capfd.readouterr()
+    printed = (out.out + out.err).splitlines()
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("crewai") and r.levelno >= logging.WARNING]
+    return [line for line in printed + logged if line.strip() and "approximate input token count" not in line]
+
+
+def short(exc: BaseException) -> list[str]:
+    return "".join(traceback.format_exception(exc)).splitlines()
+
+
+def crewai_frames(exc: BaseException) -> list[str]:
+    return [f.filename for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}crewai{os.sep}" in f.filename]
+
+
+@pytest.mark.parametrize("entry", ["kickoff", "kickoff_async", "akickoff", "agent.kickoff", "agent.kickoff_async"])
+def test_a_stopped_run_ends_with_m99s_one_line_error_and_no_crewai_noise(
+    guard: Guard, entry: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured before: a ~20-line traceback more per step (CrewAI's flow runtime recurses once per
+    step), "Error executing listener" logged and two "Event pairing mismatch" warnings printed."""
+    cra.install()
+    writer, effects = looping(guard, 25)
+    runs: dict[str, Callable[[], Any]] = {
+        "kickoff": lambda: crew(writer).kickoff(),
+        "kickoff_async": lambda: asyncio.run(crew(writer).kickoff_async()),
+        "akickoff": lambda: asyncio.run(crew(writer).akickoff()),
+        "agent.kickoff": lambda: writer.kickoff("write"),
+        "agent.kickoff_async": lambda: asyncio.run(writer.kickoff_async("write")),
+    }
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(cra.M99RunStopped) as stopped:
+            runs[entry]()
+    assert len(effects) == 24  # it ran 24 steps; the 25th tool call was refused, then the model call
+    lines = short(stopped.value)
+    assert lines[-1] == f"m99.adapters.crewai.M99RunStopped: {stopped.value}"
+    assert crewai_frames(stopped.value) == [], "\n".join(lines)  # this test's, asyncio's and M99's frames
+    assert noise(capfd, caplog) == []
+
+
+def test_an_error_not_caused_by_m99_keeps_crewais_traceback_and_log(
+    guard: Guard, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(HookAborted):
+        pass
+
+    def deny(ctx: Any) -> None:
+        raise Broken("the user's own hook denied it")
+
+    from crewai.hooks import register_before_llm_call_hook, unregister_before_llm_call_hook
+
+    cra.install()
+    writer, _ = looping(guard, 25)
+    register_before_llm_call_hook(deny)
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(Broken) as raised:
+            crew(writer).kickoff()
+    finally:
+        unregister_before_llm_call_hook(deny)
+    assert len(crewai_frames(raised.value)) > 10  # CrewAI's traceback, untouched
+    said = noise(capfd, caplog)
+    assert any("Error executing listener" in line for line in said), said

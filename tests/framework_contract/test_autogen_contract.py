@@ -175,3 +175,51 @@ def test_the_replay_client_has_no_function_calling_by_default() -> None:
     write_file, _ = tools([])
     with pytest.raises(ValueError, match="function calling"):
         AssistantAgent("a", model_client=ReplayChatCompletionClient(["x"]), tools=[write_file])
+
+
+def test_a_participants_error_is_logged_once_by_it_and_once_by_each_other_participant() -> None:
+    """What ``m99.adapters._autogen_stop`` filters for an M99 halt: the runtime logs the failed handler on
+    ``autogen_core`` with the exception, and every other container fails on the ``GroupChatError`` the
+    failing one publishes, in ``on_unhandled_message`` with the message in its ``message`` local."""
+    import logging
+
+    from autogen_agentchat.teams._group_chat._events import GroupChatError
+
+    class Refusing(ScriptedClient):
+        async def create(self, messages: Any, **kwargs: Any) -> Any:
+            raise LookupError("refused")
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    runtime_logger = logging.getLogger("autogen_core")
+    handler = Keep(logging.ERROR)
+    runtime_logger.addHandler(handler)
+    try:
+        team = RoundRobinGroupChat(
+            [
+                agent("alice", Refusing([])),
+                agent("bob", ScriptedClient(["ok"])),
+                agent("carol", ScriptedClient(["ok"])),
+            ],
+            termination_condition=MaxMessageTermination(5),
+        )
+        with pytest.raises(RuntimeError):
+            run(team.run(task="go"))
+    finally:
+        runtime_logger.removeHandler(handler)
+    errors = [r.exc_info[1] for r in records if r.name == "autogen_core" and r.exc_info]
+    assert [type(e).__name__ for e in errors].count("LookupError") == 1
+    unhandled = [e for e in errors if isinstance(e, ValueError)]
+    assert len(unhandled) == 2 and all("Unhandled message" in str(e) for e in unhandled)
+    for error in unhandled:
+        tb = error.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        assert tb is not None and tb.tb_frame.f_code.co_name == "on_unhandled_message"
+        message = tb.tb_frame.f_locals["message"]
+        assert isinstance(message, GroupChatError)
+        assert (message.error.error_type, message.error.error_message) == ("LookupError", "refused")

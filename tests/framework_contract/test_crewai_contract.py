@@ -3,6 +3,9 @@ them (the most dangerous: a hook exception that is swallowed, so the tool runs a
 
 from __future__ import annotations
 
+import inspect
+import logging
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -176,3 +179,66 @@ def test_after_llm_hooks_skip_tool_call_answers(hooks: Any) -> None:
     _, team = one_writer(effects, native("write_file", {"text": "x"}), "done", native_calls=True)
     team.kickoff()
     assert calls == ["done"]  # why the adapter reports a model call at the next one
+
+
+# -- what a stopped run leaves in the user's terminal (why m99.adapters._crewai_stop does what it does) -----
+
+
+def _stopped_run(deny: type[HookAborted], capfd: Any, caplog: Any) -> tuple[BaseException, str]:
+    steps = 6
+    effects: list[str] = []
+    model, team = one_writer(effects, *(react("write_file", {"text": str(n)}) for n in range(steps)))
+    team.agents[0].max_iter = 100
+
+    def halt(ctx: Any) -> None:
+        if len(model.seen) >= steps - 1:
+            raise deny("stop")
+
+    register_before_llm_call_hook(halt)
+    capfd.readouterr()
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(deny) as stopped:
+            team.kickoff()
+    finally:
+        unregister_before_llm_call_hook(halt)
+    out = capfd.readouterr()
+    return stopped.value, out.out + out.err + "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_hook_aborted_run_logs_an_error_unless_marked_logged_and_leaves_the_event_scopes_unpaired(
+    capfd: Any, caplog: Any
+) -> None:
+    stopped, said = _stopped_run(Deny, capfd, caplog)
+    assert "Error executing listener call_llm_and_parse: stop" in said
+    assert "Event pairing mismatch" in said  # CrewAI emits no agent execution error for a HookAborted
+    frames = [f for f in traceback.extract_tb(stopped.__traceback__) if "flow" in f.filename]
+    assert len(frames) > 10  # the flow runtime recurses once per step: a long traceback
+
+    class Logged(HookAborted):
+        _flow_listener_logged = True
+
+    _, said = _stopped_run(Logged, capfd, caplog)
+    assert "Error executing listener" not in said
+
+
+def test_a_hook_aborted_passes_check_execution_error_which_emits_no_error_event() -> None:
+    from crewai import Agent
+    from crewai.events.event_bus import crewai_event_bus
+    from crewai.events.types.agent_events import AgentExecutionErrorEvent
+
+    seen: list[Any] = []
+    assert list(inspect.signature(Agent._check_execution_error).parameters) == ["self", "e", "task"]
+    handler = crewai_event_bus.on(AgentExecutionErrorEvent)(lambda source, event: seen.append(event))
+    writer = agent("writer", llm(FINAL), [])
+    task = crew(writer).tasks[0]
+    try:
+        try:
+            raise Deny("stop")
+        except Deny as exc:  # as CrewAI calls it: inside the except clause (it re-raises with a bare raise)
+            with pytest.raises(Deny):
+                writer._check_execution_error(exc, task)
+        crewai_event_bus.flush()
+    finally:
+        crewai_event_bus.off(AgentExecutionErrorEvent, handler)
+    assert seen == []  # the adapter emits the one for M99's stop; a CrewAI that emits it breaks this test
