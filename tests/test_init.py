@@ -241,13 +241,22 @@ LAZY = textwrap.dedent(
         return "wrote " + text
 
     report["after_langchain"] = [runtime.installed, runtime.waiting, list(runtime.guard.frameworks)]
-    runtime.guard.apply_state(3, reason="drill")
+    import time, httpx
+    admin = httpx.Client(base_url=sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+    body = {"by": "a@example.com", "reason": "drill", "scope": "framework:langchain"}
+    auth = admin.post("/api/arm", json=body).json()
+    admin.post("/api/execute", json={"authorization_id": auth["id"]})
+    deadline = time.monotonic() + 10
+    while not runtime.guard.frozen and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         write_file.invoke({"text": "x"})
         report["refused"] = False
     except ToolCallRefused:
         report["refused"] = True
-    runtime.guard.apply_state(0)
+    admin.post("/api/restore", json={"scope": "global", "by": "a@example.com", "reason": "done"})
+    while runtime.guard.level and time.monotonic() < deadline:
+        time.sleep(0.01)
     import crewai
     report["after_crewai"] = [runtime.installed, runtime.waiting, list(runtime.guard.frameworks)]
     m99.shutdown()
@@ -264,7 +273,11 @@ def test_init_imports_no_framework_and_installs_each_adapter_when_its_framework_
     embedded: EmbeddedControlPlane,
 ) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", LAZY, embedded.url], capture_output=True, text=True, timeout=120, env=_offline_env()
+        [sys.executable, "-c", LAZY, embedded.url, embedded.token],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_offline_env(),
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.splitlines()[-1])
