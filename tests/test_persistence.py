@@ -3,6 +3,7 @@ in the database is detected: edit, delete, reorder, truncate."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -137,3 +138,32 @@ def test_server_keeps_checkpoints_sparse_and_truncation_still_shows(tmp_path: Pa
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM audit_entries WHERE seq > 2495")  # after the last milestone
     assert not verify_sqlite(db).valid
+
+
+def test_an_anchor_kept_elsewhere_catches_truncation_that_nothing_else_can(tmp_path: Path) -> None:
+    server = ServeProcess(tmp_path / "data").start()
+    ControlLink(server.url).register("a")
+    head = server.data_dir / "audit-head.json"
+    earlier = head.read_text()  # what an attacker with the data directory can keep a copy of
+    earlier_seq = json.loads(earlier)["seq"]
+    _arm_execute(server)  # ... the record they later want gone
+    anchor = tmp_path / "elsewhere" / "anchor.json"
+    anchor.parent.mkdir()
+    assert server.cli("audit", "anchor", "-o", str(anchor)).returncode == 0
+    public_key = json.loads(anchor.read_text())["public_key"]
+    server.kill()
+    db = server.data_dir / "m99.db"
+    # Back to the earlier, consistent state: the newer entries, their checkpoints and head file gone.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM audit_entries WHERE seq > ?", (earlier_seq,))
+        conn.execute("DELETE FROM audit_checkpoints WHERE seq > ?", (earlier_seq,))
+        conn.execute(
+            "INSERT OR REPLACE INTO audit_checkpoints VALUES (?, ?, ?, ?)",
+            tuple(json.loads(earlier)[k] for k in ("seq", "hash", "ts", "signature")),
+        )
+    head.write_text(earlier)
+    blind = server.cli("audit", "verify", "--db", str(db), "--public-key", public_key)
+    assert blind.returncode == 0, blind.stderr  # indistinguishable from a shorter chain ...
+    assert "removal of the newest entries" in blind.stdout and "cannot be ruled out" in blind.stdout  # ... said so
+    anchored = server.cli("audit", "verify", "--db", str(db), "--public-key", public_key, "--anchor", str(anchor))
+    assert anchored.returncode == 9 and "newest entries deleted" in anchored.stderr
