@@ -10,6 +10,7 @@
     state           signed state documents, catch-up from the store, push events
     deadman         the dead man's switch, gone agents, pruning
     refusals        rate limits and folded refusal audit entries
+    views           what operators read (agents, status, counts), serialised once per change
     background      the threads that flush, watch and tidy
 
 The store holds the truth; every mutating method is one unit of work.
@@ -30,7 +31,7 @@ from ..crypto import SigningKey, write_private
 from ..errors import ConfigError, Conflict, ControlPlaneError, NotFound
 from ..levels import Role, Scope
 from ..store import Store
-from .agents import Agent, Registrations, Registry, iso
+from .agents import Agent, Registrations, Registry
 from .authorizations import Authorizations
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
@@ -41,6 +42,7 @@ from .refusals import Refusals
 from .settings import Settings
 from .state import State
 from .tokens import Principal, Tokens, checked_by_reason
+from .views import Views
 
 __all__ = ["Agent", "ControlPlane", "Principal", "Settings"]
 
@@ -94,6 +96,14 @@ class ControlPlane:
         )
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.deadman = DeadMan(store, self.ledger, self.registry, self.executions, self.settings)
+        self.views = Views(
+            self.registry,
+            self.index,
+            self.state,
+            self.settings,
+            lambda: self.authorizations.list("armed"),
+            lambda: self.ledger.head,
+        )
         self.admin_token: str | None = None
 
     def _genesis(self) -> None:
@@ -237,29 +247,10 @@ class ControlPlane:
 
     # -- operators ----------------------------------------------------------------------------------
     def describe_agent(self, agent: Agent, now: float | None = None) -> dict[str, Any]:
-        now = now or time.time()
-        return {
-            "name": agent.name,
-            "agent_id": agent.agent_id,
-            "kind": agent.kind,
-            "frameworks": list(agent.frameworks),
-            "framework": ",".join(agent.frameworks),
-            "pid": agent.pid,
-            "host": agent.host,
-            "status": agent.status,
-            "status_reason": agent.status_reason,
-            "level": self.state.level(agent),
-            "incarnation": agent.incarnation,
-            "last_seen": iso(agent.last_seen),
-            "seconds_since_heartbeat": round(now - agent.last_seen, 3),
-            "last_seq": agent.last_seq,
-            "read_only_tools": list(agent.read_only_tools),
-        }
+        return self.views.describe(agent, now)
 
     def list_agents(self, *, include_stopped: bool = False) -> list[dict[str, Any]]:
-        now = time.time()
-        agents = sorted(self.registry.all(), key=lambda a: a.name)
-        return [self.describe_agent(a, now) for a in agents if include_stopped or a.status != "stopped"]
+        return self.views.list(include_stopped=include_stopped)
 
     def get_agent(self, name: str) -> dict[str, Any]:
         agent = self.registry.get(name)
@@ -284,38 +275,10 @@ class ControlPlane:
         return self.registrations.forget(who, name, by, reason)
 
     def status(self) -> dict[str, Any]:
-        armed = self.authorizations.list("armed")
-        agents = self.list_agents()
-        head = self.ledger.head
-        directives = self.index.all()
-        return {
-            "status": "armed" if armed else ("engaged" if directives else "idle"),
-            "version": self.state.version,
-            "agents_total": len(agents),
-            "agents_held": sum(1 for a in agents if a["level"] > 0),
-            "agents_stopped": sum(1 for a in self.registry.all() if a.status == "stopped"),
-            "agents": agents,
-            "armed": armed,
-            "directives": [directive_view(d) for d in directives],
-            "audit_head": {"seq": head[0], "hash": head[1]},
-            "settings": {
-                "heartbeat_interval": self.settings.heartbeat_interval,
-                "missed_heartbeats": self.settings.missed_heartbeats,
-                "deadman_level": self.settings.deadman_level,
-                "enrol": self.settings.enrol,
-                "halt_slo": self.settings.halt_slo,
-            },
-        }
+        return self.views.status()
 
     def counts(self) -> dict[str, Any]:
-        """The numbers ``/metrics`` shows: no per-agent work beyond one pass."""
-        by_status: dict[str, int] = {"active": 0, "silent": 0, "stopped": 0, "tombstoned": 0}
-        held = 0
-        for agent in self.registry.all():
-            by_status[agent.status] = by_status.get(agent.status, 0) + 1
-            if agent.live and self.state.level(agent) > 0:
-                held += 1
-        return {"agents": by_status, "held": held, "directives": len(self.index), "version": self.state.version}
+        return self.views.counts()
 
     # -- audit --------------------------------------------------------------------------------------
     def audit_page(self, after: int, limit: int) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ Large answers are serialised once, straight to JSON.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...control import ControlPlane, Principal
 from ...levels import Role
@@ -45,8 +45,8 @@ def operator_router(cp: ControlPlane) -> APIRouter:
     Who = Annotated[Principal, Depends(principal_dependency(cp))]
 
     @router.get("/status")
-    def status(who: Who) -> JSONResponse:
-        return JSONResponse(cp.status())
+    def status(who: Who) -> Response:
+        return Response(cp.views.status_json(), media_type="application/json")
 
     @router.post("/arm")
     def arm(body: ArmIn, who: Who) -> JSONResponse:
@@ -85,8 +85,8 @@ def operator_router(cp: ControlPlane) -> APIRouter:
         return JSONResponse(cp.executions.get(execution_id))
 
     @router.get("/agents")
-    def agents(who: Who, all: bool = False) -> JSONResponse:
-        return JSONResponse(cp.list_agents(include_stopped=all))
+    def agents(who: Who, all: bool = False) -> Response:
+        return Response(cp.views.agents_json(include_stopped=all), media_type="application/json")
 
     @router.get("/agents/{name:path}")
     def agent(name: str, who: Who) -> JSONResponse:
