@@ -90,6 +90,7 @@ class ControlPlane:
         self.liveness = Liveness(
             store, self.ledger, self.registry, self.index, self.refusals, self.settings, self._frameworks_changed
         )
+        self.liveness.fresh = lambda: not self.state.stale(self.settings.staleness)
         self.executions = Executions(store, self.ledger, self.registry, self.tokens, self.refusals, self.settings)
         self.authorizations = Authorizations(
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
@@ -184,8 +185,15 @@ class ControlPlane:
     def heartbeat_answer(self, agent: Agent) -> bytes:
         return self.state.answer(agent)
 
+    def known(self, agent_id: str) -> Agent:
+        """The agent with this registration id, from this replica's registry or the store."""
+        agent = self.lookup(agent_id)
+        if agent is None:
+            raise NotFound(f"unknown agent id {agent_id!r}: register first", code="unknown_agent")
+        return agent
+
     def deregister(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
-        agent = self.liveness.agent(agent_id)
+        agent = self.known(agent_id)
         self.liveness.check_signed(agent, "deregister", body, source=source)
         agent.last_seq = body["seq"]
         if agent.status == "tombstoned":
@@ -200,7 +208,7 @@ class ControlPlane:
 
     def acknowledge(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
         """An agent applied state ``version``: its confirmed halts, with their time-to-halt."""
-        agent = self.liveness.checked_ack(agent_id, body, source)
+        agent = self.liveness.checked_ack(self.known(agent_id).agent_id, body, source)
         result = self.liveness.record_acks([(agent, body)])[0]
         if isinstance(result, Exception):
             raise result
@@ -214,7 +222,7 @@ class ControlPlane:
         for body in acks:
             result: dict[str, Any] = {"agent_id": body["agent_id"], "ok": True}
             try:
-                agent = self.lookup(body["agent_id"]) or self.liveness.agent(body["agent_id"])
+                agent = self.known(body["agent_id"])
                 accepted.append((self.liveness.checked_ack(agent.agent_id, body, source), body))
                 slots.append(len(results))
             except ControlPlaneError as exc:
@@ -229,16 +237,11 @@ class ControlPlane:
         return {"ok": True, "results": results}
 
     def agent_state(self, agent_id: str) -> dict[str, Any]:
-        agent = self.lookup(agent_id)
-        if agent is None:
-            raise NotFound(f"unknown agent id {agent_id!r}: register first", code="unknown_agent")
-        return self.state.signed(agent)
+        return self.state.signed(self.known(agent_id))
 
     def open_stream(self, agent_id: str, body: dict[str, Any], source: str = "") -> Agent:
         """A signed request to open the agent's push stream (``ts`` newer than its last stream's)."""
-        agent = self.lookup(agent_id)
-        if agent is None:
-            raise NotFound(f"unknown agent id {agent_id!r}: register first", code="unknown_agent")
+        agent = self.known(agent_id)
         self.liveness.check_signed(agent, "events", body, source=source, sequenced=False)
         if body["ts"] <= agent.stream_ts:
             raise Conflict("push stream refused: replayed (not newer than the last one)", code="replayed")

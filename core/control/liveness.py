@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import BadRequest, Conflict, NotFound, Unauthenticated
 from ..protocol import clean_frameworks, request_message
-from ..store import Store
+from ..store import Store, StoreError
 from ..store.records import AckRecord
 from .agents import Agent, Registry, iso
 from .directives import DirectiveIndex
@@ -59,6 +59,7 @@ class Liveness:
         self._lock = threading.Lock()
         self._targets: OrderedDict[str, dict[str, str]] = OrderedDict()  # execution id -> its targets
         self._seen_at = time.time()
+        self.fresh: Callable[[], bool] | None = None  # set by the facade: the state is current enough
 
     # -- signed requests ----------------------------------------------------------------------------
     def agent(self, agent_id: str) -> Agent:
@@ -106,6 +107,8 @@ class Liveness:
         the registry's: the caller runs ``heartbeat_slow`` off the loop for it."""
         agent = self.agent(agent_id)
         self.check_signed(agent, "heartbeat", body, source=source)
+        if self.fresh is not None and not self.fresh():
+            raise StoreError("this replica cannot read its database: it does not vouch for any state now")
         frameworks = body.get("frameworks")
         if frameworks is not None and tuple(frameworks) != agent.frameworks:
             raise LookupError("frameworks changed")

@@ -37,5 +37,11 @@ class Settings:
         return self.heartbeat_interval * self.missed_heartbeats
 
     @property
+    def staleness(self) -> float:
+        """Seconds a replica may go without reading its store before it stops answering heartbeats (so
+        agents fail over to a replica that can, or freeze at their lease)."""
+        return max(3.0, min(self.lease / 3, 15.0))
+
+    @property
     def gone_window(self) -> float:
         return self.gone_after or 4 * self.deadman_window

@@ -44,10 +44,12 @@ class State:
         self._cache: dict[str, tuple[int, int, dict[str, Any], bytes]] = {}
         self._sync_lock = threading.Lock()
         self.on_sync: list[Callable[[], None]] = []
+        self.synced_at = time.monotonic()  # when this replica last read the store's state
 
     # -- loading and catching up --------------------------------------------------------------------
     def load(self) -> None:
         """Read everything (start-up)."""
+        self.synced_at = time.monotonic()
         with self._sync_lock, self.store.snapshot() as tx:
             epoch = tx.get_meta("epoch")
             self.version, self.registry_seq = tx.version(), tx.registry_seq()
@@ -66,6 +68,7 @@ class State:
         with self._sync_lock:
             with self.store.snapshot() as tx:
                 version, registry_seq = tx.version(), tx.registry_seq()
+                self.synced_at = time.monotonic()
                 if version == self.version and registry_seq == self.registry_seq:
                     return
                 agents = tx.agents_changed_since(self.registry_seq) if registry_seq != self.registry_seq else []
@@ -99,6 +102,11 @@ class State:
                 callback()
             except Exception:
                 log.exception("m99: sync callback %r failed", callback)
+
+    def stale(self, max_age: float) -> bool:
+        """Whether this replica has not been able to read the store for ``max_age`` seconds: it may have
+        missed a kill made on another replica, and must not vouch for anyone's state."""
+        return time.monotonic() - self.synced_at > max_age
 
     def names_in(self, scope: Scope) -> list[str]:
         return [a.name for a in self.registry.all() if scope.matches(a.name, a.kind, a.frameworks)]

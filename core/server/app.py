@@ -88,7 +88,7 @@ class HeartbeatFastPath:
             except NotFound:  # maybe registered on another replica a moment ago: the route looks it up
                 await self.app(scope, _replay(raw, receive), send)
                 return
-            except M99Error as exc:
+            except (M99Error, StoreError) as exc:
                 response = error_response(exc)
             else:
                 self.counters["heartbeats"] += 1

@@ -1,0 +1,247 @@
+"""The store contract (m99.store.base), run against every store: SQLite, and PostgreSQL when the tests
+are given one.  What the control plane relies on: typed records in and out, counters assigned in commit
+order with no gaps or duplicates under concurrent writers, locked rows that a second writer sees only
+once committed, one audit chain from many writers, and a change bus."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from m99 import audit
+from m99.crypto import SigningKey
+from m99.store import Store, open_store
+from m99.store.records import (
+    AckRecord,
+    AgentRecord,
+    AuditRow,
+    AuthorizationRecord,
+    CredentialRecord,
+    DirectiveRecord,
+    ExecutionRecord,
+    TokenRecord,
+)
+
+from .pg import fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "m99.db")
+        return
+    with fresh_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def agent(name: str, changed: int, **kw: object) -> AgentRecord:
+    fields: dict = {
+        "name": name,
+        "agent_id": f"agt_{name}",
+        "kind": "worker",
+        "frameworks": ("langchain",),
+        "pid": 42,
+        "host": "h",
+        "public_key": "pk",
+        "incarnation": 1,
+        "registered_at": 1.0,
+        "last_seen": 1.0,
+        "last_seq": 0,
+        "status": "active",
+        "read_only_tools": ("search",),
+        "metadata": {"team": "blue"},
+        "changed": changed,
+        **kw,
+    }
+    return AgentRecord(**fields)
+
+
+def test_records_come_back_as_they_went_in(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_agent(agent("a", tx.next_registry_seq()))
+        tx.add_credentials([CredentialRecord("a", "KEY", "hmac-sha256:" + "0" * 64, "env")])
+        tx.insert_token(TokenRecord("tok_1", "admin", 3, "h" * 64, 1.0, "first start", None, {"rebind": True}))
+        tx.insert_authorization(
+            AuthorizationRecord("auth_1", 3, "global", "a@b.c", "r", "tok_1", "admin", 3, 1.0, 9e9, "armed")
+        )
+        version = tx.next_version()
+        tx.insert_directive(DirectiveRecord("dir_1", "exe_1", 3, "agent:a", "execute", 1.0, version, "a@b.c", "r"))
+        tx.insert_execution(
+            ExecutionRecord(
+                "exe_1",
+                "auth_1",
+                "execute",
+                3,
+                "agent:a",
+                "a@b.c",
+                "r",
+                "admin",
+                1.0,
+                2.0,
+                ("a",),
+                ("L1",),
+                "dir_1",
+                version,
+                {"a": "agt_a"},
+            )
+        )
+        assert tx.insert_ack(AckRecord("exe_1", "a", "agt_a", version, 3.0, 2.5, 1.5, {"level": 3}))
+        assert not tx.insert_ack(AckRecord("exe_1", "a", "agt_a", version, 4.0, 2.5, 9.9))  # once only
+    with store.snapshot() as tx:
+        got = tx.get_agent("a")
+        assert got == agent("a", 1)
+        assert tx.get_agent_by_id("agt_a") == got
+        assert tx.list_credentials("a")[0].fingerprint.startswith("hmac-sha256:")
+        assert tx.token_by_hash("h" * 64).grants == {"rebind": True}  # type: ignore[union-attr]
+        assert tx.get_execution("exe_1").targets == {"a": "agt_a"}  # type: ignore[union-attr]
+        assert tx.list_acks("exe_1")[0].receipt == {"level": 3}
+        assert tx.active_directives()[0].active is True
+
+
+def test_a_rolled_back_transaction_leaves_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.next_version()
+        tx.put_agent(agent("ghost", tx.next_registry_seq()))
+        raise RuntimeError("half-way")
+    with store.snapshot() as tx:
+        assert tx.get_agent("ghost") is None and tx.version() == 0 and tx.registry_seq() == 0
+
+
+def test_versions_are_assigned_in_commit_order_with_no_gaps_under_concurrent_writers(url: str) -> None:
+    stores = [open_store(url) for _ in range(3)]
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def writer(s: Store) -> None:
+        for _ in range(30):
+            with s.transaction() as tx:
+                v = tx.next_version()
+                tx.insert_directive(DirectiveRecord(f"dir_{v}", "exe", 1, "global", "execute", time.time(), v))
+            with lock:
+                taken.append(v)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in stores for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(taken) == list(range(1, 181))
+    with stores[0].snapshot() as tx:
+        assert tx.version() == 180 and len(tx.directives_changed_since(170)) == 10
+    for s in stores:
+        s.close()
+
+
+def test_many_writers_append_one_audit_chain(url: str) -> None:
+    key = SigningKey.generate()
+    stores = [open_store(url) for _ in range(3)]
+
+    def append(s: Store, n: int) -> None:
+        for i in range(n):
+            with s.transaction() as tx:
+                head = tx.audit_head(lock=True)
+                seq, prev = head if head else (-1, audit.GENESIS_PREV)
+                kind = "genesis" if seq == -1 else "test"
+                body, digest = audit.make_entry(prev, seq + 1, audit.utc_now_iso(), kind, {"by": "t"}, {"i": i})
+                tx.append_audit([AuditRow(seq + 1, "ts", kind, body, digest)])
+                tx.insert_checkpoint(audit.sign_checkpoint(key, seq + 1, digest, "ts"))
+
+    append(stores[0], 1)  # the genesis entry
+    threads = [threading.Thread(target=append, args=(s, 25)) for s in stores for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    with stores[0].snapshot() as tx:
+        rows = list(tx.iter_audit())
+        checkpoints = tx.list_checkpoints()
+    assert [r[0] for r in rows] == list(range(151))
+    result = audit.verify_entries(rows, checkpoints=checkpoints, public_key_b64=key.public_b64)
+    assert result.valid, result.reason
+    for s in stores:
+        s.close()
+
+
+def test_a_locked_row_is_judged_once_by_two_writers(url: str) -> None:
+    one, two = open_store(url), open_store(url)
+    with one.transaction() as tx:
+        tx.insert_authorization(
+            AuthorizationRecord("auth_x", 3, "global", "a@b.c", "r", "t", "admin", 3, 1.0, 9e9, "armed")
+        )
+    wins: list[bool] = []
+
+    def execute(s: Store) -> None:
+        with s.transaction() as tx:
+            time.sleep(0.05)
+            wins.append(tx.close_authorization("auth_x", "armed", "executed", time.time(), "exe"))
+
+    threads = [threading.Thread(target=execute, args=(s,)) for s in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(wins) == [False, True]
+    one.close()
+    two.close()
+
+
+def test_liveness_keeps_the_newest_and_agent_changes_are_found_by_sequence(store: Store) -> None:
+    with store.transaction() as tx:
+        for name in ("a", "b"):
+            tx.put_agent(agent(name, tx.next_registry_seq()))
+        tx.record_liveness([("a", 5, 10.0), ("b", 3, 20.0)])
+        tx.record_liveness([("a", 4, 5.0)])  # an older flush arriving late changes nothing
+    with store.snapshot() as tx:
+        a = tx.get_agent("a")
+        assert a is not None and (a.last_seq, a.last_seen) == (5, 10.0)
+        assert [n for n, _, _ in tx.liveness_since(15.0)] == ["b"]
+        assert tx.silent_agents(15.0) == ["a"]
+        seq = tx.registry_seq()
+    with store.transaction() as tx:
+        tx.set_agent_status(["b"], "stopped", "deregistered", 30.0, tx.next_registry_seq())
+        tx.delete_agents(["a"], tx.next_registry_seq())
+    with store.snapshot() as tx:
+        assert [r.name for r in tx.agents_changed_since(seq)] == ["b"]
+        assert tx.forgotten_since(seq) == ["a"]
+        assert tx.stale_agents("stopped", 31.0) == ["b"]
+
+
+def test_credentials_revoke_up_and_restore_only_what_is_restorable(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_agent(agent("a", tx.next_registry_seq()))
+        tx.add_credentials([CredentialRecord("a", "K1", "f1", "env"), CredentialRecord("a", "K2", "f2", "env")])
+        assert tx.set_credentials_revoked(["a"], 1, 1.0) == 2
+        assert tx.set_credentials_revoked(["a"], 2, 2.0) == 2
+        assert tx.set_credentials_revoked(["a"], 0, 3.0) == 0  # for good means for good
+        assert {c.revoked for c in tx.list_credentials("a")} == {2}
+
+
+def test_the_change_bus_tells_subscribers_after_a_commit(url: str) -> None:
+    writer, reader = open_store(url), open_store(url)
+    here, there = threading.Event(), threading.Event()
+    writer.changes.subscribe(here.set)
+    reader.changes.subscribe(there.set)
+    time.sleep(0.5)  # the reader's listener is up
+    here.clear()
+    there.clear()
+    with writer.transaction() as tx:
+        tx.put_agent(agent("quiet", 0))  # no counter taken: nothing to tell
+    assert not here.wait(0.3)
+    with writer.transaction() as tx:
+        tx.next_version()
+    assert here.wait(5)  # in this process, after the commit
+    if url.startswith("postgresql"):
+        assert there.wait(5)  # another replica hears it too (NOTIFY); SQLite is one process
+    writer.close()
+    reader.close()
