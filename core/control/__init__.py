@@ -96,7 +96,10 @@ class ControlPlane:
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
         )
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
-        self.deadman = DeadMan(store, self.ledger, self.registry, self.executions, self.settings)
+        self.state.staleness = self.settings.staleness
+        self.deadman = DeadMan(
+            store, self.ledger, self.registry, self.executions, self.settings, lambda: self.state.recovered_at
+        )
         self.views = Views(
             self.registry,
             self.index,
@@ -332,19 +335,25 @@ class ControlPlane:
         return {**checkpoint.to_dict(), "public_key": self.key.public_b64}
 
     # -- shortcuts the HTTP layer calls -------------------------------------------------------------
+    # An operator's act is decided on what the store holds now: catch up first (two counter reads when
+    # nothing changed), so an agent registered on another replica a moment ago is in scope here too.
     def arm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        self.state.sync()
         return self.authorizations.arm(who, body)
 
     def execute(self, who: Principal, auth_id: str, confirm: str | None = None) -> dict[str, Any]:
+        self.state.sync()
         return self.executions.execute(who, auth_id, confirm)
 
     def disarm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         return self.authorizations.disarm(who, body)
 
     def restore(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        self.state.sync()
         return self.restores.lift(who, body, reversible=True)
 
     def lift(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        self.state.sync()
         return self.restores.lift(who, body, reversible=False)
 
     def check_deadman(self, now: float | None = None) -> list[dict[str, Any]]:

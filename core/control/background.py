@@ -38,7 +38,8 @@ class Background:
     def start(self) -> None:
         for name, period, rounds in (
             ("flush", FLUSH_PERIOD, (self.cp.liveness.flush, self.cp.refusals.flush)),
-            ("deadman", self.deadman_period, (self.cp.deadman.check,)),
+            # Catch up first: a replica that just got its store back must know it before judging silence.
+            ("deadman", self.deadman_period, (self.cp.state.sync, self.cp.deadman.check)),
             ("upkeep", UPKEEP_PERIOD, (self.cp.state.sync, self.cp.liveness.refresh, self._upkeep)),
         ):
             thread = threading.Thread(target=self._run, args=(name, period, rounds), name=f"m99-{name}", daemon=True)

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..levels import Level, Scope
@@ -58,8 +59,16 @@ def _log_firing(names: list[str], settings: Settings) -> None:
 
 class DeadMan:
     def __init__(
-        self, store: Store, ledger: Ledger, registry: Registry, executions: Executions, settings: Settings
+        self,
+        store: Store,
+        ledger: Ledger,
+        registry: Registry,
+        executions: Executions,
+        settings: Settings,
+        recovered_at: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        self.recovered_at = recovered_at  # when this replica got its store back after losing it
+        self._last_read = time.monotonic()  # the last time a check could read the store
         self.store = store
         self.ledger = ledger
         self.registry = registry
@@ -71,16 +80,26 @@ class DeadMan:
     def serving(self) -> None:
         """The server accepts connections from now on: no agent could have reached it before."""
         self.since = time.time()
+        self._last_read = time.monotonic()
 
     def check(self, now: float | None = None) -> list[dict[str, Any]]:
         """Kill every agent silent for the window; the executions fired."""
-        now = now or time.time()
         window = self.settings.deadman_window
-        cutoff = now - window
-        if self.since > cutoff:
-            return []  # not serving for a whole window yet
+        if max(self.since, self.recovered_at()) > (now or time.time()) - window:
+            return []  # not serving (or not reading its store) for a whole window yet
         with self.store.snapshot() as tx:
-            candidates = tx.silent_agents(cutoff)
+            candidates = tx.silent_agents((now or time.time()) - window)
+        # Judged on the clock after the read: reading can take long when the store was away.  A replica
+        # that could not read its store refused heartbeats meanwhile, so silence counts afresh from now.
+        read_at, last = time.monotonic(), self._last_read
+        self._last_read = read_at
+        if read_at - last > self.settings.staleness:
+            self.since = time.time()
+            return []
+        now = now or time.time()
+        cutoff = now - window
+        if max(self.since, self.recovered_at()) > cutoff:
+            return []
         # This process may have heard from them since its last group commit.
         candidates = [n for n in candidates if (a := self.registry.get(n)) is None or a.last_seen < cutoff]
         fired: list[dict[str, Any]] = []

@@ -45,6 +45,8 @@ class State:
         self._sync_lock = threading.Lock()
         self.on_sync: list[Callable[[], None]] = []
         self.synced_at = time.monotonic()  # when this replica last read the store's state
+        self.staleness = 15.0  # set by the facade (Settings.staleness)
+        self.recovered_at = 0.0  # wall clock when it could read the store again after losing it
 
     # -- loading and catching up --------------------------------------------------------------------
     def load(self) -> None:
@@ -68,7 +70,13 @@ class State:
         with self._sync_lock:
             with self.store.snapshot() as tx:
                 version, registry_seq = tx.version(), tx.registry_seq()
-                self.synced_at = time.monotonic()
+                now = time.monotonic()
+                if now - self.synced_at > self.staleness:
+                    # Back after losing the store: meanwhile heartbeats were refused here, so silence that
+                    # began during the outage is this replica's, not the agents'.
+                    self.recovered_at = time.time()
+                    log.warning("m99: the store is reachable again after %.0f s", now - self.synced_at)
+                self.synced_at = now
                 if version == self.version and registry_seq == self.registry_seq:
                     return
                 agents = tx.agents_changed_since(self.registry_seq) if registry_seq != self.registry_seq else []

@@ -150,11 +150,12 @@ class PostgresStore(Store):
                     backoff = 0.2
                     self.changes.notify()  # whatever happened while we were not listening
                     while not self._closed.is_set():
-                        heard = False
-                        for _ in conn.notifies(timeout=1.0, stop_after=64):
-                            heard = True
-                        if heard:
+                        # Each notification is told at once (the subscriber catches up by version, so a
+                        # burst read in one pass costs one catch-up per notification at most).
+                        for _ in conn.notifies(timeout=1.0):
                             self.changes.notify()
+                            if self._closed.is_set():
+                                break
             except psycopg.Error as exc:
                 if self._closed.is_set():
                     return
