@@ -125,6 +125,7 @@ class Acks:
                 log.warning("m99: sending %d acknowledgement(s) failed (attempt %d): %s", len(acks), attempt, exc)
                 if isinstance(exc, ControlPlaneError) and 400 <= exc.http_status < 500:
                     return
+                url = _failover(items, url)  # another replica, if the agents know of one
                 await asyncio.sleep(0.2 * attempt)
 
     def _signer(self) -> ThreadPoolExecutor:
@@ -154,6 +155,14 @@ class Acks:
             client = self._clients.pop(url, None)
             if client is not None:
                 await client.aclose()
+
+
+def _failover(items: list[Pending], url: str) -> str:
+    """The URL to retry at: the sessions that sent to ``url`` move to their next replica."""
+    for session, _, _ in items:
+        if session.link.url == url:
+            session.link.failover()
+    return items[0][0].link.url
 
 
 def _sign_acks(items: list[Pending]) -> list[dict[str, Any]]:
