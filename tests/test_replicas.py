@@ -118,7 +118,12 @@ def test_racing_executes_on_two_replicas_fire_once(cluster: Cluster) -> None:
             answers: list[int] = []
             gate = threading.Barrier(2)
 
-            def go(api: httpx.Client, auth_id: str = auth["id"]) -> None:
+            def go(
+                api: httpx.Client,
+                auth_id: str = auth["id"],
+                gate: threading.Barrier = gate,
+                answers: list[int] = answers,
+            ) -> None:
                 gate.wait()
                 answers.append(api.post("/api/execute", json={"authorization_id": auth_id}).status_code)
 
