@@ -21,10 +21,10 @@ from m99.audit import (
     Checkpoint,
     make_entry,
     sign_checkpoint,
-    verify_sqlite,
     write_head_file,
 )
 from m99.crypto import SigningKey, fingerprint
+from m99.store.sqlite import verify_sqlite
 
 TARGET = 500_000  # entries per second, on a 2-core machine
 
