@@ -11,6 +11,7 @@
     deadman         the dead man's switch, gone agents, pruning
     refusals        rate limits and folded refusal audit entries
     views           what operators read (agents, status, counts), serialised once per change
+    feed            what changed, pushed to dashboards and watchers
     background      the threads that flush, watch and tidy
 
 The store holds the truth; every mutating method is one unit of work.
@@ -36,6 +37,7 @@ from .authorizations import Authorizations
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
 from .executions import Executions
+from .feed import OperatorFeed, kinds_of
 from .ledger import SYSTEM_ACTOR, Ledger
 from .liveness import Liveness
 from .refusals import Refusals
@@ -100,6 +102,9 @@ class ControlPlane:
         self.deadman = DeadMan(
             store, self.ledger, self.registry, self.executions, self.settings, lambda: self.state.recovered_at
         )
+        self.feed = OperatorFeed(lambda: self.state.version, lambda: self.ledger.head)
+        self.state.on_sync.append(self._synced)
+        self.liveness.on_acks = lambda: self.feed.changed({"executions"})
         self.views = Views(
             self.registry,
             self.index,
@@ -136,6 +141,14 @@ class ControlPlane:
         with self.ledger.unit() as unit:
             for kind, actor, data in entries:
                 unit.audit(kind, actor, data)
+
+    def _synced(self, agents: bool, directives: bool, audit_kinds: list[str]) -> None:
+        kinds = kinds_of(audit_kinds) if audit_kinds else set()
+        if agents:
+            kinds.add("agents")
+        if directives:
+            kinds |= {"directives", "agents"}
+        self.feed.changed(kinds)
 
     def _level_of(self, name: str, kind: str, frameworks: Any, status: str) -> int:
         return 5 if status == "tombstoned" else self.index.level(name, kind, frameworks)

@@ -60,6 +60,7 @@ class Liveness:
         self._targets: OrderedDict[str, dict[str, str]] = OrderedDict()  # execution id -> its targets
         self._seen_at = time.time()
         self.fresh: Callable[[], bool] | None = None  # set by the facade: the state is current enough
+        self.on_acks: Callable[[], None] | None = None  # set by the facade: halts were confirmed
 
     # -- signed requests ----------------------------------------------------------------------------
     def agent(self, agent_id: str) -> Agent:
@@ -245,6 +246,8 @@ class Liveness:
                     if unit.tx.insert_ack(ack):
                         confirmed.append(d.execution_id)
                 results.append(confirmed)
+            if self.on_acks is not None and any(isinstance(r, list) and r for r in results):
+                unit.after(self.on_acks)
         return results
 
     def _execution_targets(self, tx: Any, execution_id: str) -> dict[str, str]:

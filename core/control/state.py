@@ -43,7 +43,10 @@ class State:
         # Per agent id: (state version, registry change, signed state, heartbeat answer bytes).
         self._cache: dict[str, tuple[int, int, dict[str, Any], bytes]] = {}
         self._sync_lock = threading.Lock()
-        self.on_sync: list[Callable[[], None]] = []
+        # Called after a catch-up that found something new: (agents changed, directives changed, the
+        # kinds of the audit entries appended since the last one).
+        self.on_sync: list[Callable[[bool, bool, list[str]], None]] = []
+        self.audit_seq = -1
         self.synced_at = time.monotonic()  # when this replica last read the store's state
         self.staleness = 15.0  # set by the facade (Settings.staleness)
         self.recovered_at = 0.0  # wall clock when it could read the store again after losing it
@@ -57,6 +60,8 @@ class State:
             self.version, self.registry_seq = tx.version(), tx.registry_seq()
             self.registry.replace(tx.list_agents())
             self.directives.replace(tx.active_directives())
+            head = tx.audit_head()
+            self.audit_seq = head[0] if head else -1
         if epoch is None:
             with self.store.transaction() as wtx:
                 epoch = wtx.get_meta("epoch")
@@ -77,11 +82,15 @@ class State:
                     self.recovered_at = time.time()
                     log.warning("m99: the store is reachable again after %.0f s", now - self.synced_at)
                 self.synced_at = now
-                if version == self.version and registry_seq == self.registry_seq:
+                head = tx.audit_head()
+                head_seq = head[0] if head else -1
+                if version == self.version and registry_seq == self.registry_seq and head_seq <= self.audit_seq:
                     return
                 agents = tx.agents_changed_since(self.registry_seq) if registry_seq != self.registry_seq else []
                 gone = tx.forgotten_since(self.registry_seq) if registry_seq != self.registry_seq else []
                 changed = tx.directives_changed_since(self.version) if version != self.version else []
+                appended = [r.kind for r in tx.audit_page(self.audit_seq, 1000)] if head_seq > self.audit_seq else []
+            self.audit_seq = max(self.audit_seq, head_seq)
             if agents:
                 self.registry.apply(agents)
             if gone:
@@ -107,7 +116,7 @@ class State:
                 )
         for callback in self.on_sync:
             try:
-                callback()
+                callback(bool(agents or gone), bool(changed), appended)
             except Exception:
                 log.exception("m99: sync callback %r failed", callback)
 

@@ -34,7 +34,7 @@ from .errors import error_response, json_error, validation_response
 from .routers.agents import agent_router
 from .routers.operators import operator_router
 from .schemas import HeartbeatIn
-from .stream import PushHub
+from .stream import OperatorHub, PushHub
 
 log = logging.getLogger("m99.server")
 
@@ -165,20 +165,25 @@ def _docs_assets() -> Path | None:
 def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> FastAPI:
     hub = PushHub()
     cp.state.subscribe(hub.publish)
+    operators = OperatorHub()
+    cp.feed.subscribe(operators.publish)
     counters = {"heartbeats": 0, "heartbeats_rejected": 0, "requests_refused": 0, "acks": 0, "ack_requests": 0}
     background = Background(cp, deadman_period=deadman_period)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
+        operators.bind(asyncio.get_running_loop())
         cp.serving()
         background.start()
-        keep_alive = asyncio.create_task(hub.keep_alive())
+        tasks = [asyncio.create_task(hub.keep_alive()), asyncio.create_task(operators.ticks())]
         try:
             yield
         finally:
-            keep_alive.cancel()
-            await asyncio.gather(keep_alive, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            cp.feed.unsubscribe(operators.publish)
             await asyncio.get_running_loop().run_in_executor(None, background.stop)
 
     app = FastAPI(
@@ -231,7 +236,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         return {"status": "ok", "version": __version__}
 
     app.include_router(agent_router(cp, hub, counters))
-    app.include_router(operator_router(cp))
+    app.include_router(operator_router(cp, operators))
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -22,7 +22,7 @@ from ..control import Agent, ControlPlane
 from ..crypto import canonical_json
 from ..protocol import KEEPALIVE_FRAME, event_frame
 
-__all__ = ["EventStream", "PushHub"]
+__all__ = ["EventStream", "OperatorHub", "OperatorStream", "PushHub"]
 
 QUEUE_SIZE = 1000  # events a stuck reader may fall behind by; beyond, it repairs at its next heartbeat
 KEEPALIVE_SECONDS = 15.0  # the agents treat 45 s of silence as a dead stream
@@ -137,3 +137,66 @@ class EventStream(Response):
         while (await receive())["type"] != "http.disconnect":
             pass
         _close(queue)  # wake the writer: the client is gone
+
+
+class OperatorHub:
+    """The operators' feed as Server-Sent Events: one queue per dashboard or watcher connection."""
+
+    MAX_CONNECTIONS = 100
+
+    def __init__(self) -> None:
+        self.queues: set[Queue] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def publish(self, payload: bytes) -> None:
+        """The feed's listener; called on any thread."""
+        if self.loop is None:
+            return
+        frame = event_frame("change", payload)
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self.loop.call_soon_threadsafe(self._deliver, frame)
+
+    def _deliver(self, frame: bytes) -> None:
+        for queue in list(self.queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(frame)
+
+    async def ticks(self, period: float = 5.0) -> None:
+        """A ``tick`` every ``period``: clients refresh what ages (heartbeats, countdowns) and see the
+        stream alive; it is also the keep-alive."""
+        while True:
+            await asyncio.sleep(period)
+            self._deliver(event_frame("tick", b'{"type":"tick"}'))
+
+
+class OperatorStream(Response):
+    """``GET /api/events``: a ``hello`` event, then every change of the control plane as it happens."""
+
+    def __init__(self, hub: OperatorHub, hello: bytes) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.hub, self.hello = hub, hello
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        queue: Queue = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self.hub.queues.add(queue)
+        watcher = asyncio.ensure_future(EventStream._watch(receive, queue))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            await send({"type": "http.response.body", "body": event_frame("hello", self.hello), "more_body": True})
+            while True:
+                frame = await queue.get()
+                if frame is None:
+                    break
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self.hub.queues.discard(queue)

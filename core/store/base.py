@@ -18,7 +18,8 @@ Transactions and isolation
   wants the same row waits and then reads the committed value (read committed).
 - ``store.snapshot()`` yields a read-only ``Tx`` that sees one consistent state.
 - Nested ``transaction()`` calls on one thread join the outer transaction.
-- After a commit that assigned a version or registry sequence number, the store's change bus calls
+- After a commit that assigned a version or registry sequence number, or appended to the audit chain,
+  the store's change bus calls
   every subscriber in this process; other processes hear of it through the bus as well (PostgreSQL
   LISTEN/NOTIFY), and once more after their bus reconnects, so a subscriber must catch up by version
   and must not assume it hears of each change exactly once.

@@ -350,6 +350,7 @@ class SqlTx(Tx):
         return None if row is None else (int(row[0]), str(row[1]))
 
     def append_audit(self, rows: Sequence[AuditRow]) -> None:
+        self.changed = True  # other replicas' operator feeds hear of it
         self._many(
             "INSERT INTO audit_entries (seq, ts, kind, body, hash) VALUES (?, ?, ?, ?, ?)",
             [(r.seq, r.ts, r.kind, r.body, r.hash) for r in rows],

@@ -7,15 +7,18 @@ Large answers are serialised once, straight to JSON.
 
 # Annotations are evaluated eagerly here: FastAPI reads the routes' types (and the local `Who`) from them.
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...control import ControlPlane, Principal
+from ...errors import RateLimited
 from ...levels import Role
 from ...protocol import MAX_INT
 from ..schemas import ArmIn, DisarmIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
+from ..stream import OperatorHub, OperatorStream
 
 __all__ = ["operator_router", "principal_dependency"]
 
@@ -40,9 +43,23 @@ def principal_dependency(cp: ControlPlane) -> Any:
     return principal
 
 
-def operator_router(cp: ControlPlane) -> APIRouter:
+def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     router = APIRouter(prefix="/api")
     Who = Annotated[Principal, Depends(principal_dependency(cp))]
+
+    @router.get(
+        "/events",
+        response_class=Response,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    )
+    def events(who: Who) -> Response:
+        """What changed, as it happens (Server-Sent Events): a ``hello``, then ``change`` events naming
+        the kinds that changed (agents, directives, authorizations, executions, tokens, audit) and a
+        ``tick`` every 5 s.  Clients fetch what they show when it changes; nothing is polled."""
+        if len(operators.queues) >= operators.MAX_CONNECTIONS:
+            raise RateLimited("too many operator streams open: close one", retry_after=5.0)
+        hello = {"type": "hello", "token": who.name, "role": who.role.label, "version": cp.state.version}
+        return OperatorStream(operators, json.dumps(hello).encode())
 
     @router.get("/status")
     def status(who: Who) -> Response:
