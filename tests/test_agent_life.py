@@ -4,6 +4,7 @@ against a real `m99 serve`, with the real frameworks."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -306,15 +307,27 @@ def test_the_server_logs_every_kill(tmp_path: Path) -> None:
     )
 
 
-def test_execute_does_not_present_its_own_time_as_time_to_halt(serve: ServeProcess) -> None:
+def test_execute_does_not_present_its_own_time_as_time_to_halt_and_can_wait_for_the_halts(
+    serve: ServeProcess,
+) -> None:
     proc = start(serve, QUICK_START, "sleep")
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     try:
         armed = serve.cli("arm", "--by", "ops@example.com", "--reason", "r", check=True)
         auth = armed.stdout.split("armed: ")[1].split()[0]
         done = serve.cli("execute", "--auth", auth, "--force", check=True).stdout
-        assert "recorded in" in done and "confirmed time-to-halt: m99 executions exe_" in done
+        assert "recorded in" in done and "this is not the time-to-halt" in done and "m99 executions exe_" in done
         assert "1 agent in scope" in done
+        armed = serve.cli("arm", "--by", "ops@example.com", "--reason", "again", check=True)
+        auth = armed.stdout.split("armed: ")[1].split()[0]
+        waited = serve.cli("execute", "--auth", auth, "--force", "--wait", "10")
+        assert waited.returncode == 0, waited.stderr
+        assert re.search(r"halt confirmed\s+my-agent\s+\d+\.\d ms", waited.stdout)
+        assert "all 1 agent in scope confirmed halted" in waited.stdout
+        execution = re.search(r"exe_\w+", waited.stdout)
+        assert execution
+        watched = serve.cli("watch", execution.group(0), "--wait", "2")
+        assert watched.returncode == 0 and "halt confirmed" in watched.stdout
     finally:
         proc.kill()
         proc.wait(timeout=30)

@@ -4,6 +4,7 @@ restore, lift) and free a name (agents forget)."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -173,13 +174,50 @@ def arm(
     click.echo(f"  execute with: m99 execute --auth {data['id']} --force{extra}")
 
 
+def _watch(op: Any, execution_id: str, seconds: float) -> int:
+    """Print each agent's confirmed halt as it arrives; 0 if every agent in scope confirmed in time."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + seconds
+    halt: dict[str, Any] = {}
+    while True:
+        halt = op.execution(execution_id)["time_to_halt"]
+        for name, ms in sorted(halt["per_agent"].items(), key=lambda item: item[1]):
+            if name not in seen:
+                seen.add(name)
+                click.echo(f"  halt confirmed  {safe(name):<32} {ms:9.1f} ms")
+        if not halt["not_confirmed"] or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if halt["not_confirmed"]:
+        click.echo(
+            f"NOT confirmed after {seconds:g} s: {', '.join(safe(n) for n in halt['not_confirmed'])} "
+            f"({len(halt['not_confirmed'])} of {plural(halt['in_scope'], 'agent')})"
+        )
+        return 1
+    worst = max(halt["per_agent"].values(), default=0.0)
+    click.echo(f"all {plural(halt['in_scope'], 'agent')} in scope confirmed halted; slowest {worst:.1f} ms")
+    return 0
+
+
 @click.command()
 @click.option("--auth", "auth_id", required=True, help="The authorisation id from `m99 arm`.")
 @click.option("--force", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--confirm", default=None, help="For L6: the exact phrase `m99 arm` printed.")
+@click.option(
+    "--wait",
+    "wait",
+    type=click.FloatRange(0, 3600),
+    default=None,
+    is_flag=False,
+    flag_value=30.0,
+    help="Then wait up to SECONDS (default 30) and print each agent's confirmed halt as it arrives; exit 1 "
+    "if one is not confirmed by then.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @click.pass_context
-def execute(ctx: click.Context, auth_id: str, force: bool, confirm: str | None, as_json: bool) -> None:
+def execute(
+    ctx: click.Context, auth_id: str, force: bool, confirm: str | None, wait: float | None, as_json: bool
+) -> None:
     """Phase two: fire the armed levels, L1 up to the armed level, on every agent in scope."""
     with operator(ctx) as op:
         if not force:
@@ -200,14 +238,39 @@ def execute(ctx: click.Context, auth_id: str, force: bool, confirm: str | None, 
                 click.echo("not executed")
                 sys.exit(1)
         data = op.execute(auth_id, confirm=confirm)
-    if as_json:
-        print_json(data)
-        return
-    click.echo(
-        f"executed {data['execution_id']}: {', '.join(data['levels_fired'])} on {data['scope']} — "
-        f"{plural(data['agents_terminated'], 'agent')} in scope (recorded in {data['committed_ms']:.1f} ms; "
-        f"each agent's confirmed time-to-halt: m99 executions {data['execution_id']})"
-    )
+        if as_json:
+            print_json(data)
+            return
+        if wait is None:
+            click.echo(
+                f"executed {data['execution_id']}: {', '.join(data['levels_fired'])} on {data['scope']} — "
+                f"{plural(data['agents_terminated'], 'agent')} in scope (recorded in {data['committed_ms']:.1f} ms; "
+                f"this is not the time-to-halt: each agent's confirmed halt is in "
+                f"m99 executions {data['execution_id']}, or use --wait)"
+            )
+            return
+        click.echo(
+            f"executed {data['execution_id']}: {', '.join(data['levels_fired'])} on {data['scope']} — "
+            f"{plural(data['agents_terminated'], 'agent')} in scope; waiting up to {wait:g} s for each to confirm"
+        )
+        code = _watch(op, data["execution_id"], wait)
+    sys.exit(code)
+
+
+@click.command()
+@click.argument("execution_id")
+@click.option("--wait", type=click.FloatRange(0, 3600), default=30.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+def watch(ctx: click.Context, execution_id: str, wait: float) -> None:
+    """Follow an execution: print each agent's confirmed halt as it arrives, and the agents still not
+    confirmed when the wait ends (exit 1 then)."""
+    with operator(ctx) as op:
+        data = op.execution(execution_id)
+        click.echo(
+            f"{data['id']}: L{data['level']} on {data['scope']}, {plural(len(data['agents']), 'agent')} in scope"
+        )
+        code = _watch(op, execution_id, wait)
+    sys.exit(code)
 
 
 @click.command()
@@ -273,4 +336,4 @@ def lift(ctx: click.Context, scope: str, by: str, reason: str) -> None:
     )
 
 
-COMMANDS = [status, agents, executions, arm, execute, disarm, restore, lift]
+COMMANDS = [status, agents, executions, arm, execute, watch, disarm, restore, lift]
