@@ -24,7 +24,6 @@ from .errors import (
     NotFound,
     ToolCallRefused,
 )
-from .levels import Level, Role, Scope
 
 __version__ = "0.1.0"
 
@@ -57,8 +56,11 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Level": "m99.levels",
+    "Role": "m99.levels",
+    "Scope": "m99.levels",
     "M99Client": "m99.client",
-    "OperatorClient": "m99.client",
+    "OperatorClient": "m99.operator",
     "Guard": "m99.guard",
     "EmbeddedControlPlane": "m99.server",
     "Runtime": "m99.runtime",
@@ -67,8 +69,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .client import M99Client, OperatorClient
+    from .client import M99Client
     from .guard import Guard
+    from .levels import Level, Role, Scope
+    from .operator import OperatorClient
     from .runtime import Runtime, init, shutdown
     from .server import EmbeddedControlPlane
 

@@ -11,13 +11,34 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+@cache
+def _ed25519() -> SimpleNamespace:
+    """The cryptography library, imported on first use of a key: ``import m99`` (and the operator's CLI)
+    need only JSON and hashes, and the library takes tens of milliseconds to load."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    return SimpleNamespace(
+        InvalidSignature=InvalidSignature,
+        serialization=serialization,
+        Private=Ed25519PrivateKey,
+        Public=Ed25519PublicKey,
+    )
+
+
+def _seed_of(key: Ed25519PrivateKey) -> bytes:
+    s = _ed25519().serialization
+    return key.private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw, s.NoEncryption())
 
 
 def canonical_json(value: Any) -> bytes:
@@ -59,15 +80,16 @@ class SigningKey:
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
-        self.public_bytes = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        s = _ed25519().serialization
+        self.public_bytes = key.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)
 
     @classmethod
     def generate(cls) -> SigningKey:
-        return cls(Ed25519PrivateKey.generate())
+        return cls(_ed25519().Private.generate())
 
     @classmethod
     def from_seed(cls, seed: bytes) -> SigningKey:
-        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+        return cls(_ed25519().Private.from_private_bytes(seed))
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
@@ -84,9 +106,7 @@ class SigningKey:
         if path.exists():
             return cls.load(path)
         key = cls.generate()
-        seed = key._key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        seed = _seed_of(key._key)
         tmp = _write_temp(path, b64(seed) + "\n")
         try:
             os.link(tmp, path)
@@ -98,15 +118,11 @@ class SigningKey:
 
     def derive(self, label: str) -> bytes:
         """A 32-byte secret for ``label`` derived from this key (replicas sharing the key share it)."""
-        seed = self._key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        seed = _seed_of(self._key)
         return hmac.new(seed, b"m99/" + label.encode(), hashlib.sha256).digest()
 
     def save(self, path: Path) -> None:
-        seed = self._key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        seed = _seed_of(self._key)
         write_private(path, b64(seed) + "\n")
 
     @property
@@ -130,7 +146,7 @@ class VerifyKey:
         if len(raw) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
         self.raw = raw
-        self._key = Ed25519PublicKey.from_public_bytes(raw)
+        self._key = _ed25519().Public.from_public_bytes(raw)
 
     @classmethod
     def from_b64(cls, text: str) -> VerifyKey:
@@ -142,13 +158,15 @@ class VerifyKey:
     def verify(self, message: bytes, signature_b64: str) -> bool:
         try:
             self._key.verify(unb64(signature_b64), message)
-        except (InvalidSignature, ValueError, TypeError):
+        except (_ed25519().InvalidSignature, ValueError, TypeError):
             return False
         return True
 
 
 def _write_temp(path: Path, text: str) -> str:
     """``text`` in a new owner-only file beside ``path``, flushed to disk; its name."""
+    import tempfile  # only when a file is written: importing it costs every process ~5 ms
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

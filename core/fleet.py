@@ -19,7 +19,8 @@ import httpx
 from .errors import ControlPlaneError, M99Error
 from .guard import log_change
 from .guard import logger as guard_log
-from .link import ControlLink, raise_for_answer, tls_context
+from .http import raise_for_answer, verify_for
+from .link import ControlLink
 
 __all__ = ["AckSource", "Acks", "Changes", "acks", "changes"]
 
@@ -136,7 +137,7 @@ class Acks:
     def _client(self, url: str) -> httpx.AsyncClient:
         client = self._clients.get(url)
         if client is None:
-            verify = tls_context() if url.startswith("https://") else True
+            verify = verify_for(url)
             client = self._clients[url] = httpx.AsyncClient(base_url=url, timeout=10.0, verify=verify)
         return client
 

@@ -15,22 +15,19 @@ forged, replayed and stale ones.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .config import resolve_data_dir
 from .crypto import SigningKey, VerifyKey
-from .errors import ConfigError, ControlPlaneError, ControlPlaneUnreachable, M99Error, error_for_status
+from .errors import ConfigError, ControlPlaneError, ControlPlaneUnreachable, M99Error
+from .http import httpx, request, verify_for
 from .protocol import document_signature_ok, request_message, sign_request, verify_event
 
 __all__ = [
@@ -39,30 +36,13 @@ __all__ = [
     "agent_key_path",
     "forget_server_keys",
     "pinned_server_key",
-    "raise_for_answer",
-    "request",
     "split_urls",
-    "tls_context",
     "trust_server_key",
 ]
 
 
 class ServerKeyMismatch(ControlPlaneError):
     """The control plane answered with a key other than the pinned one: it is not trusted."""
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The one default TLS context of the process, shared by every client of the control plane.
-
-    Building one loads the CA bundle (20-180 ms measured here); it is built on first use, only when a
-    URL is ``https://``.
-    """
-    return httpx.create_ssl_context()
-
-
-def _verify(url: str) -> ssl.SSLContext | bool:
-    return tls_context() if url.startswith("https://") else True
 
 
 def split_urls(url: str | Sequence[str]) -> list[str]:
@@ -136,31 +116,6 @@ def _configured_key(server_public_key: str | None) -> VerifyKey | None:
 # -- requests ------------------------------------------------------------------------------------------
 
 
-def raise_for_answer(response: httpx.Response) -> Any:
-    """The JSON of a 2xx answer, or the matching ``ControlPlaneError``."""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.is_success:
-        return data
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        raise error_for_status(response.status_code, str(err.get("message")), str(err.get("code") or ""), err)
-    raise error_for_status(response.status_code, f"HTTP {response.status_code} from {response.request.url}")
-
-
-def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        raise ControlPlaneUnreachable(
-            f"cannot reach the control plane at {client.base_url}: {exc.__class__.__name__}"
-            f"{': ' + str(exc) if str(exc) else ''}. Is `m99 serve` running?"
-        ) from None
-    return raise_for_answer(response)
-
-
 class ControlLink:
     """One agent identity talking to one control plane (one URL, or several replicas)."""
 
@@ -210,7 +165,7 @@ class ControlLink:
     def _client(self, url: str) -> httpx.Client:
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = httpx.Client(base_url=url, timeout=self.timeout, verify=_verify(url))
+            client = self._clients[url] = httpx.Client(base_url=url, timeout=self.timeout, verify=verify_for(url))
         return client
 
     @property

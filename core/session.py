@@ -35,8 +35,9 @@ from .errors import ControlPlaneError, M99Error, NotFound, RateLimited
 from .fleet import acks as _acks
 from .fleet import changes as _changes
 from .guard import Guard
+from .http import raise_for_answer, tls_context, verify_for
 from .levels import Level, Scope
-from .link import ControlLink, ServerKeyMismatch, agent_key_path, raise_for_answer, tls_context
+from .link import ControlLink, ServerKeyMismatch, agent_key_path
 
 log = logging.getLogger("m99.session")
 
@@ -230,9 +231,7 @@ class Session:
 
     async def _start_tasks(self) -> None:
         if _proxied(self.link.url):
-            self._aclient = httpx.AsyncClient(
-                timeout=httpx.Timeout(10.0, read=45.0), verify=tls_context() if "https" in self.link.url else True
-            )
+            self._aclient = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=45.0), verify=verify_for(self.link.url))
         _acks.use(self)
         loop = asyncio.get_running_loop()
         for name, coro in (("heartbeat", self._heartbeats()), ("push", self._push()), ("lease", self._lease())):

@@ -46,8 +46,40 @@ def _hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
+# Each command's module, imported only when that command runs (or ``--help`` lists them all): an
+# operator's ``m99 execute`` loads no server, no policy engine and no agent side.
+LAZY_COMMANDS = {
+    "serve": "serve",
+    "status": "operate",
+    "agents": "operate",
+    "executions": "operate",
+    "arm": "operate",
+    "execute": "operate",
+    "watch": "operate",
+    "disarm": "operate",
+    "restore": "operate",
+    "lift": "operate",
+    "run": "run",
+    "audit": "audit",
+    "token": "tokens",
+    "policy": "..policy.cli",
+}
+
+
 class M99Group(click.Group):
-    """The ``m99`` group: one-line errors for usage mistakes and M99 errors alike."""
+    """The ``m99`` group: commands loaded on demand, one-line errors for usage mistakes and M99 errors alike."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(LAZY_COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            module = importlib.import_module(f".{LAZY_COMMANDS[cmd_name]}", __name__)
+            command = getattr(module, cmd_name if cmd_name != "token" else "token")
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
 
     def main(  # type: ignore[override]
         self,
@@ -113,18 +145,6 @@ def main(ctx: click.Context, url: str | None, token: str | None, data_dir: str |
     """
     ctx.obj = {"url": url, "token": token, "data_dir": data_dir}
 
-
-def _register() -> None:
-    from ..policy.cli import policy
-    from . import audit, operate, run, serve, tokens
-
-    for module in (serve, operate, run, audit, tokens):
-        for command in module.COMMANDS:
-            main.add_command(command)
-    main.add_command(policy)
-
-
-_register()
 
 if __name__ == "__main__":
     main()

@@ -10,15 +10,13 @@ from typing import Any, TypeVar
 
 import click
 
-from ..protocol import Scope
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["ago", "human_time", "operator", "plural", "print_json", "safe", "scope_option", "table", "when"]
 
 
 def operator(ctx: click.Context) -> Any:
-    from ..client import OperatorClient
+    from ..operator import OperatorClient
 
     obj = ctx.find_root().obj
     return OperatorClient(obj["url"], obj["token"], data_dir=obj["data_dir"])
@@ -91,6 +89,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], widths: Sequenc
 def _scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
+    from ..protocol import Scope
+
     try:
         return str(Scope.parse(value))
     except ValueError as exc:
