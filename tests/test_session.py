@@ -155,7 +155,10 @@ def test_lease_fails_closed_when_the_server_dies_and_recovers(tmp_path: Path) ->
 
 
 def test_a_control_plane_restarted_on_a_fresh_database_is_obeyed(tmp_path: Path) -> None:
-    first = ServeProcess(tmp_path / "first", "--heartbeat-interval", "0.3").start()
+    # The same server identity (its key file) on an empty database: a server with another key on the
+    # same address is refused by key pinning (tests/test_identity.py).
+    key = ("--key-file", str(tmp_path / "server.key"))
+    first = ServeProcess(tmp_path / "first", "--heartbeat-interval", "0.3", *key).start()
     guard = Guard("phoenix", kind="autonomous")
     s = Session(guard, first.url).start()
     try:
@@ -166,7 +169,7 @@ def test_a_control_plane_restarted_on_a_fresh_database_is_obeyed(tmp_path: Path)
                 api.post("/api/restore", json={"scope": "global", "by": "a@example.com", "reason": "ok"})
                 wait_for(lambda: not guard.frozen)
         first.kill()
-        second = ServeProcess(tmp_path / "second", "--heartbeat-interval", "0.3")
+        second = ServeProcess(tmp_path / "second", "--heartbeat-interval", "0.3", *key)
         second.port, second.url = first.port, first.url  # same address, empty database
         second.start()
         try:
