@@ -11,7 +11,6 @@ import socket
 import stat
 import time
 from pathlib import Path
-
 from typing import Any
 
 import httpx
