@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import resolve_token, resolve_url
 from .errors import ControlPlaneUnreachable, NotAuthorised
-from .http import httpx, request, verify_for
+from .wire import JsonClient
 
 __all__ = ["OperatorClient"]
 
@@ -36,20 +36,20 @@ class OperatorClient:
         self.token = resolve_token(token, data_dir)
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._timeout = timeout
-        self.http = self._client(self.url)
+        self.wire = self._client(self.url)
 
-    def _client(self, url: str) -> httpx.Client:
-        return httpx.Client(base_url=url, headers=self._headers, timeout=self._timeout, verify=verify_for(url))
+    def _client(self, url: str) -> JsonClient:
+        return JsonClient(url, self._headers, self._timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(len(self.urls)):
             try:
-                return request(self.http, method, path, **kwargs)
+                return self.wire.call(method, path, **kwargs)
             except ControlPlaneUnreachable:
                 if attempt == len(self.urls) - 1:
                     raise
-                self.http.close()  # another replica, then
-                self.url, self.http = self.urls[attempt + 1], self._client(self.urls[attempt + 1])
+                self.wire.close()  # another replica, then
+                self.url, self.wire = self.urls[attempt + 1], self._client(self.urls[attempt + 1])
             except NotAuthorised as exc:
                 if not self.token:
                     raise NotAuthorised(
@@ -139,11 +139,7 @@ class OperatorClient:
         return result
 
     def audit_export(self) -> Iterator[str]:
-        with self.http.stream("GET", "/api/audit/export") as response:
-            if not response.is_success:
-                response.read()
-                self._call("GET", "/api/audit/verify")  # raises the same error with its message
-            yield from response.iter_lines()
+        yield from self.wire.lines("/api/audit/export")
 
     def create_token(self, name: str, role: str, **grants: Any) -> dict[str, Any]:
         body = {"name": name, "role": role, **{k: v for k, v in grants.items() if v not in (None, False)}}
@@ -163,7 +159,7 @@ class OperatorClient:
         return result
 
     def close(self) -> None:
-        self.http.close()
+        self.wire.close()
 
     def __enter__(self) -> OperatorClient:
         return self
