@@ -70,7 +70,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @click.pass_context
 def agents(ctx: click.Context, show_all: bool, as_json: bool) -> None:
-    """List running agents with their status and level (``--all``: stopped ones too)."""
+    """List running agents with their status and level (--all: stopped ones too)."""
     if ctx.invoked_subcommand is not None:
         return
     with operator(ctx) as op:
