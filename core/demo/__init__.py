@@ -201,15 +201,17 @@ def watch_demo(
     _check_frameworks()
     from ..operator import OperatorClient
 
-    log_path, log_file = _log_file(log)
     view = make_view(plain)
     operator: Any = None
+    candidate = OperatorClient(url, token, data_dir=data_dir)
+    candidate.health()  # an unreachable control plane: one line and exit 4, before any agent starts
     try:
-        candidate = OperatorClient(url, token, data_dir=data_dir)
         candidate.status()  # the record of executions needs a token that reads; the agents need none
         operator = candidate
     except M99Error as exc:
-        view.line(f"(no operator view of executions: {exc}; the agents run all the same)")
+        candidate.close()
+        view.line(f"(no operator view of executions: {exc.message}; the agents run all the same)")
+    log_path, log_file = _log_file(log)
     for text in _instructions(url, DEMO_AGENTS[1].name):
         view.line(text)
     problems: list[str] = []
@@ -223,6 +225,8 @@ def watch_demo(
             deadline = time.monotonic() + duration
             try:
                 while time.monotonic() < deadline:
+                    if all(a.snapshot().phase == "failed" for a in agents):
+                        break  # nothing left to show: each says why in the summary
                     if operator is not None:
                         try:
                             _watch_executions(operator, view, seen, pending)
