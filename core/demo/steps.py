@@ -22,6 +22,7 @@ OPERATOR = "operator@example.com"
 ACK_TIMEOUT = 15.0  # seconds each agent in scope has to confirm its halt
 START_TIMEOUT = 90.0  # seconds the agents have to import their framework, register and make 3 tool calls
 RESUME_TIMEOUT = 30.0
+HALT_TIMEOUT = 15.0  # seconds a halted agent's framework has to end its run
 
 
 class StepFailed(Exception):
@@ -105,7 +106,7 @@ def _check_halted(demo: Demo, before: dict[str, int]) -> str:
             s = a.snapshot()
             return s.frozen and (runs < 0 or s.runs_halted > runs)
 
-        wait_for(f"{name}'s run ending with the kill switch", ended, 30)
+        wait_for(f"{name}'s run ending with the kill switch", ended, HALT_TIMEOUT)
         s = agent.snapshot()
         if not s.frozen_times:
             raise StepFailed(f"{name} never reported a freeze")
