@@ -103,7 +103,10 @@ def _summary(view: View, results: list[tuple[str, str, str]], demo: Demo | None,
             ["AGENT", *steps],
             rows,
         )
-    view.line("time-to-halt: from the execute to each agent's signed acknowledgement that it enforced the stop")
+    view.line(
+        "time-to-halt: from the execute to the moment each agent's Guard enforced the stop, "
+        "as its signed acknowledgement says"
+    )
     view.line(f"framework output (what the agents' frameworks printed): {log_path}")
 
 
