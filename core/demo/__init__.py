@@ -121,6 +121,7 @@ def run_demo(*, plain: bool = False, log: str | None = None, pause: float = 0.25
     results: list[tuple[str, str, str]] = []
     demo: Demo | None = None
     failed: str | None = None
+    interrupted = False
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="m99-demo-") as work, log_file, _logs_to(log_path):
         work_dir = Path(work)
@@ -141,6 +142,10 @@ def run_demo(*, plain: bool = False, log: str | None = None, pause: float = 0.25
                             results.append((step.name, "FAILED", str(exc)))
                             view.note(f"FAILED: {step.name}: {exc}")
                             break
+                        except KeyboardInterrupt:
+                            failed, interrupted = step.name, True
+                            results.append((step.name, "FAILED", "interrupted (Ctrl-C)"))
+                            break
                         results.append((step.name, "ok", detail))
                         view.note(f"ok: {step.name}: {detail}")
                     for step in STEPS[len(results) - 1 :]:
@@ -150,8 +155,8 @@ def run_demo(*, plain: bool = False, log: str | None = None, pause: float = 0.25
     _summary(view, results, demo, log_path)
     took = time.monotonic() - started
     if failed:
-        view.line(f"m99 demo: FAILED at step {failed!r} ({took:.0f} s)")
-        return 1
+        view.line(f"m99 demo: {'interrupted' if interrupted else 'FAILED'} at step {failed!r} ({took:.0f} s)")
+        return 130 if interrupted else 1
     view.line(f"m99 demo: every step held ({took:.0f} s)")
     return 0
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -20,8 +21,10 @@ __all__ = ["DEMO_AGENTS", "IN_FLIGHT_SECONDS", "AgentProcess", "AgentSpec"]
 # A tool call the Guard admitted just before the freeze may reach its body just after it (AutoGen hands
 # a sync tool to a thread pool after the check); these agents call one tool at a time.
 IN_FLIGHT_SECONDS = 0.5
-# What one event line may be: the demo reads its children, but bounds what it reads.
+# What one event line may be, and how many tool-call times are kept: the demo reads its children, but
+# bounds what it reads and keeps.
 MAX_EVENT_LINE = 8192
+MAX_TOOL_TIMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class AgentState:
     runs_halted: int = 0
     outcome: str = ""
     failure: str = ""
-    tool_times: list[float] = field(default_factory=list)
+    tool_times: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_TOOL_TIMES))
     frozen_times: list[float] = field(default_factory=list)
     ended_times: list[float] = field(default_factory=list)
     resumed_times: list[float] = field(default_factory=list)
@@ -105,7 +108,10 @@ class AgentProcess:
             except ValueError:
                 continue
             if isinstance(event, dict):
-                self._apply(event)
+                try:
+                    self._apply(event)
+                except (TypeError, ValueError):  # a malformed event is dropped, never the watcher
+                    continue
         with self._lock:
             if self.state.phase not in ("stopped", "failed"):
                 self.state.phase = "gone"
@@ -156,7 +162,7 @@ class AgentProcess:
             return AgentState(
                 **{
                     **s.__dict__,
-                    "tool_times": list(s.tool_times),
+                    "tool_times": deque(s.tool_times, maxlen=MAX_TOOL_TIMES),
                     "frozen_times": list(s.frozen_times),
                     "ended_times": list(s.ended_times),
                     "resumed_times": list(s.resumed_times),
