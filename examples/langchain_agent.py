@@ -1,99 +1,10 @@
 """A LangChain agent (``create_agent``) under the kill switch, fully offline.
 
-    python examples/langchain_agent.py            # embedded control plane; the demo presses the switch
-    python examples/langchain_agent.py --url http://localhost:8099 --wait   # you press it: m99 arm / execute
-
-The model is scripted (no key, no network): it asks for a tool on every turn, forever, so only the
-kill switch ends the run.  The one line is ``m99.init(...)``; the LangChain adapter it installs stops the
-tool call and the model call inside LangChain, and the run ends with ``ToolCallRefused`` /
-``ModelCallRefused`` (both ``M99KillSwitchTriggered``).
+The example ships in the package as ``m99.examples.langchain_agent``; this file runs it from a checkout:
+``python examples/langchain_agent.py [--url URL] [--wait]`` is ``python -m m99.examples.langchain_agent``.
 """
 
-from __future__ import annotations
-
-import itertools
-from collections.abc import Sequence
-from typing import Any
-
-from _demo import AgentRun, Operator, Work, arguments, control_plane, frozen_at, halted_by_m99, say, wait_until
-from langchain.agents import create_agent
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import BaseTool, tool
-
-import m99
-
-
-class ScriptedResearcher(BaseChatModel):
-    """An offline chat model that calls ``search`` on every turn with a new query."""
-
-    turn: Any = None
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-researcher"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedResearcher:  # type: ignore[override]
-        return self
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        if self.turn is None:
-            self.turn = itertools.count(1)
-        n = next(self.turn)
-        call = {"name": "search", "args": {"query": f"kill switch papers, page {n}"}, "id": f"call-{n}"}
-        message = AIMessage(content="", tool_calls=[call])
-        message.usage_metadata = {"input_tokens": 20, "output_tokens": 8, "total_tokens": 28}
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-
-def build_agent(name: str, work: Work) -> Any:
-    """An ordinary ``create_agent`` agent: nothing in it knows about M99."""
-
-    @tool
-    def search(query: str) -> str:
-        """Search the literature."""
-        work.did(name, f"search {query!r}")
-        return f"3 results for {query}"
-
-    tools: list[BaseTool] = [search]
-    return create_agent(ScriptedResearcher(), tools, name=name, system_prompt="You research.")
-
-
-def run_agent(agent: Any) -> Any:
-    return agent.invoke(
-        {"messages": [{"role": "user", "content": "Survey AI kill switches."}]}, {"recursion_limit": 10_000}
-    )
-
-
-def main() -> int:
-    args = arguments(__doc__.splitlines()[0])
-    with control_plane(args.url) as (url, token):
-        runtime = m99.init("lc-researcher", kind="research", url=url)
-        say("m99", f"m99.init: adapters installed: {', '.join(runtime.installed)}")
-        work = Work()
-        froze = frozen_at(runtime.guard)
-        agent = AgentRun("lc-researcher", lambda: run_agent(build_agent("lc-researcher", work)))
-        agent.start()
-        wait_until(lambda: work.count("lc-researcher") >= 3, 60, "three tool calls")
-        say("lc-researcher", f"working: {work.count('lc-researcher')} tool calls so far")
-        if args.wait:
-            say("m99", "waiting for an operator: m99 arm --scope agent:lc-researcher … then m99 execute …")
-            agent.join()
-        else:
-            operator = Operator(url, token)
-            execution, sent = operator.kill("agent:lc-researcher", level=3, reason="runaway research loop")
-            agent.join(30)
-            halt = operator.wait_for_acks(execution["execution_id"], 1)
-            say("m99", f"time to halt (acknowledged by the agent): {halt['per_agent']} ms")
-            say("m99", work.report("lc-researcher", froze() or sent))
-        m99.shutdown()
-    ok = halted_by_m99(agent)
-    say("m99", "halted by the kill switch" if ok else f"NOT halted by M99: {agent.outcome}")
-    return 0 if ok else 1
-
+from m99.examples.langchain_agent import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

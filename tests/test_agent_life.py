@@ -115,8 +115,9 @@ FRAMEWORK_RUN = {
     "langchain": """
         import sys
         import m99
-        from _demo import Work
-        from langchain_agent import build_agent, run_agent
+        import langchain.agents  # the framework first, as an agent program imports it
+        from m99.examples._support import Work
+        from m99.examples.langchain_agent import build_agent, run_agent
         m99.init("lc-life", kind="research", url=sys.argv[1])
         print("ready", flush=True)
         run_agent(build_agent("lc-life", Work()))
@@ -124,8 +125,9 @@ FRAMEWORK_RUN = {
     "crewai": """
         import sys
         import m99
-        from _demo import Work
-        from crewai_crew import build_crew
+        import crewai
+        from m99.examples._support import Work
+        from m99.examples.crewai_crew import build_crew
         m99.init("crew-life", kind="analysis", url=sys.argv[1])
         print("ready", flush=True)
         build_crew("Incident Analyst", Work(), "crew-life").kickoff()
@@ -133,8 +135,9 @@ FRAMEWORK_RUN = {
     "autogen": """
         import asyncio, sys
         import m99
-        from _demo import Work
-        from autogen_team import build_team, run_team
+        import autogen_agentchat.agents
+        from m99.examples._support import Work
+        from m99.examples.autogen_team import build_team, run_team
         runtime = m99.init("ag-life", kind="writing", url=sys.argv[1])
         print("ready", flush=True)
         # With M99Termination the team ends cleanly, its stop reason saying who stopped it.

@@ -5,7 +5,7 @@ Every expected failure prints one line ``m99: error: …`` and exits with the co
 (``--url``, ``--token``, ``--data-dir``) work before or after the command.
 
 The commands live in one module per area: ``serve``, ``operate`` (status, agents, arm, execute,
-disarm, restore, lift, executions), ``audit``, ``tokens``, ``run``.
+disarm, restore, lift, executions), ``audit``, ``tokens``, ``run``, ``demo``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ LAZY_COMMANDS = {
     "audit": "audit",
     "token": "tokens",
     "policy": "m99.policy.cli",
+    "demo": "demo",
 }
 
 

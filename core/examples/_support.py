@@ -1,7 +1,7 @@
 """What the examples share: a control plane, an operator at the `m99` command line, and honest output.
 
 None of this is needed in your own agent: there the one line is ``m99.init("name")`` and the operator
-is a human typing ``m99 arm`` / ``m99 execute`` against ``m99 serve``.
+is a human typing ``m99 arm`` / ``m99 execute`` against ``m99 serve``.  Framework-free.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from contextlib import contextmanager
 from typing import Any
 
 # Offline: no framework may phone home, and no model key is needed (the models are scripted).
-os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("OTEL_SDK_DISABLED", "true")
-os.environ.setdefault("CREWAI_TESTING", "true")
+OFFLINE_ENV = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TESTING": "true"}
+
+
+def offline() -> None:
+    """Set the variables that keep the frameworks offline and quiet (before any framework is imported)."""
+    for name, value in OFFLINE_ENV.items():
+        os.environ.setdefault(name, value)
+
 
 _T0 = time.monotonic()
 # A tool call the Guard admitted just before the freeze may reach its body just after it.
@@ -34,6 +39,7 @@ def say(who: str, text: str) -> None:
 
 
 def arguments(description: str) -> argparse.Namespace:
+    offline()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--url",
@@ -115,14 +121,19 @@ class Operator:
 class Work:
     """What the agents' tools really did, with timestamps: the proof that nothing ran after the halt."""
 
-    def __init__(self) -> None:
+    def __init__(self, pause: float = 0.02, on_call: Callable[[str, str, float], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self._pause = pause
+        self._on_call = on_call
         self.calls: list[tuple[str, str, float]] = []
 
     def did(self, agent: str, what: str) -> None:
+        now = time.time()
         with self._lock:
-            self.calls.append((agent, what, time.time()))
-        time.sleep(0.02)  # a tool does some I/O
+            self.calls.append((agent, what, now))
+        if self._on_call is not None:
+            self._on_call(agent, what, now)
+        time.sleep(self._pause)  # a tool does some I/O
 
     def count(self, agent: str) -> int:
         with self._lock:
