@@ -62,7 +62,7 @@ LAZY_COMMANDS = {
     "run": "run",
     "audit": "audit",
     "token": "tokens",
-    "policy": "..policy.cli",
+    "policy": ".policy.cli",  # m99.policy.cli
 }
 
 
