@@ -160,7 +160,7 @@ def test_a_flood_of_forged_heartbeats_is_audited_folded(embedded: EmbeddedContro
     time.sleep(0.3)
     assert kinds(admin).count("heartbeat.rejected") == 1  # the rest is folded into the next entry's count
     metrics = httpx.get(f"{embedded.url}/metrics").text
-    assert "m99_refusals_total 300" in metrics
+    assert "m99_refusals_total 300.0" in metrics
 
 
 def test_folded_refusals_are_written_with_their_count(tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ def test_one_push_stream_per_agent_and_only_the_agent_opens_it(embedded: Embedde
         rest += chunk
     assert rest.endswith(b"0\r\n\r\n")
     metric = httpx.get(f"{embedded.url}/metrics").text
-    assert "m99_push_connections 1" in metric
+    assert "m99_push_connections 1.0" in metric
     for sock in (unsigned, forged, first, second):
         sock.close()
 

@@ -97,6 +97,16 @@ __all__ = ["COMMANDS"]
     default="warning",
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Least severe log line written (to stderr). Executions and dead man's switch firings are warnings.",
+)
+@click.option(
+    "--log-format",
+    envvar="M99_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="text: one readable line each; json: one JSON object a line (time, level, logger, message, fields), "
+    "the start-up lines too (env M99_LOG_FORMAT). Tokens are masked in either.",
 )
 @click.pass_context
 def serve(
@@ -116,6 +126,7 @@ def serve(
     retention: float,
     halt_slo: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the control plane: REST API, push stream, dashboard and API docs.
 
@@ -123,12 +134,13 @@ def serve(
     changes nothing.  On first start it writes an admin token owner-only into the data dir.
     Several replicas share one PostgreSQL (--store) and one key (--key-file).
     """
-    import logging
+    import functools
 
+    from .. import logs
     from ..control import Settings
     from ..server import serve as run_server
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, log_format)
     settings = Settings(
         heartbeat_interval=heartbeat_interval,
         missed_heartbeats=missed,
@@ -148,6 +160,7 @@ def serve(
         store_url or database_url,
         log_level,
         key_file=key_file,
+        announce=functools.partial(logs.announce, fmt=log_format),
     )
 
 

@@ -45,7 +45,7 @@ def _process_gone(pid: int | None) -> bool:
     return False
 
 
-def _log_firing(names: list[str], settings: Settings) -> None:
+def _log_firing(names: list[str], executions: list[str], settings: Settings) -> None:
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     log.warning(
         "m99: dead man's switch fired L%d on %d silent agent%s (%d heartbeats missed): %s",
@@ -54,6 +54,16 @@ def _log_firing(names: list[str], settings: Settings) -> None:
         "" if len(names) == 1 else "s",
         settings.missed_heartbeats,
         shown,
+        extra={
+            "m99": {
+                "event": "deadman.fired",
+                "level": settings.deadman_level,
+                "agents": names[:100],
+                "count": len(names),
+                "execution_ids": executions[:100],
+                "missed_heartbeats": settings.missed_heartbeats,
+            }
+        },
     )
 
 
@@ -141,7 +151,8 @@ class DeadMan:
                     )
                 batch = [f["scope"].removeprefix("agent:") for f in fired[start:]]
                 if batch:
-                    unit.after(functools.partial(_log_firing, batch, self.settings))
+                    ids = [f["execution_id"] for f in fired[start:]]
+                    unit.after(functools.partial(_log_firing, batch, ids, self.settings))
         return fired
 
     def gone(self, now: float | None = None) -> list[str]:

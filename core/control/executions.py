@@ -10,8 +10,10 @@ halted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import BadRequest, Conflict, NotFound
@@ -45,6 +47,8 @@ class Executions:
         self.tokens = tokens
         self.refusals = refusals
         self.settings = settings
+        # Told (origin, agents in scope) after each firing commits: /metrics counts them.
+        self.on_fired: list[Callable[[str, int], object]] = []
 
     def in_scope(self, scope: Scope) -> list[str]:
         """The agents a kill on ``scope`` would reach now: running ones (not stopped or tombstoned)."""
@@ -183,6 +187,8 @@ class Executions:
                 "directive_id": directive.id,
             },
         )
+        for listener in self.on_fired:
+            unit.after(functools.partial(listener, origin, len(names)))
         if log_line:
             unit.after(
                 lambda: log.warning(
@@ -195,6 +201,19 @@ class Executions:
                     by,
                     reason,
                     execution_id,
+                    extra={
+                        "m99": {
+                            "event": "policy.escalation" if origin == "policy" else "execution",
+                            "execution_id": execution_id,
+                            "origin": origin,
+                            "level": int(level),
+                            "scope": str(scope),
+                            "agents": len(names),
+                            "by": by,
+                            "reason": reason,
+                            "authorization_id": auth_id,
+                        }
+                    },
                 )
             )
         return {

@@ -8,6 +8,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -95,9 +96,13 @@ def serve(
     store_url: str | None = None,
     log_level: str = "warning",
     key_file: str | Path | None = None,
+    announce: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> None:
+    """Run the control plane until interrupted.  ``announce`` says where it listens and its key (default:
+    printed); with it given, the caller has configured logging and uvicorn's loggers go through it."""
     import uvicorn
 
+    say = announce or (lambda text, fields: print(text, flush=True))
     sock = listen(host, port)
     try:
         cp = build(data_dir, settings, store_url, key_file)
@@ -108,16 +113,21 @@ def serve(
         token = cp.ensure_admin_token()
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         bound = sock.getsockname()[1]
-        print(f"M99 control plane on http://{shown}:{bound}  (REST /api, dashboard /, API docs /docs)", flush=True)
-        print(f"store: {cp.store.location}", flush=True)
-        print(f"server key: {cp.key.public_b64}  (agents may pin it: M99_SERVER_KEY)", flush=True)
+        url = f"http://{shown}:{bound}"
+        say(f"M99 control plane on {url}  (REST /api, dashboard /, API docs /docs)", {"event": "serving", "url": url})
+        say(f"store: {cp.store.location}", {"event": "store", "store": str(cp.store.location)})
+        say(
+            f"server key: {cp.key.public_b64}  (agents may pin it: M99_SERVER_KEY)",
+            {"event": "server_key", "server_key": cp.key.public_b64},
+        )
         if token:
-            print(
+            say(
                 f"first start: admin token written owner-only to {cp.data_dir / TOKEN_FILE}; the m99 CLI on this "
                 "machine reads it from there (elsewhere: set M99_TOKEN). Open the dashboard with it.",
-                flush=True,
+                {"event": "admin_token_written", "path": str(cp.data_dir / TOKEN_FILE)},
             )
-        server = uvicorn.Server(_uvicorn_config(cp, log_level))
+        extra = {} if announce is None else {"log_config": None}
+        server = uvicorn.Server(_uvicorn_config(cp, log_level, **extra))
         server.run(sockets=[sock])
     finally:
         sock.close()

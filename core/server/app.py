@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..control.background import Background
 from ..errors import M99Error, NotFound
 from ..store import StoreError
 from .errors import error_response, json_error, validation_response
+from .metrics import Metrics
 from .routers.agents import agent_router
 from .routers.operators import operator_router
 from .schemas import HeartbeatIn
@@ -169,6 +169,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
     cp.feed.subscribe(operators.publish)
     counters = {"heartbeats": 0, "heartbeats_rejected": 0, "requests_refused": 0, "acks": 0, "ack_requests": 0}
     background = Background(cp, deadman_period=deadman_period)
+    gauges = Metrics(cp, hub, counters)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -176,6 +177,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         operators.bind(asyncio.get_running_loop())
         cp.serving()
         background.start()
+        gauges.start()
         tasks = [asyncio.create_task(hub.keep_alive()), asyncio.create_task(operators.ticks())]
         try:
             yield
@@ -184,6 +186,7 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             cp.feed.unsubscribe(operators.publish)
+            await asyncio.get_running_loop().run_in_executor(None, gauges.stop)
             await asyncio.get_running_loop().run_in_executor(None, background.stop)
 
     app = FastAPI(
@@ -238,38 +241,10 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
     app.include_router(agent_router(cp, hub, counters))
     app.include_router(operator_router(cp, operators))
 
-    @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        counts = cp.counts()
-        lines = [
-            "# TYPE m99_agents gauge",
-            *(f'm99_agents{{status="{s}"}} {n}' for s, n in sorted(counts["agents"].items())),
-            "# TYPE m99_agents_held gauge",
-            f"m99_agents_held {counts['held']}",
-            "# TYPE m99_state_version gauge",
-            f"m99_state_version {counts['version']}",
-            "# TYPE m99_active_directives gauge",
-            f"m99_active_directives {counts['directives']}",
-            "# TYPE m99_heartbeats_total counter",
-            f"m99_heartbeats_total {counters['heartbeats']}",
-            "# TYPE m99_heartbeats_rejected_total counter",
-            f"m99_heartbeats_rejected_total {counters['heartbeats_rejected']}",
-            "# TYPE m99_requests_refused_total counter",
-            f"m99_requests_refused_total {counters['requests_refused']}",
-            "# TYPE m99_refusals_total counter",
-            f"m99_refusals_total {cp.refusals.total}",
-            "# TYPE m99_acks_total counter",
-            f"m99_acks_total {counters['acks']}",
-            "# TYPE m99_ack_requests_total counter",
-            f"m99_ack_requests_total {counters['ack_requests']}",
-            "# TYPE m99_push_connections gauge",
-            f"m99_push_connections {hub.connections}",
-            "# TYPE m99_audit_head_seq gauge",
-            f"m99_audit_head_seq {cp.ledger.head[0]}",
-            "# TYPE m99_uptime_seconds gauge",
-            f"m99_uptime_seconds {time.time() - cp.started_at:.1f}",
-        ]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        """Prometheus text: in-memory counters only, no store work per request (it is unauthenticated)."""
+        return Response(gauges.render(), media_type=Metrics.CONTENT_TYPE)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> Response:
