@@ -140,6 +140,7 @@ class Views:
             "settings": {
                 "heartbeat_interval": self.settings.heartbeat_interval,
                 "missed_heartbeats": self.settings.missed_heartbeats,
+                "lease_seconds": self.settings.lease,
                 "deadman_level": self.settings.deadman_level,
                 "enrol": self.settings.enrol,
                 "halt_slo": self.settings.halt_slo,

@@ -152,6 +152,38 @@ class BodyLimit:
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
 
+# The dashboard's own files (a fixed list: nothing else under static/ is served), and headers that keep
+# anything an agent managed to smuggle into a value from running: scripts only from these files, no
+# inline script or handler, no framing (clickjacking the kill switch), no referrer.
+DASHBOARD_ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+# The API docs' pages load only from this server: ReDoc's bundle, for one, fetches its logo from the
+# vendor's CDN (it hides the image when that fails).
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _offline(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_POLICY
+    return page
+
+
 def _docs_assets() -> Path | None:
     """Swagger UI and ReDoc, from a package that ships them (no CDN: the docs work offline)."""
     try:
@@ -246,10 +278,18 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         """Prometheus text: in-memory counters only, no store work per request (it is unauthenticated)."""
         return Response(gauges.render(), media_type=Metrics.CONTENT_TYPE)
 
+    static = resources.files("m99.server").joinpath("static")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> Response:
-        page = resources.files("m99.server").joinpath("static/dashboard.html").read_text()
-        return HTMLResponse(page)
+        return HTMLResponse(static.joinpath("dashboard.html").read_text(), headers=DASHBOARD_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def dashboard_asset(name: str) -> Response:
+        media = DASHBOARD_ASSETS.get(name)
+        if media is None:
+            raise NotFound(f"no dashboard asset {name!r}")
+        return Response(static.joinpath(name).read_bytes(), media_type=media, headers=DASHBOARD_HEADERS)
 
     assets = _docs_assets()
     if assets is not None:
@@ -257,22 +297,26 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
 
         @app.get("/docs", include_in_schema=False)
         async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(
-                openapi_url="/openapi.json",
-                title="M99 control plane — API",
-                swagger_js_url="/_docs/swagger-ui-bundle.js",
-                swagger_css_url="/_docs/swagger-ui.css",
-                swagger_favicon_url="/_docs/favicon.png",
+            return _offline(
+                get_swagger_ui_html(
+                    openapi_url="/openapi.json",
+                    title="M99 control plane — API",
+                    swagger_js_url="/_docs/swagger-ui-bundle.js",
+                    swagger_css_url="/_docs/swagger-ui.css",
+                    swagger_favicon_url="/_docs/favicon.png",
+                )
             )
 
         @app.get("/redoc", include_in_schema=False)
         async def redoc() -> HTMLResponse:
-            return get_redoc_html(
-                openapi_url="/openapi.json",
-                title="M99 control plane — API",
-                redoc_js_url="/_docs/redoc.standalone.js",
-                redoc_favicon_url="/_docs/favicon.png",
-                with_google_fonts=False,
+            return _offline(
+                get_redoc_html(
+                    openapi_url="/openapi.json",
+                    title="M99 control plane — API",
+                    redoc_js_url="/_docs/redoc.standalone.js",
+                    redoc_favicon_url="/_docs/favicon.png",
+                    with_google_fonts=False,
+                )
             )
 
     return app
