@@ -126,6 +126,21 @@ def test_login_with_a_token_against_m99_serve(tab: Tab, tmp_path: Path) -> None:
         server.kill()
 
 
+def test_an_enrolment_token_cannot_log_in(plane: EmbeddedControlPlane, tab: Tab) -> None:
+    with api(plane) as admin:
+        enrol = admin.post("/api/tokens", json={"name": "pool", "role": "agent"}).json()["token"]
+    with api(plane, enrol) as as_agent:
+        refusal = as_agent.get("/api/status")
+    assert refusal.status_code == 403
+    page = tab.page
+    page.goto(plane.url + "/")
+    page.fill("#login-token", enrol)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_have_text("cannot log in: " + refusal.json()["error"]["message"])
+    expect(page.locator("#board")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('m99.token')") is None
+
+
 def test_an_agent_appears_live_and_its_heartbeat_age_counts(plane: EmbeddedControlPlane, tab: Tab) -> None:
     page = tab.login(plane.url, plane.token)
     expect(page.locator("#agents tbody")).to_contain_text("no agent registered")

@@ -170,8 +170,8 @@
         cache: "no-store",
         credentials: "omit",
       });
-      if (response.status === 401) {
-        refused((await errorOf(response)).message);
+      if (response.status === 401 || response.status === 403) {
+        refused((await errorOf(response)).message); // retrying would not change the server's mind
         return;
       }
       if (!response.ok) throw await errorOf(response);
