@@ -228,6 +228,23 @@ def test_arm_execute_halts_the_row_with_its_time_to_halt_then_restore(plane: Emb
         client.check_status()  # the agent runs again
 
 
+def test_a_large_fleet_shows_the_held_agents_first(tab: Tab, tmp_path: Path) -> None:
+    with EmbeddedControlPlane(tmp_path / "fleet", settings=Settings(heartbeat_interval=30, register_rate=0)) as plane:
+        for n in range(505):
+            ControlLink(plane.url).register(f"a-{n:03d}", "bulk")
+        ControlLink(plane.url).register("zz-held", "odd")
+        with api(plane) as admin:
+            auth = admin.post("/api/arm", json={"by": "ops@example.com", "reason": "r", "scope": "class:odd"}).json()
+            admin.post("/api/execute", json={"authorization_id": auth["id"]}).raise_for_status()
+        page = tab.login(plane.url, plane.token)
+        expect(page.locator("#agents-more")).to_have_text(
+            "showing 500 of 506 agents (held and silent first); m99 agents lists them all"
+        )
+        expect(page.locator("#agents tbody tr[data-agent]")).to_have_count(500)
+        expect(page.locator("#agents tbody tr[data-agent]").first).to_have_attribute("data-agent", "zz-held")
+        page.click("#logout")  # close the feed before the server stops
+
+
 def test_an_unconfirmed_halt_shows_in_red(plane: EmbeddedControlPlane, tab: Tab) -> None:
     # A registered agent that never reads its stream nor acknowledges: its halt is never confirmed.
     link = ControlLink(plane.url)

@@ -14,6 +14,7 @@
   const AUDIT_SHOWN = 25;
   const NAMES_SHOWN = 20;
   const VERIFY_EVERY_MS = 5000;
+  const AGENTS_SHOWN = 500; // rows rebuilt at every change and tick: held and silent agents come first
 
   const $ = (id) => document.getElementById(id);
 
@@ -404,8 +405,14 @@
 
   const STATE_NAMES = { active: "alive", silent: "silent", stopped: "stopped", tombstoned: "tombstoned" };
 
-  function renderAgents(agents, settings) {
+  const urgency = (a) => (a.level ? 0 : a.status === "silent" ? 1 : a.status === "active" ? 2 : 3);
+
+  function renderAgents(all, settings) {
     const lease = Number(settings.lease_seconds || 0);
+    const agents =
+      all.length > AGENTS_SHOWN
+        ? [...all].sort((x, y) => urgency(x) - urgency(y) || (x.name < y.name ? -1 : 1)).slice(0, AGENTS_SHOWN)
+        : all;
     const rows = agents.map((a) => {
       const frameworks = Array.isArray(a.frameworks) && a.frameworks.length ? a.frameworks.join(", ") : a.framework || "";
       const live = a.status === "active" || a.status === "silent";
@@ -446,6 +453,19 @@
         haltCell,
       );
     });
+    if (all.length > agents.length) {
+      rows.push(
+        el(
+          "tr",
+          { id: "agents-more" },
+          el(
+            "td",
+            { class: "empty", colspan: 10 },
+            `showing ${agents.length} of ${all.length} agents (held and silent first); m99 agents lists them all`,
+          ),
+        ),
+      );
+    }
     fillTable("agents", rows, 10, "no agent registered");
   }
 
