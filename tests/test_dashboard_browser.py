@@ -242,6 +242,10 @@ def test_a_large_fleet_shows_the_held_agents_first(tab: Tab, tmp_path: Path) -> 
         )
         expect(page.locator("#agents tbody tr[data-agent]")).to_have_count(500)
         expect(page.locator("#agents tbody tr[data-agent]").first).to_have_attribute("data-agent", "zz-held")
+        with api(plane) as admin:
+            head = admin.get("/api/status").json()["audit_head"]["seq"]
+        assert head > 500
+        expect(page.locator("#audit tbody tr").first).to_have_attribute("data-seq", str(head))  # newest first
         page.click("#logout")  # close the feed before the server stops
 
 

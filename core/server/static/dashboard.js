@@ -269,15 +269,14 @@
     const all = kinds.has("all");
     const has = (k) => all || kinds.has(k);
     const jobs = [];
-    jobs.push(
-      api("GET", "/api/status").then((status) => {
-        view.status = status;
-        if (!$("show-stopped").checked) {
-          view.agents = status.agents;
-          view.agentsAt = performance.now();
-        }
-      }),
-    );
+    const statusRead = api("GET", "/api/status").then((status) => {
+      view.status = status;
+      if (!$("show-stopped").checked) {
+        view.agents = status.agents;
+        view.agentsAt = performance.now();
+      }
+    });
+    jobs.push(statusRead);
     if ($("show-stopped").checked) {
       jobs.push(
         api("GET", "/api/agents?all=true").then((agents) => {
@@ -287,7 +286,7 @@
       );
     }
     if (has("executions") || has("directives")) jobs.push(loadExecutions());
-    if (has("audit")) jobs.push(loadAudit());
+    if (has("audit")) jobs.push(statusRead.then(loadAudit)); // the newest entries: up to the head just read
     const dueVerify = view.chainDirty && (all || performance.now() - view.verifiedAt >= VERIFY_EVERY_MS);
     if (dueVerify) jobs.push(loadChain());
     await Promise.all(jobs);
