@@ -307,10 +307,12 @@ def test_l6_needs_the_typed_phrase(plane: EmbeddedControlPlane, tab: Tab) -> Non
     page.click("#confirm-ok")
     expect(page.locator("#msg")).to_have_text("refused: L6 needs the typed confirmation 'KILL FLEET agent:nobody-yet'")
     expect(page.locator("#armed tbody tr[data-auth]")).to_have_count(1)
-    page.locator("#armed button[data-action=execute]").click()
+    page.locator("#armed button[data-action=execute]").dblclick()  # one dialog, one execute, however pressed
     page.fill("#confirm-input", "KILL FLEET agent:nobody-yet")
     page.click("#confirm-ok")
     expect(page.locator("#msg")).to_contain_text("executed exe_")
+    page.wait_for_timeout(500)
+    expect(page.locator("#msg")).to_contain_text("executed exe_")  # no second attempt refused after it
     expect(page.locator("#directives tbody tr[data-directive]")).to_contain_text("L6")
     # Disarm from the page, too.
     arm.locator("select[name=level]").select_option("3")

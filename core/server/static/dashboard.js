@@ -593,6 +593,7 @@
   function ask(auth) {
     // The server's own account of what would fire on whom, and the phrase a level needs.
     const dialog = $("confirm-dialog");
+    if (dialog.open) return Promise.resolve(null); // one confirmation at a time
     $("confirm-title").textContent = `Execute L${auth.level} (${auth.level_name}) on ${auth.scope}?`;
     const names = auth.agents_in_scope || [];
     $("confirm-body").textContent =
