@@ -299,8 +299,10 @@ def test_l6_needs_the_typed_phrase(plane: EmbeddedControlPlane, tab: Tab) -> Non
     arm.locator("input[name=reason]").fill("pre-emptive fleet stop")
     arm.locator("select[name=level]").select_option("6")
     arm.locator("input[name=allow_empty]").check()
-    arm.locator("button[type=submit]").click()
+    arm.locator("button[type=submit]").dblclick()  # armed once
     expect(page.locator("#msg")).to_contain_text("KILL FLEET agent:nobody-yet")
+    page.wait_for_timeout(300)
+    expect(page.locator("#armed tbody tr[data-auth]")).to_have_count(1)
     page.locator("#armed button[data-action=execute]").click()
     expect(page.locator("#confirm-phrase")).to_have_text("KILL FLEET agent:nobody-yet")
     page.fill("#confirm-input", "kill it")

@@ -571,6 +571,20 @@
     }
   }
 
+  // A form's buttons are off while its request is out: a double-click arms once.
+  async function whileBusy(form, call) {
+    if (form.dataset.busy) return;
+    form.dataset.busy = "1";
+    const buttons = [...form.querySelectorAll("button")];
+    for (const button of buttons) button.disabled = true;
+    try {
+      await call();
+    } finally {
+      delete form.dataset.busy;
+      for (const button of buttons) button.disabled = false;
+    }
+  }
+
   async function arm(form) {
     const data = form.elements;
     const body = {
@@ -747,12 +761,12 @@
     });
     $("arm-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      arm(event.target);
+      whileBusy(event.target, () => arm(event.target));
     });
     $("undo-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const verb = event.submitter && event.submitter.value === "lift" ? "lift" : "restore";
-      undo(event.target, verb);
+      whileBusy(event.target, () => undo(event.target, verb));
     });
     $("show-stopped").addEventListener("change", () => want(["agents"]));
     const by = sessionStorage.getItem(BY_KEY) || "";
