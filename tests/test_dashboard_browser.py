@@ -126,6 +126,21 @@ def test_login_with_a_token_against_m99_serve(tab: Tab, tmp_path: Path) -> None:
         server.kill()
 
 
+def test_an_enrolment_token_cannot_log_in(plane: EmbeddedControlPlane, tab: Tab) -> None:
+    with api(plane) as admin:
+        enrol = admin.post("/api/tokens", json={"name": "pool", "role": "agent"}).json()["token"]
+    with api(plane, enrol) as as_agent:
+        refusal = as_agent.get("/api/status")
+    assert refusal.status_code == 403
+    page = tab.page
+    page.goto(plane.url + "/")
+    page.fill("#login-token", enrol)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_have_text("cannot log in: " + refusal.json()["error"]["message"])
+    expect(page.locator("#board")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('m99.token')") is None
+
+
 def test_an_agent_appears_live_and_its_heartbeat_age_counts(plane: EmbeddedControlPlane, tab: Tab) -> None:
     page = tab.login(plane.url, plane.token)
     expect(page.locator("#agents tbody")).to_contain_text("no agent registered")
@@ -213,6 +228,27 @@ def test_arm_execute_halts_the_row_with_its_time_to_halt_then_restore(plane: Emb
         client.check_status()  # the agent runs again
 
 
+def test_a_large_fleet_shows_the_held_agents_first(tab: Tab, tmp_path: Path) -> None:
+    with EmbeddedControlPlane(tmp_path / "fleet", settings=Settings(heartbeat_interval=30, register_rate=0)) as plane:
+        for n in range(505):
+            ControlLink(plane.url).register(f"a-{n:03d}", "bulk")
+        ControlLink(plane.url).register("zz-held", "odd")
+        with api(plane) as admin:
+            auth = admin.post("/api/arm", json={"by": "ops@example.com", "reason": "r", "scope": "class:odd"}).json()
+            admin.post("/api/execute", json={"authorization_id": auth["id"]}).raise_for_status()
+        page = tab.login(plane.url, plane.token)
+        expect(page.locator("#agents-more")).to_have_text(
+            "showing 500 of 506 agents (held and silent first); m99 agents lists them all"
+        )
+        expect(page.locator("#agents tbody tr[data-agent]")).to_have_count(500)
+        expect(page.locator("#agents tbody tr[data-agent]").first).to_have_attribute("data-agent", "zz-held")
+        with api(plane) as admin:
+            head = admin.get("/api/status").json()["audit_head"]["seq"]
+        assert head > 500
+        expect(page.locator("#audit tbody tr").first).to_have_attribute("data-seq", str(head))  # newest first
+        page.click("#logout")  # close the feed before the server stops
+
+
 def test_an_unconfirmed_halt_shows_in_red(plane: EmbeddedControlPlane, tab: Tab) -> None:
     # A registered agent that never reads its stream nor acknowledges: its halt is never confirmed.
     link = ControlLink(plane.url)
@@ -263,18 +299,22 @@ def test_l6_needs_the_typed_phrase(plane: EmbeddedControlPlane, tab: Tab) -> Non
     arm.locator("input[name=reason]").fill("pre-emptive fleet stop")
     arm.locator("select[name=level]").select_option("6")
     arm.locator("input[name=allow_empty]").check()
-    arm.locator("button[type=submit]").click()
+    arm.locator("button[type=submit]").dblclick()  # armed once
     expect(page.locator("#msg")).to_contain_text("KILL FLEET agent:nobody-yet")
+    page.wait_for_timeout(300)
+    expect(page.locator("#armed tbody tr[data-auth]")).to_have_count(1)
     page.locator("#armed button[data-action=execute]").click()
     expect(page.locator("#confirm-phrase")).to_have_text("KILL FLEET agent:nobody-yet")
     page.fill("#confirm-input", "kill it")
     page.click("#confirm-ok")
     expect(page.locator("#msg")).to_have_text("refused: L6 needs the typed confirmation 'KILL FLEET agent:nobody-yet'")
     expect(page.locator("#armed tbody tr[data-auth]")).to_have_count(1)
-    page.locator("#armed button[data-action=execute]").click()
+    page.locator("#armed button[data-action=execute]").dblclick()  # one dialog, one execute, however pressed
     page.fill("#confirm-input", "KILL FLEET agent:nobody-yet")
     page.click("#confirm-ok")
     expect(page.locator("#msg")).to_contain_text("executed exe_")
+    page.wait_for_timeout(500)
+    expect(page.locator("#msg")).to_contain_text("executed exe_")  # no second attempt refused after it
     expect(page.locator("#directives tbody tr[data-directive]")).to_contain_text("L6")
     # Disarm from the page, too.
     arm.locator("select[name=level]").select_option("3")

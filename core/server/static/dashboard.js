@@ -14,6 +14,7 @@
   const AUDIT_SHOWN = 25;
   const NAMES_SHOWN = 20;
   const VERIFY_EVERY_MS = 5000;
+  const AGENTS_SHOWN = 500; // rows rebuilt at every change and tick: held and silent agents come first
 
   const $ = (id) => document.getElementById(id);
 
@@ -170,8 +171,8 @@
         cache: "no-store",
         credentials: "omit",
       });
-      if (response.status === 401) {
-        refused((await errorOf(response)).message);
+      if (response.status === 401 || response.status === 403) {
+        refused((await errorOf(response)).message); // retrying would not change the server's mind
         return;
       }
       if (!response.ok) throw await errorOf(response);
@@ -268,15 +269,14 @@
     const all = kinds.has("all");
     const has = (k) => all || kinds.has(k);
     const jobs = [];
-    jobs.push(
-      api("GET", "/api/status").then((status) => {
-        view.status = status;
-        if (!$("show-stopped").checked) {
-          view.agents = status.agents;
-          view.agentsAt = performance.now();
-        }
-      }),
-    );
+    const statusRead = api("GET", "/api/status").then((status) => {
+      view.status = status;
+      if (!$("show-stopped").checked) {
+        view.agents = status.agents;
+        view.agentsAt = performance.now();
+      }
+    });
+    jobs.push(statusRead);
     if ($("show-stopped").checked) {
       jobs.push(
         api("GET", "/api/agents?all=true").then((agents) => {
@@ -286,7 +286,7 @@
       );
     }
     if (has("executions") || has("directives")) jobs.push(loadExecutions());
-    if (has("audit")) jobs.push(loadAudit());
+    if (has("audit")) jobs.push(statusRead.then(loadAudit)); // the newest entries: up to the head just read
     const dueVerify = view.chainDirty && (all || performance.now() - view.verifiedAt >= VERIFY_EVERY_MS);
     if (dueVerify) jobs.push(loadChain());
     await Promise.all(jobs);
@@ -404,8 +404,14 @@
 
   const STATE_NAMES = { active: "alive", silent: "silent", stopped: "stopped", tombstoned: "tombstoned" };
 
-  function renderAgents(agents, settings) {
+  const urgency = (a) => (a.level ? 0 : a.status === "silent" ? 1 : a.status === "active" ? 2 : 3);
+
+  function renderAgents(all, settings) {
     const lease = Number(settings.lease_seconds || 0);
+    const agents =
+      all.length > AGENTS_SHOWN
+        ? [...all].sort((x, y) => urgency(x) - urgency(y) || (x.name < y.name ? -1 : 1)).slice(0, AGENTS_SHOWN)
+        : all;
     const rows = agents.map((a) => {
       const frameworks = Array.isArray(a.frameworks) && a.frameworks.length ? a.frameworks.join(", ") : a.framework || "";
       const live = a.status === "active" || a.status === "silent";
@@ -446,6 +452,19 @@
         haltCell,
       );
     });
+    if (all.length > agents.length) {
+      rows.push(
+        el(
+          "tr",
+          { id: "agents-more" },
+          el(
+            "td",
+            { class: "empty", colspan: 10 },
+            `showing ${agents.length} of ${all.length} agents (held and silent first); m99 agents lists them all`,
+          ),
+        ),
+      );
+    }
     fillTable("agents", rows, 10, "no agent registered");
   }
 
@@ -552,6 +571,20 @@
     }
   }
 
+  // A form's buttons are off while its request is out: a double-click arms once.
+  async function whileBusy(form, call) {
+    if (form.dataset.busy) return;
+    form.dataset.busy = "1";
+    const buttons = [...form.querySelectorAll("button")];
+    for (const button of buttons) button.disabled = true;
+    try {
+      await call();
+    } finally {
+      delete form.dataset.busy;
+      for (const button of buttons) button.disabled = false;
+    }
+  }
+
   async function arm(form) {
     const data = form.elements;
     const body = {
@@ -574,6 +607,7 @@
   function ask(auth) {
     // The server's own account of what would fire on whom, and the phrase a level needs.
     const dialog = $("confirm-dialog");
+    if (dialog.open) return Promise.resolve(null); // one confirmation at a time
     $("confirm-title").textContent = `Execute L${auth.level} (${auth.level_name}) on ${auth.scope}?`;
     const names = auth.agents_in_scope || [];
     $("confirm-body").textContent =
@@ -727,12 +761,12 @@
     });
     $("arm-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      arm(event.target);
+      whileBusy(event.target, () => arm(event.target));
     });
     $("undo-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const verb = event.submitter && event.submitter.value === "lift" ? "lift" : "restore";
-      undo(event.target, verb);
+      whileBusy(event.target, () => undo(event.target, verb));
     });
     $("show-stopped").addEventListener("change", () => want(["agents"]));
     const by = sessionStorage.getItem(BY_KEY) || "";
