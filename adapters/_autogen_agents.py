@@ -134,10 +134,13 @@ def _redact_arguments(guards: Guards, call: FunctionCall) -> FunctionCall:
 # -- the model seams ----------------------------------------------------------------------------------------
 
 
-def _create_args(client: Any) -> Any:
+def create_args(client: Any) -> Any:
     """What an AutoGen model client sends with each call (its model, ``max_tokens``), if it says."""
     inner = getattr(client, "inner", client)
-    return getattr(inner, "_create_args", None) or {}
+    args = getattr(inner, "_create_args", None)
+    if isinstance(args, dict) and args.get("model"):
+        return args
+    return {**(args if isinstance(args, dict) else {}), "model": type(inner).__name__}  # no model name: its client
 
 
 def _model_gate(state: Installation, agent: str | None, client: Any) -> tuple[Guards, M99KillSwitchTriggered | None]:
@@ -149,7 +152,7 @@ def _model_gate(state: Installation, agent: str | None, client: Any) -> tuple[Gu
     guards = governing(state.resolve, agent)
     stop: M99KillSwitchTriggered | None = None
     try:
-        check_model(guards, *model_limits(_create_args(client)))  # the usual case: all of them allow it, in one pass
+        check_model(guards, *model_limits(create_args(client)))  # the usual case: all of them allow it, in one pass
     except M99KillSwitchTriggered as exc:
         # The agent's own Guard (asked first) stops only its turn; any other ends the run.  Only on a
         # refusal: ``agents`` copies the bindings.

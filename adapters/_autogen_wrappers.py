@@ -27,7 +27,7 @@ from autogen_core.tools import TextResultContent, Tool, ToolResult, ToolSchema, 
 from m99.errors import M99KillSwitchTriggered, ToolCallRefused
 from m99.guard import Guard
 
-from ._autogen_agents import WITHHELD, adapter, keys, refusal_text, tokens, withheld
+from ._autogen_agents import WITHHELD, adapter, create_args, keys, refusal_text, tokens, withheld
 from ._common import (
     GuardResolver,
     Guards,
@@ -165,7 +165,7 @@ class GuardedModelClient(ChatCompletionClient):
 
     def _gate(self) -> Guards:
         guards = governing(self._resolve, None)
-        check_model(guards, *model_limits(getattr(self.inner, "_create_args", None) or {}))
+        check_model(guards, *model_limits(create_args(self.inner)))
         keys.protect(guards, self.inner, label=self._label)  # the Guards a resolver finds, too
         return guards
 

@@ -347,7 +347,7 @@ class PolicyEngine:
                     self._ceiling.settle(ticket.slot, used)
                 else:
                     self._ceiling.add(now, used)
-            self._meter.note(now, ok, used)
+            self._meter.note(now, ok, used, breaks_run=False)
             self._evaluate(now)
 
     def release_model(self, ticket: ModelTicket) -> None:

@@ -167,11 +167,12 @@ def _forbidden(policy: Policy) -> list[Entry]:
     if net.block_public_egress:
         hosts = ", ".join(r.text for r in net.allowlist) or "none"
         how = (
-            "decided (only allow-listed and non-public destinations would pass; allowed: "
-            f"{hosts}) but not applied yet: the in-process egress guard will apply it. Outbound traffic is "
-            "NOT restricted by this key today."
+            "outbound connections and name lookups of the whole process are refused by M99's in-process "
+            f"egress guard unless allow-listed or non-public (loopback, private addresses); allowed: {hosts}; "
+            "the control plane always stays reachable. Not seen: C extensions with their own sockets, "
+            "subprocesses."
         )
-        out.append(_entry(policy, "FORBIDDEN.network.block_public_egress", True, "not yet enforced", how))
+        out.append(_entry(policy, "FORBIDDEN.network.block_public_egress", True, "enforced", how))
     else:
         out.append(
             _entry(policy, "FORBIDDEN.network.block_public_egress", False, "off", "outbound traffic is not restricted.")
@@ -182,8 +183,8 @@ def _forbidden(policy: Policy) -> list[Entry]:
                 policy,
                 "FORBIDDEN.network.allowlist",
                 [r.text for r in net.allowlist],
-                "not yet enforced",
-                "see block_public_egress.",
+                "enforced",
+                "see block_public_egress; a name passes, and so do the addresses it resolves to.",
             )
         )
     return out
@@ -208,8 +209,8 @@ def _escalation(policy: Policy) -> list[Entry]:
         Stage.THROTTLE: "tool and model calls are spaced to half the call rate of the minute before.",
         Stage.PAUSE: "new tool and model calls wait (those in flight finish) until an operator resumes or escalates.",
         Stage.SHUTDOWN: (
-            "every tool and model call is refused: the Guard applies its level-3 tool-call freeze locally, "
-            "then reports to the control plane."
+            "every tool and model call is refused and check_status() raises, in the process (with the "
+            "control plane out of reach too), like M99's level-3 tool-call freeze; then reported."
         ),
     }
     for stage, name in LEVEL_KEYS.items():
@@ -239,7 +240,7 @@ def _escalation(policy: Policy) -> list[Entry]:
                 )
         else:
             how = (
-                "the Guard's signed evidence snapshot is taken before the stop."
+                "the Guard's evidence snapshot (secrets redacted) is taken as the stop takes effect."
                 if level.save_state
                 else "no evidence snapshot before the stop."
             )

@@ -78,6 +78,7 @@ class PolicyGate:
         self.tool_gate = engine.tool_gate
         self.model_gate = engine.model_gate
         self.stopped = False
+        self.evidence: dict[str, dict[str, Any]] = {}  # the Guards' snapshots at a save_state stop
         engine.on_event(self._on_event)
         net = self.policy.forbidden.network
         self._egress = net.block_public_egress
@@ -132,6 +133,12 @@ class PolicyGate:
         self._sync()
         if event.kind == "transition" and event.stage == Stage.SHUTDOWN:
             self.stopped = True
+            if event.save_state:
+                for guard in tuple(self._guards):
+                    try:  # observation: a snapshot that fails never undoes the stop
+                        self.evidence[guard.name] = guard.snapshot()
+                    except Exception:
+                        logger.exception("m99: policy stop: no evidence snapshot of %s", guard.name)
 
     def _sync(self) -> None:
         """The engine's gates moved: fold them into each Guard's precomputed gates."""

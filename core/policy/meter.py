@@ -24,11 +24,16 @@ class Meter:
         # Calls of the last minute whatever the transitions: the rate a throttle halves.
         self._trail: collections.deque[float] = collections.deque()
 
-    def note(self, now: float, ok: bool, tokens: int = 0) -> None:
+    def note(self, now: float, ok: bool, tokens: int = 0, *, breaks_run: bool = True) -> None:
+        """A call ended.  ``breaks_run`` False: its success does not end a run of failures (a model
+        call between two failed tool calls is the agent loop itself, not a recovery)."""
         self._calls.append(now)
         self._trail.append(now)
         self._outcomes.append(ok)
-        self.failed_run = 0 if ok else self.failed_run + 1
+        if not ok:
+            self.failed_run += 1
+        elif breaks_run:
+            self.failed_run = 0
         if tokens > 0:
             self._tokens.append((now, tokens))
             self._token_sum += tokens
