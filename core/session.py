@@ -411,6 +411,7 @@ class Session:
                         {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"]}
                         for c in g.credential_fingerprints()
                     ],
+                    policy=f"sha256:{g.policy.digest}" if g.policy is not None and g.policy.digest else None,
                 )
             except RateLimited as exc:
                 if time.monotonic() + exc.retry_after > deadline:

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
 import m99
+from m99.cli import main
 from m99.client import M99Client
 from m99.errors import ToolCallRefused
 from m99.policy import PolicyError
@@ -29,7 +33,7 @@ def _shutdown() -> object:
 
 
 def test_init_loads_the_killswitch_md_of_the_working_directory(
-    embedded: EmbeddedControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from langchain_core.tools import tool
 
@@ -49,6 +53,27 @@ def test_init_loads_the_killswitch_md_of_the_working_directory(
     with pytest.raises(ToolCallRefused, match="forbidden action 'drop_database'"):
         drop_database.invoke({"name": "prod"})
     assert ran == []
+    # The control plane records which policy it runs under (sent in the signed registration) ...
+    digest = hashlib.sha256(FORBID.encode()).hexdigest()
+    listed = {a["name"]: a for a in admin.get("/api/agents").json()}
+    assert listed["policy-bot"]["policy"] == f"sha256:{digest}"
+    assert {a["name"]: a for a in admin.get("/api/status").json()["agents"]}["policy-bot"]["policy"]
+    # ... and the operator sees it in `m99 agents` and `m99 status`.
+    monkeypatch.setenv("M99_URL", embedded.url)
+    monkeypatch.setenv("M99_DATA_DIR", str(embedded.data_dir))
+    monkeypatch.delenv("M99_TOKEN", raising=False)
+    for command in ("agents", "status"):
+        out = CliRunner().invoke(main, [command], catch_exceptions=False).output
+        assert "POLICY" in out and digest[:12] in out, out
+
+
+def test_an_agent_without_a_policy_shows_none(
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("M99_POLICY", raising=False)
+    m99.init("free-bot", url=embedded.url, exclude=["crewai", "autogen", "langchain"])
+    assert {a["name"]: a for a in admin.get("/api/agents").json()}["free-bot"]["policy"] is None
 
 
 def test_init_policy_false_opts_out_and_a_path_chooses(

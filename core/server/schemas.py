@@ -42,6 +42,7 @@ class RegisterIn(Strict):
     read_only_tools: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=1000)
     credentials: list[CredentialIn] = Field(default_factory=list, max_length=1000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    policy: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")  # its KILLSWITCH.md, hashed
     ts: Timestamp
     signature: Signature
 
