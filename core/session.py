@@ -212,6 +212,12 @@ class Session:
         self._untrusted = False
         guard.on_change(self._acknowledge_termination)
         guard.on_frameworks(self._frameworks_changed)
+        self.policy_reports: Any = None
+        if guard.policy is not None:  # its KILLSWITCH.md transitions, reported once enforced
+            from .policy.report import PolicyReporter
+
+            send = lambda body: self.link.send_signed("policy", "policy", body)  # noqa: E731
+            self.policy_reports = PolicyReporter(send, guard.policy, _Loop.get)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Session:
@@ -265,6 +271,11 @@ class Session:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
         await _acks.flush_for(self, CLOSE_TIMEOUT)
+        if self.policy_reports is not None and self.policy_reports.pending:
+            try:
+                await asyncio.wait_for(self.policy_reports.flush(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("m99: %d policy reports not sent at close", len(self.policy_reports.pending))
         await _acks.release(self)
         if self._aclient is not None:
             await self._aclient.aclose()
@@ -514,6 +525,8 @@ class Session:
         self._untrusted = False
         self._contact()
         self._apply_document(doc)
+        if self.policy_reports is not None and self.policy_reports.pending:
+            await self.policy_reports.flush()
         return doc
 
     # ------------------------------------------------------------------ async twins
