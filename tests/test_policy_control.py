@@ -78,12 +78,16 @@ def test_every_transition_is_an_execution_of_origin_policy_and_a_shutdown_is_con
     wait_for(lambda: len(policy_executions()) == 1)
     throttle = policy_executions()[0]
     assert throttle["level"] == 0 and throttle["agents"] == [] and "level_1_throttle" in throttle["reason"]
+    # Throttled, calls are spaced at half the last minute's rate; an operator resumes (reported too).
+    assert runtime.guard.policy.engine.resume("ops@example.com", "looked at it")
+    wait_for(lambda: len(policy_executions()) == 2)
+    assert policy_executions()[0]["by_email"] == "ops@example.com"
     for i in range(2):
         with pytest.raises(ValueError):
             flaky.invoke({"x": str(i)})  # two failures in a row: shutdown
     with pytest.raises(ToolCallRefused):
         ok.invoke({"x": "after"})  # enforced locally at once
-    wait_for(lambda: len(policy_executions()) == 2)
+    wait_for(lambda: len(policy_executions()) == 3)
     stop = policy_executions()[0]  # newest first
     assert stop["level"] == 3 and stop["scope"] == "agent:gov-bot" and stop["agents"] == ["gov-bot"]
     assert "consecutive_failures" in stop["reason"]
@@ -92,7 +96,7 @@ def test_every_transition_is_an_execution_of_origin_policy_and_a_shutdown_is_con
     audit = admin.get("/api/audit", params={"limit": 200}).json()
     entries = audit["entries"] if isinstance(audit, dict) else audit
     kinds = [e["kind"] if "kind" in e else e.get("action") for e in entries]
-    assert kinds.count("policy.transition") == 2 and "policy.evidence" in kinds
+    assert kinds.count("policy.transition") == 3 and "policy.evidence" in kinds
     evidence = next(e for e in entries if (e.get("kind") or e.get("action")) == "policy.evidence")
     assert evidence["data"]["snapshot"]["agent"] == "gov-bot"
     # The operator sees it.
@@ -100,7 +104,7 @@ def test_every_transition_is_an_execution_of_origin_policy_and_a_shutdown_is_con
     monkeypatch.setenv("M99_DATA_DIR", str(embedded.data_dir))
     monkeypatch.delenv("M99_TOKEN", raising=False)
     out = CliRunner().invoke(main, ["executions"], catch_exceptions=False).output
-    assert out.count(" policy by ") == 2, out
+    assert out.count(" policy by ") == 3, out
     out = CliRunner().invoke(main, ["status"], catch_exceptions=False).output
     assert "L3 on agent:gov-bot (policy" in out, out
 
