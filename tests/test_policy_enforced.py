@@ -374,3 +374,29 @@ def test_a_paused_call_waits_and_runs_once_an_operator_resumes(govern: Govern) -
     assert not done.wait(0.5) and "read:held" not in effects  # waits while paused
     gate.engine.resume("ops@example.com", "checked")
     assert done.wait(5) and "read:held" in effects
+
+
+def test_the_jsonl_audit_log_records_refusals_and_transitions_of_a_real_run(govern: Govern, tmp_path: Path) -> None:
+    import json
+
+    govern(
+        "## TRIGGERS\nconsecutive_failures: 2\n---\n## FORBIDDEN\nactions:\n  - drop_database\n---\n"
+        "## AUDIT\nlog_file: .killswitch.log\nlog_format: jsonl\n"
+        "log_fields:\n  - timestamp\n  - trigger_type\n  - trigger_value\n  - trigger_limit\n  - action_taken\n"
+    )
+    t = named([])
+    with pytest.raises(ToolCallRefused, match="protected"):  # the agent's tools may not touch the log
+        t["write_file"].invoke({"path": str(tmp_path / ".killswitch.log"), "text": ""})
+    with pytest.raises(ToolCallRefused):
+        t["drop_db"].invoke({"name": "prod"})
+    for i in range(2):
+        with pytest.raises(ValueError):
+            t["flaky"].invoke({"x": str(i)})
+    lines = [json.loads(line) for line in (tmp_path / ".killswitch.log").read_text().splitlines()]
+    assert [set(line) for line in lines] == [
+        {"timestamp", "trigger_type", "trigger_value", "trigger_limit", "action_taken"}
+    ] * 3
+    assert lines[0]["trigger_type"] == "forbidden_protected"
+    assert lines[1]["trigger_type"] == "forbidden_action" and lines[1]["action_taken"] == "refuse_tool_call"
+    assert lines[2]["trigger_type"] == "consecutive_failures" and lines[2]["action_taken"] == "full_stop"
+    assert lines[2]["trigger_value"] == 2 and lines[2]["trigger_limit"] == 2
