@@ -228,8 +228,7 @@ def check_model(guards: Iterable[Guard], model: str | None = None, max_tokens: i
     and ``max_tokens`` make its worst case), or the agent kept calling refused tools."""
     for guard in guards:
         try:
-            if not guard.quiet:
-                guard.check_model(model, max_tokens)
+            guard.check_model(model, max_tokens)  # one attribute test when nothing is set
         except M99KillSwitchTriggered:
             raise
         except Exception as exc:

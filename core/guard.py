@@ -554,7 +554,9 @@ class Guard:
         policy = self._policy
         tool_rule = policy is not None and policy.tool_gate
         model_rule = policy is not None and policy.model_gate
-        quiet = level == 0 and not lease and not tool_rule and not model_rule
+        # A policy's model rule (a budget) leaves ``quiet``: adapters ask ``check_model`` of every
+        # Guard whatever ``quiet`` says, and tool calls then pay nothing for the budget.
+        quiet = level == 0 and not lease and not tool_rule
         if not quiet:
             self.quiet = False  # first, so no reader skips a gate about to be set
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION

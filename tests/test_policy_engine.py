@@ -293,6 +293,9 @@ def test_a_decision_error_fails_closed_and_observation_never_raises(monkeypatch:
     def broken(*a: object, **k: object) -> None:
         raise RuntimeError("boom")
 
+    monkeypatch.setattr(engine.paths, "clear", broken)  # the lock-free path of an ordinary call
+    assert engine.admit_tool("t").verdict == "refuse"
+    monkeypatch.setattr(engine.paths, "clear", lambda args: False)
     monkeypatch.setattr(engine._ladder, "pace", broken)
     assert engine.admit_tool("t").verdict == "refuse"
     monkeypatch.setattr(engine._meter, "note", broken)

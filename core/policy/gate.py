@@ -93,6 +93,13 @@ class PolicyGate:
         with self._lock:
             if guard not in self._guards:
                 self._guards.append(guard)
+            if self._stop.is_set():  # attached again after the last Guard left: start afresh
+                self._stop = threading.Event()
+                self._timer = None
+                net = self.policy.forbidden.network
+                if net.block_public_egress and not self._egress:
+                    self._egress = True
+                    network.set_egress_rule(net.allows)
         self._start_timer()
 
     def detach(self, guard: Guard) -> None:

@@ -59,6 +59,16 @@ class Meter:
         while self._tokens and self._tokens[0][0] <= edge:
             self._token_sum -= self._tokens.popleft()[1]
 
+    def success_may_breach(self, now: float, triggers: Triggers) -> bool:
+        """After a success: whether a trigger could now be breached (the calls of the minute, or an
+        error rate that just reached its sample size).  Cheap: the common call asks nothing more."""
+        if triggers.api_calls_per_minute and len(self._calls) > triggers.api_calls_per_minute:
+            self._prune(now)
+            if len(self._calls) > triggers.api_calls_per_minute:
+                return True
+        # A success lowers the error rate, or keeps it; only reaching the sample size makes a new one.
+        return bool(triggers.error_rate_threshold) and len(self._outcomes) == self.error_min_calls
+
     def rate(self, now: float) -> int:
         """Calls completed in the last minute, across transitions."""
         self._prune(now)
