@@ -78,7 +78,8 @@ _TRIGGER_HOW = {
     ),
     "cost_limit_daily_usd": (
         "the same hard budget per calendar day (local time), kept in a state file across restarts and "
-        "shared by the processes that use the same file. Reaching it enters {enters}."
+        "shared by the processes that use the same file (m99.init keeps one per agent name in the data "
+        "directory); not yet one budget for a whole fleet. Reaching it enters {enters}."
     ),
     "tokens_per_minute": (
         "ceiling on tokens (prompt + completion) in any sliding minute, reserved at each call's worst "
@@ -207,7 +208,10 @@ def _escalation(policy: Policy) -> list[Entry]:
         return out
     actions = {
         Stage.THROTTLE: "tool and model calls are spaced to half the call rate of the minute before.",
-        Stage.PAUSE: "new tool and model calls wait (those in flight finish) until an operator resumes or escalates.",
+        Stage.PAUSE: (
+            "new tool and model calls wait (those in flight finish) until the level's timeout escalates it or "
+            "it is resumed in the process (the gate's engine.resume); the CLI cannot resume it yet."
+        ),
         Stage.SHUTDOWN: (
             "every tool and model call is refused and check_status() raises, in the process (with the "
             "control plane out of reach too), like M99's level-3 tool-call freeze; then reported."
