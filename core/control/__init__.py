@@ -100,6 +100,12 @@ class ControlPlane:
         )
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.policies = PolicyReports(self.ledger, self.liveness, self.executions)
+        if self.settings.webhook:
+            from .notify import WebhookSink
+
+            record = lambda kind, data: self.ledger.record(kind, SYSTEM_ACTOR, data)  # noqa: E731
+            slack = self.settings.webhook_format == "slack"
+            self.policies.sink = WebhookSink(self.settings.webhook, self.key, slack=slack, record=record)
         self.state.staleness = self.settings.staleness
         self.deadman = DeadMan(
             store, self.ledger, self.registry, self.executions, self.settings, lambda: self.state.recovered_at

@@ -11,6 +11,7 @@ itself, signed with its key, in sequence; it cannot fire anything but the L3 of 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -19,11 +20,14 @@ from ..levels import Level, Scope
 from ..store.records import ExecutionRecord
 from .agents import Agent
 from .executions import Executions
-from .ledger import Ledger
+from .ledger import Ledger, Unit
 from .liveness import Liveness
+from .notify import WebhookSink
 from .tokens import new_id
 
 __all__ = ["MAX_EVIDENCE_BYTES", "PolicyReports"]
+
+log = logging.getLogger("m99.control")
 
 MAX_EVIDENCE_BYTES = 64 * 1024  # an evidence snapshot sent with a shutdown, as JSON
 
@@ -35,6 +39,7 @@ class PolicyReports:
         self.ledger = ledger
         self.liveness = liveness
         self.executions = executions
+        self.sink: WebhookSink | None = None  # m99 serve --webhook
 
     def report(self, agent: Agent, body: dict[str, Any], source: str = "") -> dict[str, Any]:
         self.liveness.check_signed(agent, "policy", body, source=source)
@@ -65,6 +70,8 @@ class PolicyReports:
         }
         with self.ledger.unit() as unit:
             unit.audit("policy.transition", actor, details)
+            if event.get("notify"):
+                self._notify(unit, agent, event, actor)
             if evidence is not None:
                 unit.audit("policy.evidence", actor, {"agent_id": agent.agent_id, "snapshot": evidence})
             if stage == "level_3_shutdown":
@@ -91,3 +98,29 @@ class PolicyReports:
             )  # fmt: skip
             unit.audit("execution.recorded", actor, {"execution_id": execution_id, "origin": "policy", **details})
         return {"ok": True, "execution_id": execution_id, "level": 0}
+
+    def _notify(self, unit: Unit, agent: Agent, event: dict[str, Any], actor: dict[str, Any]) -> None:
+        channels = [{"kind": str(c["kind"]), "target": str(c["target"])} for c in event.get("channels") or ()]
+        payload = {
+            "type": "m99.policy",
+            "agent": agent.name,
+            "agent_id": agent.agent_id,
+            "policy": agent.policy or None,
+            "stage": event["stage"],
+            "previous": event.get("previous"),
+            "trigger": event.get("trigger"),
+            "reason": event.get("reason", ""),
+            "action": event.get("action"),
+            "channels": channels,
+            "at": event.get("at"),
+        }
+        if self.sink is None:
+            # Never dropped silently: the channels the file names, and why nothing reached them.
+            why = "no webhook sink configured on the server (m99 serve --webhook URL)"
+            unit.audit(
+                "policy.notify_undelivered", actor, {"stage": event["stage"], "channels": channels, "reason": why}
+            )
+            unit.after(lambda: log.warning("m99: policy notification for %s not delivered: %s", agent.name, why))
+            return
+        sink = self.sink
+        unit.after(lambda: sink.deliver(payload))  # once committed, on a thread of its own

@@ -260,9 +260,14 @@ def _escalation(policy: Policy) -> list[Entry]:
                 policy,
                 f"{key}.notify",
                 level.notify,
-                "not enforced",
-                "M99 reports every transition to the control plane (audit chain, dashboard) whatever "
-                "this says; it sends no notification itself.",
+                "enforced" if level.notify else "off",
+                (
+                    "the control plane POSTs the transition, signed with its key, to the webhook its operator "
+                    "configured (m99 serve --webhook URL; Slack-compatible with --webhook-format slack); "
+                    "with no webhook it is audited as not delivered."
+                    if level.notify
+                    else "no notification; the transition is still reported to the control plane."
+                ),
             )
         )
         if level.channels:
@@ -271,8 +276,9 @@ def _escalation(policy: Policy) -> list[Entry]:
                     policy,
                     f"{key}.channels",
                     [f"{c.kind}: {c.target}" for c in level.channels],
-                    "not enforced",
-                    "M99 sends nothing to these channels: route the control plane's events to them.",
+                    "enforced" if level.notify else "off",
+                    "named in the webhook's body; the webhook's receiver routes to them (M99 sends no "
+                    "email or page itself).",
                 )
             )
     if esc.trigger_levels:

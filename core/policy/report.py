@@ -38,6 +38,8 @@ def event_body(event: PolicyEvent) -> dict[str, Any]:
         "reason": event.reason[:1000],
         "rule": event.rule[:128],
         "by": event.by[:256],
+        "notify": event.notify,
+        "channels": [{"kind": c.kind[:32], "target": str(c.target)[:256]} for c in event.channels[:16]],
     }
 
 

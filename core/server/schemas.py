@@ -61,6 +61,11 @@ PolicyStage = Literal["none", "level_1_throttle", "level_2_pause", "level_3_shut
 Short = Annotated[str, Field(max_length=128)]
 
 
+class ChannelIn(Strict):
+    kind: Annotated[str, Field(min_length=1, max_length=32)]
+    target: Annotated[str, Field(max_length=256)]
+
+
 class PolicyEventIn(Strict):
     """One KILLSWITCH.md transition the agent's Guard enforced (m99.policy.PolicyEvent)."""
 
@@ -75,6 +80,8 @@ class PolicyEventIn(Strict):
     reason: str = Field(default="", max_length=1000)
     rule: Short = ""
     by: str = Field(default="", max_length=256)
+    notify: bool = False
+    channels: list[ChannelIn] = Field(default_factory=list, max_length=16)
 
 
 class PolicyReportIn(SignedIn):
