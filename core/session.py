@@ -213,6 +213,7 @@ class Session:
         guard.on_change(self._acknowledge_termination)
         guard.on_frameworks(self._frameworks_changed)
         self.policy_reports: Any = None
+        self._policy_held = False  # a policy's L3 is among the directives that hold this agent
         if guard.policy is not None:  # its KILLSWITCH.md transitions, reported once enforced
             from .policy.report import PolicyReporter
 
@@ -311,6 +312,11 @@ class Session:
         changed = self.guard.apply_state(level, reason=reason, version=version, defer=defer, log=not on_loop)
         if changed and on_loop:
             _changes.add(self.guard.name, old, self.guard.level, reason)
+        if self.guard.policy is not None:  # an operator's restore of the policy's L3 resumes the policy
+            held = any(d.get("origin") == "policy" for d in self._directives.values())
+            if self._policy_held and not held:
+                self.guard.policy.lifted_by_operator()
+            self._policy_held = held
         # From L5 on, _acknowledge_termination acknowledges before the terminator runs.
         if (changed or fresh) and ack and level < Level.TARGETED_TERMINATION and self._acked_version < version:
             # Held already (a second kill of a halted agent): confirmed now, when the push arrived.

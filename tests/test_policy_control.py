@@ -123,3 +123,38 @@ def test_a_forged_policy_report_is_refused_and_changes_nothing(
     assert httpx.post(f"{embedded.url}/api/agents/{agent_id}/policy", json=bad).status_code == 422
     assert [e for e in admin.get("/api/executions").json() if e["origin"] == "policy"] == []
     assert runtime.guard.level == 0
+
+
+def test_an_operators_restore_of_the_policys_stop_resumes_the_agent(
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_core.tools import tool
+
+    from m99.policy import Stage
+
+    (tmp_path / "KILLSWITCH.md").write_text("## TRIGGERS\nconsecutive_failures: 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("M99_POLICY", raising=False)
+    ran: list[str] = []
+
+    @tool
+    def flaky(x: str) -> str:
+        """Fails once."""
+        ran.append(x)
+        if x == "bad":
+            raise ValueError("flaky")
+        return x
+
+    runtime = m99.init("resumed-bot", url=embedded.url, exclude=["crewai", "autogen"])
+    with pytest.raises(ValueError):
+        flaky.invoke({"x": "bad"})
+    wait_for(lambda: runtime.guard.level == 3)
+    with pytest.raises(ToolCallRefused):
+        flaky.invoke({"x": "refused"})
+    answer = admin.post("/api/restore", json={"scope": "agent:resumed-bot", "by": "ops@example.com", "reason": "ok"})
+    assert answer.status_code == 200, answer.text
+    wait_for(lambda: runtime.guard.level == 0 and runtime.guard.policy.engine.stage == Stage.NONE)
+    assert flaky.invoke({"x": "good"}) == "good"
+    assert ran == ["bad", "good"]
+    by = [e["by_email"] for e in admin.get("/api/executions").json() if e["origin"] == "policy"]
+    assert by[0] == "operator (m99 restore)"  # the resume is reported too

@@ -214,7 +214,8 @@ def _escalation(policy: Policy) -> list[Entry]:
         ),
         Stage.SHUTDOWN: (
             "every tool and model call is refused and check_status() raises, in the process (with the "
-            "control plane out of reach too), like M99's level-3 tool-call freeze; then reported."
+            "control plane out of reach too), like M99's level-3 tool-call freeze; then reported, and held "
+            "at the control plane as L3 on the agent until an operator's m99 restore."
         ),
     }
     for stage, name in LEVEL_KEYS.items():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import network
-from ..errors import M99KillSwitchTriggered
+from ..errors import M99KillSwitchTriggered, NotAuthorised
 from .decision import ModelTicket, PolicyEvent
 from .engine import PolicyEngine
 from .model import Policy, Stage
@@ -196,6 +196,18 @@ class PolicyGate:
                 self._tickets.append((time.monotonic(), ticket))
         if decision.delay > 0:
             time.sleep(decision.delay)
+
+    def lifted_by_operator(self) -> None:
+        """The control plane lifted the policy's L3 (``m99 restore``, authorised and audited there):
+        the policy resumes, unless its file says ``allow_restart: false`` (then only a restart of the
+        agent, by its owner, lifts it).  Observation: never raises."""
+        try:
+            if self.engine.stage == Stage.SHUTDOWN:
+                self.engine.resume("operator (m99 restore)", "the control plane lifted the policy's stop")
+        except NotAuthorised as exc:
+            logger.warning("m99: the policy's stop stays: %s", exc.message)
+        except Exception:
+            logger.exception("m99: could not resume the policy")
 
     def check_status(self, guard: Guard) -> None:
         if self.engine.stage == Stage.SHUTDOWN:
