@@ -62,7 +62,7 @@ LAZY_COMMANDS = {
     "run": "run",
     "audit": "audit",
     "token": "tokens",
-    "policy": "m99.policy.cli",
+    "policy": "..policy.cli",
 }
 
 
@@ -76,8 +76,7 @@ class M99Group(click.Group):
         if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
             import importlib
 
-            target = LAZY_COMMANDS[cmd_name]
-            module = importlib.import_module(target if "." in target else f"{__name__}.{target}")
+            module = importlib.import_module(f".{LAZY_COMMANDS[cmd_name]}", __name__)
             command = getattr(module, cmd_name if cmd_name != "token" else "token")
             self.add_command(command, cmd_name)
         return self.commands.get(cmd_name)
