@@ -13,18 +13,20 @@ records the stop as an execution of origin ``policy``, confirmed by the agent.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from _demo import Operator, arguments, control_plane, say
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -33,7 +35,38 @@ from langchain_core.tools import tool
 
 import m99
 
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")  # offline, like every example
 HERE = Path(__file__).resolve().parent
+_T0 = time.monotonic()
+
+
+def say(who: str, text: str) -> None:
+    print(f"{time.monotonic() - _T0:7.3f}s  {who:<13} {text}", flush=True)
+
+
+def m99_cli(url: str, token: str | None, *args: str) -> Any:
+    """The operator's `m99 ... --json`, as a human would run it."""
+    say("operator", "$ m99 " + " ".join(args))
+    env = {**os.environ, "M99_URL": url, **({"M99_TOKEN": token} if token else {})}
+    out = subprocess.run(
+        [sys.executable, "-m", "m99.cli", *args, "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"m99 {' '.join(args)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+@contextlib.contextmanager
+def control_plane(url: str | None) -> Iterator[tuple[str, str | None]]:
+    """``(url, operator token)``: the given control plane, or a real one embedded on a thread."""
+    if url:
+        yield url, os.environ.get("M99_TOKEN")
+        return
+    with m99.EmbeddedControlPlane() as cp:
+        say("control", f"embedded control plane at {cp.url}")
+        yield cp.url, cp.token
+
+
 # US dollars per million tokens; the adapter reports only a call's total tokens, priced as output.
 PRICES = {"scripted-researcher": {"input": 5.0, "output": 15.0}}
 TOKENS_PER_CALL = 2000  # $0.03 a call
@@ -72,14 +105,15 @@ def search(query: str) -> str:
 
 
 def main() -> int:
-    args = arguments(__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--url", help="use this running control plane (`m99 serve`) instead of an embedded one")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="m99-policy-example-"))
     shutil.copy(HERE / "KILLSWITCH.md", work / "KILLSWITCH.md")
     os.chdir(work)  # the agent's working directory, with its KILLSWITCH.md
     say("agent", f"working directory {work} holds KILLSWITCH.md (cost_limit_usd: 0.25)")
     ok = True
     with control_plane(args.url) as (url, token):
-        operator = Operator(url, token)
         runtime = m99.init("policy-researcher", url=url, prices=PRICES, exclude=["crewai", "autogen"])
         gate = runtime.guard.policy
         say("agent", f"m99.init loaded {gate.policy.source} (sha256 {gate.digest[:12]}…)")
@@ -102,7 +136,7 @@ def main() -> int:
         execution = None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and execution is None:
-            listed: Any = operator.m99("executions")
+            listed: Any = m99_cli(url, token, "executions")
             found = [e for e in listed if isinstance(e, dict) and e.get("origin") == "policy"]
             execution = next((e for e in found if e["level"] == 3), None)
             if execution is None:
@@ -112,7 +146,7 @@ def main() -> int:
             ok = False
         else:
             for _ in range(50):
-                detail = operator.m99("executions", execution["id"])
+                detail = m99_cli(url, token, "executions", execution["id"])
                 if detail["time_to_halt"]["confirmed"]:
                     break
                 time.sleep(0.1)
