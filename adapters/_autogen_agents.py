@@ -34,6 +34,7 @@ from ._common import (
     check_model,
     check_tool,
     governing,
+    model_limits,
     note_task,
     observing,
     record_model,
@@ -87,7 +88,7 @@ def _tool_seam(state: Installation) -> Wrapper:
             name = call.name
             try:
                 guards = governing(state.resolve, kwargs.get("agent_name"), tool=name)
-                check_tool(guards, name)
+                check_tool(guards, name, call.arguments)
                 clean = _redact_arguments(guards, call) if redacting(guards) else call
             except ToolCallRefused as exc:
                 return call, _error_execution(call, refusal_text(exc))
@@ -133,6 +134,15 @@ def _redact_arguments(guards: Guards, call: FunctionCall) -> FunctionCall:
 # -- the model seams ----------------------------------------------------------------------------------------
 
 
+def create_args(client: Any) -> Any:
+    """What an AutoGen model client sends with each call (its model, ``max_tokens``), if it says."""
+    inner = getattr(client, "inner", client)
+    args = getattr(inner, "_create_args", None)
+    if isinstance(args, dict) and args.get("model"):
+        return args
+    return {**(args if isinstance(args, dict) else {}), "model": type(inner).__name__}  # no model name: its client
+
+
 def _model_gate(state: Installation, agent: str | None, client: Any) -> tuple[Guards, M99KillSwitchTriggered | None]:
     """Raise for a halted team/process Guard; return the stop for a halted agent-bound Guard.
 
@@ -142,7 +152,7 @@ def _model_gate(state: Installation, agent: str | None, client: Any) -> tuple[Gu
     guards = governing(state.resolve, agent)
     stop: M99KillSwitchTriggered | None = None
     try:
-        check_model(guards)  # the usual case: all of them allow it, in one pass
+        check_model(guards, *model_limits(create_args(client)))  # the usual case: all of them allow it, in one pass
     except M99KillSwitchTriggered as exc:
         # The agent's own Guard (asked first) stops only its turn; any other ends the run.  Only on a
         # refusal: ``agents`` copies the bindings.

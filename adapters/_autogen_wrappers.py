@@ -27,7 +27,7 @@ from autogen_core.tools import TextResultContent, Tool, ToolResult, ToolSchema, 
 from m99.errors import M99KillSwitchTriggered, ToolCallRefused
 from m99.guard import Guard
 
-from ._autogen_agents import WITHHELD, adapter, keys, refusal_text, tokens, withheld
+from ._autogen_agents import WITHHELD, adapter, create_args, keys, refusal_text, tokens, withheld
 from ._common import (
     GuardResolver,
     Guards,
@@ -37,6 +37,7 @@ from ._common import (
     check_tool,
     governing,
     halted,
+    model_limits,
     offered,
     record_model,
     record_tool,
@@ -91,7 +92,7 @@ class GuardedWorkbench(Workbench):
     ) -> ToolResult:
         try:
             guards = governing(self._resolve, None, tool=name)
-            check_tool(guards, name)
+            check_tool(guards, name, arguments)
             # Below L1 redaction is the identity: hand the arguments on as they came, uncopied.
             clean = redact(guards, dict(arguments or {})) if redacting(guards) else arguments
         except ToolCallRefused as exc:
@@ -164,7 +165,7 @@ class GuardedModelClient(ChatCompletionClient):
 
     def _gate(self) -> Guards:
         guards = governing(self._resolve, None)
-        check_model(guards)
+        check_model(guards, *model_limits(create_args(self.inner)))
         keys.protect(guards, self.inner, label=self._label)  # the Guards a resolver finds, too
         return guards
 

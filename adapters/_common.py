@@ -29,6 +29,7 @@ __all__ = [
     "governing",
     "halted",
     "idle",
+    "model_limits",
     "note_task",
     "observing",
     "offered",
@@ -189,13 +190,14 @@ def observing(resolve: Resolve, agent: str | None) -> Guards:
 # -- enforcement: raise M99 errors, fail closed ---------------------------------------------------------
 
 
-def check_tool(guards: Iterable[Guard], tool: str) -> None:
-    """Raise ``ToolCallRefused`` unless every Guard lets ``tool`` run now."""
+def check_tool(guards: Iterable[Guard], tool: str, args: Any = None) -> None:
+    """Raise ``ToolCallRefused`` unless every Guard lets ``tool`` run now (with ``args``: a policy's
+    FORBIDDEN paths are looked for in them)."""
     for guard in guards:
         try:
             if guard.quiet:  # nothing set: the common case, one attribute read
                 continue
-            guard.check_tool(tool)
+            guard.check_tool(tool, args)
         except M99KillSwitchTriggered:
             _streak.refused(guard)
             raise
@@ -221,12 +223,12 @@ def idle(guards: Guards) -> bool:
     return not _streak.active
 
 
-def check_model(guards: Iterable[Guard]) -> None:
-    """Raise ``ModelCallRefused`` when a Guard halts model calls, or the agent kept calling refused tools."""
+def check_model(guards: Iterable[Guard], model: str | None = None, max_tokens: int | None = None) -> None:
+    """Raise ``ModelCallRefused`` when a Guard halts model calls, a policy refuses this one (``model``
+    and ``max_tokens`` make its worst case), or the agent kept calling refused tools."""
     for guard in guards:
         try:
-            if not guard.quiet:
-                guard.check_model()
+            guard.check_model(model, max_tokens)  # one attribute test when nothing is set
         except M99KillSwitchTriggered:
             raise
         except Exception as exc:
@@ -236,6 +238,26 @@ def check_model(guards: Iterable[Guard]) -> None:
             ) from exc
         if _streak.active:
             _streak.check(guard)
+
+
+def model_limits(source: Any) -> tuple[str | None, int | None]:
+    """A model call's name and ``max_tokens`` from its parameters (a mapping) or its client (an object),
+    for a policy's worst case; (None, None) when they cannot be told.  Never raises."""
+    try:
+
+        def get(key: str) -> Any:
+            return source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
+
+        name = next((v for k in ("model", "model_name", "model_id") if isinstance(v := get(k), str) and v), None)
+        limit = None
+        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            value = get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                limit = value
+                break
+        return name, limit
+    except Exception:
+        return None, None
 
 
 def halted(guards: Iterable[Guard]) -> M99KillSwitchTriggered | None:
@@ -298,15 +320,35 @@ def record_tool(guards: Guards, tool: str, *, ok: bool) -> None:
         return
     try:
         guards[0].record_tool_call(tool, ok=ok)
+        if len(guards) > 1:  # an agent's own Guard: the process's policy counts the call too
+            gate = _outer_policy(guards)
+            if gate is not None:
+                gate.record_tool(tool, ok)
     except Exception:
         logger.exception("m99: could not record a tool call")
 
 
-def record_model(guards: Guards, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True) -> None:
+def _outer_policy(guards: Guards) -> Any:
+    """The policy of a Guard past the first, unless the first enforces the same one."""
+    own = guards[0].policy
+    for guard in guards[1:]:
+        gate = guard.policy
+        if gate is not None and gate is not own:
+            return gate
+    return None
+
+
+def record_model(
+    guards: Guards, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True, model: str | None = None
+) -> None:
     if not guards:
         return
     try:
-        guards[0].record_model_call(tokens=int(tokens or 0), cost_usd=float(cost_usd or 0.0), ok=ok)
+        guards[0].record_model_call(tokens=int(tokens or 0), cost_usd=float(cost_usd or 0.0), ok=ok, model=model)
+        if len(guards) > 1:
+            gate = _outer_policy(guards)
+            if gate is not None:
+                gate.settle(int(tokens or 0), float(cost_usd or 0.0), ok, model)
     except Exception:
         logger.exception("m99: could not record a model call")
 

@@ -44,6 +44,7 @@ from ._common import (
     check_tool,
     governing,
     idle,
+    model_limits,
     note_task,
     observing,
     record_model,
@@ -110,7 +111,7 @@ def _before_tool_call(state: _CrewInstall, ctx: ToolCallHookContext) -> None:
         guards = governing(state.resolve, _role(agent), tool=tool)
         if idle(guards) and "coworker" not in ctx.tool_input:
             return None  # the usual case, and the cheapest (a coworker may have a Guard of its own)
-        check_tool(guards, tool)
+        check_tool(guards, tool, ctx.tool_input)
         # Without a coworker named and with messages allowed, the check cannot refuse: skip the
         # (pydantic private attribute) lookup that tells a delegation on every other call.
         if ("coworker" in ctx.tool_input or not allows_messages(guards)) and _is_delegation(ctx):
@@ -192,7 +193,7 @@ def _before_llm_call(ctx: LLMCallHookContext) -> None:
             note_task(started, getattr(ctx.task, "description", None))
         _report_call(state, ctx.llm)
         guards = governing(state.resolve, role)
-        check_model(guards)
+        check_model(guards, *model_limits(ctx.llm))
         if guards:
             keys.protect(guards, ctx.llm, label=_llm_label(ctx.llm))
             _redact_messages(guards, ctx.messages)

@@ -70,16 +70,19 @@ def _explicit(handlers: list[Any]) -> bool:
     return False
 
 
-def _tool_gate(install: Installation, manager: Any, serialized: Any, kwargs: dict[str, Any]) -> Run | None:
+def _tool_gate(
+    install: Installation, manager: Any, serialized: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Run | None:
     if manager.handlers and _explicit(manager.handlers):
         return None
-    return admit_tool(install.resolve, serialized, manager.metadata, kwargs.get("name"))
+    inputs = kwargs.get("inputs") or (args[0] if args else kwargs.get("input_str"))
+    return admit_tool(install.resolve, serialized, manager.metadata, kwargs.get("name"), inputs)
 
 
-def _model_gate(install: Installation, manager: Any) -> Run | None:
+def _model_gate(install: Installation, manager: Any, kwargs: dict[str, Any]) -> Run | None:
     if manager.handlers and _explicit(manager.handlers):
         return None
-    run = admit_model(install.resolve, manager.metadata)
+    run = admit_model(install.resolve, manager.metadata, kwargs.get("invocation_params"))
     keys.protect(run[1], _calling_model())  # so that L1 can revoke this model's key
     return run
 
@@ -117,7 +120,7 @@ def _note_top_level(install: Installation, manager: Any, inputs: Any) -> None:
 def _tool_start(install: Installation) -> Factory:
     def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
         def on_tool_start(self: Any, serialized: Any, *args: Any, **kwargs: Any) -> Any:
-            gate = _tool_gate(install, self, serialized, kwargs) if install.live else None
+            gate = _tool_gate(install, self, serialized, args, kwargs) if install.live else None
             run = previous(self, serialized, *args, **kwargs)
             if gate is not None:
                 setattr(run, _RUN, gate)
@@ -131,7 +134,7 @@ def _tool_start(install: Installation) -> Factory:
 def _atool_start(install: Installation) -> Factory:
     def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
         async def on_tool_start(self: Any, serialized: Any, *args: Any, **kwargs: Any) -> Any:
-            gate = _tool_gate(install, self, serialized, kwargs) if install.live else None
+            gate = _tool_gate(install, self, serialized, args, kwargs) if install.live else None
             run = await previous(self, serialized, *args, **kwargs)
             if gate is not None:
                 setattr(run, _RUN, gate)
@@ -145,7 +148,7 @@ def _atool_start(install: Installation) -> Factory:
 def _model_start(install: Installation) -> Factory:
     def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
         def on_model_start(self: Any, *args: Any, **kwargs: Any) -> Any:
-            gate = _model_gate(install, self) if install.live else None
+            gate = _model_gate(install, self, kwargs) if install.live else None
             runs = previous(self, *args, **kwargs)
             if gate is not None:
                 for run in runs:
@@ -160,7 +163,7 @@ def _model_start(install: Installation) -> Factory:
 def _amodel_start(install: Installation) -> Factory:
     def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
         async def on_model_start(self: Any, *args: Any, **kwargs: Any) -> Any:
-            gate = _model_gate(install, self) if install.live else None
+            gate = _model_gate(install, self, kwargs) if install.live else None
             runs = await previous(self, *args, **kwargs)
             if gate is not None:
                 for run in runs:

@@ -24,6 +24,7 @@ from ._common import (
     check_model,
     check_tool,
     governing,
+    model_limits,
     offered,
     record_model,
     record_tool,
@@ -80,7 +81,7 @@ class M99Middleware(AgentMiddleware):
         tool = str(call.get("name") or "tool")
         try:
             guards = governing(self._resolve, self._agent_of_run(config), tool=tool)
-            check_tool(guards, tool)
+            check_tool(guards, tool, call.get("args"))
         except M99KillSwitchTriggered as exc:
             return request, _refusal_message(call, exc), ()
         if redacting(guards):
@@ -130,7 +131,7 @@ class M99Middleware(AgentMiddleware):
     def _model_gate(self, request: ModelRequest, config: Any) -> tuple[ModelRequest, AIMessage | None, Guards]:
         try:
             guards = governing(self._resolve, self._agent_of_run(config))
-            check_model(guards)
+            check_model(guards, *model_limits(request.model))
         except M99KillSwitchTriggered as exc:
             return request, _stop_message(exc), ()
         if guards:

@@ -23,6 +23,7 @@ from ._common import (
     check_model,
     check_tool,
     governing,
+    model_limits,
     note_task,
     observing,
     record_model,
@@ -111,18 +112,21 @@ def _cost(response: LLMResult) -> float:
 Run: TypeAlias = tuple[str, Guards]
 
 
-def admit_tool(resolve: Resolve, serialized: Any, metadata: Any, name: Any) -> Run:
+def admit_tool(resolve: Resolve, serialized: Any, metadata: Any, name: Any, args: Any = None) -> Run:
     """Refuse the tool run about to start (raising), or say what it is."""
     named = serialized.get("name") if serialized else None
     tool = named if type(named) is str and named else str(named or name or "tool")
     guards = governing(resolve, agent_of(metadata) if metadata else None, tool=tool)
-    check_tool(guards, tool)
+    check_tool(guards, tool, args)
     return tool, guards
 
 
-def admit_model(resolve: Resolve, metadata: Any) -> Run:
+def admit_model(resolve: Resolve, metadata: Any, params: Any = None) -> Run:
     guards = governing(resolve, agent_of(metadata) if metadata else None)
-    check_model(guards)
+    name, max_tokens = model_limits(params or {})
+    if name is None and isinstance(params, dict) and isinstance(params.get("_type"), str):
+        name = params["_type"]  # a model without a model name: LangChain's type of it, for a price table
+    check_model(guards, name, max_tokens)
     return "", guards
 
 
@@ -181,7 +185,10 @@ class M99CallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         if self.active:
-            self._remember(run_id, admit_tool(self._resolve, serialized, metadata, kwargs.get("name")))
+            self._remember(
+                run_id,
+                admit_tool(self._resolve, serialized, metadata, kwargs.get("name"), kwargs.get("inputs") or input_str),
+            )
 
     def on_chat_model_start(
         self,
@@ -193,7 +200,7 @@ class M99CallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         if self.active:
-            self._remember(run_id, admit_model(self._resolve, metadata))
+            self._remember(run_id, admit_model(self._resolve, metadata, kwargs.get("invocation_params")))
 
     def on_llm_start(
         self,
@@ -205,7 +212,7 @@ class M99CallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         if self.active:
-            self._remember(run_id, admit_model(self._resolve, metadata))
+            self._remember(run_id, admit_model(self._resolve, metadata, kwargs.get("invocation_params")))
 
     def _remember(self, run_id: UUID, run: Run) -> None:
         # The Guards that allowed the call also record its end: no second resolution.

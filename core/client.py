@@ -37,6 +37,8 @@ class M99Client:
         key_file: str | None = None,
         server_key: str | None = None,
         enrol_token: str | None = None,
+        policy: Any = None,
+        prices: Any = None,
         **guard_options: Any,
     ) -> None:
         self.url = resolve_url(url if isinstance(url, str) or url is None else ",".join(url))
@@ -44,6 +46,8 @@ class M99Client:
         self._server_key = server_key
         self._enrol_token = enrol_token
         self._guard_options = guard_options
+        # KILLSWITCH.md as ``m99.init`` takes it: a path, False for none, default ``$M99_POLICY`` or ./KILLSWITCH.md.
+        self._policy, self._prices = policy, prices
         self.guard: Guard | None = None
         self.session: Session | None = None
 
@@ -68,7 +72,12 @@ class M99Client:
         same identity."""
         if self.session is not None:
             raise M99Error(f"this client already registered {self.name!r}; use one client per agent")
+        from .runtime import _policy_gate
+
+        gate = _policy_gate(self._policy, self._prices, name)  # an invalid file raises before registering
         guard = Guard(name, kind=kind, framework=framework, read_only_tools=set(read_only_tools), **self._guard_options)
+        if gate is not None:
+            guard.attach_policy(gate)
         self.session = Session(
             guard, self.url, key_file=self._key_file, server_public_key=self._server_key, enrol_token=self._enrol_token
         ).start()
@@ -99,6 +108,8 @@ class M99Client:
         session, self.session = self.session, None
         if session is not None:
             session.close()
+        if self.guard is not None and self.guard.policy is not None:
+            self.guard.attach_policy(None)
 
     async def aclose(self) -> None:
         session, self.session = self.session, None

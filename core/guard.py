@@ -168,6 +168,7 @@ class Guard:
         "_lock",
         "_msg_gate",
         "_noted",
+        "_policy",
         "_read_only",
         "_reason",
         "_recent",
@@ -242,6 +243,7 @@ class Guard:
         self._lease_reason = ""
         self._terminating = False
         self._task: str | None = None
+        self._policy: Any = None  # a KILLSWITCH.md gate (m99.policy.gate.PolicyGate), asked while its gates are set
         # Precomputed answers for the hot path; only ``_update_gates`` writes them.
         self._tool_gate = False
         self._halt_gate = False
@@ -314,27 +316,53 @@ class Guard:
 
     # -- hot path: one attribute test when allowed ----------------------------------------------------
 
-    def check_tool(self, tool: str) -> None:
-        """None when ``tool`` may run now; raises ``ToolCallRefused`` otherwise."""
+    def check_tool(self, tool: str, args: Any = None) -> None:
+        """None when ``tool`` may run now with ``args``; raises ``ToolCallRefused`` otherwise."""
         if self._tool_gate:
             self._refuse_tool(tool)
+            if self._policy is not None and self._policy.tool_gate:
+                self._policy.admit_tool(self, tool, args)
 
-    def check_model(self) -> None:
-        """Raises ``ModelCallRefused`` at L3, L5, L6 and while frozen by a lost lease."""
+    def check_model(self, model: str | None = None, max_tokens: int | None = None) -> None:
+        """Raises ``ModelCallRefused`` at L3, L5, L6, while frozen by a lost lease, or when the policy
+        refuses the call (its worst case, ``max_tokens`` of ``model``, is then reserved until it reports)."""
         if self._halt_gate:
             self._refuse(ModelCallRefused, "model call refused for agent")
+            if self._policy is not None and self._policy.model_gate:
+                self._policy.admit_model(self, model, max_tokens)
 
     def check_status(self) -> None:
         """Raises ``M99KillSwitchTriggered`` at L3, L5, L6, or ``LeaseExpired`` while frozen by the lease."""
         if self._halt_gate:
             self._refuse(M99KillSwitchTriggered, "kill switch holds agent")
+            if self._policy is not None:
+                self._policy.check_status(self)
+
+    def attach_policy(self, gate: Any) -> None:
+        """Enforce a KILLSWITCH.md gate (``m99.policy.gate.PolicyGate``) here too; None detaches."""
+        with self._lock:
+            old, self._policy = self._policy, gate
+            self._update_gates()
+        if old is not None and old is not gate:
+            old.detach(self)
+        if gate is not None:
+            gate.attach(self)
+            self._policy_gates_changed()
+
+    @property
+    def policy(self) -> Any:
+        return self._policy
+
+    def _policy_gates_changed(self) -> None:
+        with self._lock:
+            self._update_gates()
 
     def may_offer(self, tool: str) -> bool:
         """Whether ``tool`` may be offered to the model now: new tools are not registered while tools
         are frozen (L3+, lost lease), and at L4 only read-only tools are (adapters ask it where a
         framework lists tools: an MCP workbench, the tools of a ``create_agent`` model request)."""
-        if not self._tool_gate:
-            return True
+        if not self._tool_gate or (self._level < Level.TOOL_CALL_FREEZE and not self._lease_frozen()):
+            return True  # a policy rule alone refuses a call, not the offer of a tool
         return self._level == Level.RESTRICTION and not self._lease_frozen() and tool in self._read_only
 
     @property
@@ -344,8 +372,8 @@ class Guard:
 
     @property
     def frozen(self) -> bool:
-        """True while ``check_tool`` may refuse: L3+ (at L4 read-only tools still pass) or lease lost."""
-        return self._tool_gate
+        """True while ``check_tool`` refuses: L3+ (at L4 read-only tools still pass) or lease lost."""
+        return self._level >= Level.TOOL_CALL_FREEZE or self._lease_frozen()
 
     @property
     def redacting(self) -> bool:
@@ -523,13 +551,18 @@ class Guard:
     def _update_gates(self) -> None:
         level = self._level
         lease = self._lease_frozen()
-        quiet = level == 0 and not lease
+        policy = self._policy
+        tool_rule = policy is not None and policy.tool_gate
+        model_rule = policy is not None and policy.model_gate
+        # A policy's model rule (a budget) leaves ``quiet``: adapters ask ``check_model`` of every
+        # Guard whatever ``quiet`` says, and tool calls then pay nothing for the budget.
+        quiet = level == 0 and not lease and not tool_rule
         if not quiet:
             self.quiet = False  # first, so no reader skips a gate about to be set
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
         self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
-        self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease
-        self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease
+        self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease or tool_rule
+        self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease or model_rule
         if quiet:
             self.quiet = True  # last, once every gate is clear
         _set_redacting(self, self._redact_gate)  # after the gates: a watcher must not delay a freeze
@@ -647,12 +680,18 @@ class Guard:
         noted.append((tool, _now(), ok, 0, 0.0))
         if len(noted) > _FOLD_AT:
             self._fold()
+        if self._policy is not None:
+            self._policy.record_tool(tool, ok)
 
-    def record_model_call(self, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True) -> None:
+    def record_model_call(
+        self, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True, model: str | None = None
+    ) -> None:
         noted = self._noted
         noted.append((None, _now(), ok, int(tokens), float(cost_usd)))
         if len(noted) > _FOLD_AT:
             self._fold()
+        if self._policy is not None:
+            self._policy.settle(tokens, cost_usd, ok, model)
 
     def _fold(self) -> None:
         """Move the noted calls into the counters, in the order they were noted."""

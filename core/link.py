@@ -204,6 +204,7 @@ class ControlLink:
         read_only_tools: list[str] | None = None,
         credentials: list[dict[str, str]] | None = None,
         metadata: dict[str, Any] | None = None,
+        policy: str | None = None,
     ) -> dict[str, Any]:
         body = self.registration_body(
             name,
@@ -213,6 +214,7 @@ class ControlLink:
             read_only_tools=read_only_tools,
             credentials=credentials,
             metadata=metadata,
+            policy=policy,
         )
         headers = {"Authorization": f"Bearer {self.enrol_token}"} if self.enrol_token else {}
         answer: dict[str, Any] = self._call("POST", "/api/agents/register", json=body, headers=headers)
@@ -236,6 +238,7 @@ class ControlLink:
         read_only_tools: list[str] | None = None,
         credentials: list[dict[str, str]] | None = None,
         metadata: dict[str, Any] | None = None,
+        policy: str | None = None,
     ) -> dict[str, Any]:
         """A registration request, signed with this agent's key (proof that it holds the key)."""
         body: dict[str, Any] = {
@@ -250,6 +253,8 @@ class ControlLink:
             "metadata": metadata or {},
             "ts": time.time(),
         }
+        if policy:  # only when there is one: a control plane that predates policies still registers it
+            body["policy"] = policy
         return sign_request(self.key, "register", name, body)
 
     def _signed(self, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -25,17 +25,20 @@ import socket
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
 __all__ = [
     "ConnectionRefusedByM99",
+    "EgressRefusedByM99",
     "allow_destination",
     "allowed_destinations",
     "bind_context",
     "disallow_destination",
     "installed",
     "retire",
+    "set_egress_rule",
     "state",
 ]
 
@@ -76,6 +79,15 @@ class ConnectionRefusedByM99(ConnectionRefusedError):
         self.event = event
         self.destination = destination
         self.agent = agent
+
+
+class EgressRefusedByM99(ConnectionRefusedByM99):
+    """An outbound connection or lookup refused by the policy's FORBIDDEN.network (KILLSWITCH.md)."""
+
+    def __init__(self, event: str, destination: str, agent: str = "policy") -> None:
+        super().__init__(event, destination, agent)
+        self.strerror = f"M99 policy FORBIDDEN.network: {event} to {destination} refused"
+        self.args = (errno.ECONNREFUSED, self.strerror)
 
 
 _EVENTS = frozenset(
@@ -148,6 +160,8 @@ def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
     if event in _EVENTS:
         if _hint:
             _check(event, args)
+        if _egress is not None:
+            _check_egress(event, args)
         if event == "socket.connect":
             _track(args)
 
@@ -234,6 +248,69 @@ def _allowed_or_destination(event: str, args: tuple[Any, ...]) -> str | None:
     # AF_UNIX paths and anything unexpected: refused unless allow-listed with port 0 (fail closed).
     path = address.decode("utf-8", "replace") if isinstance(address, bytes) else str(address)
     return None if (path, 0) in _allowed_pairs else f"unix:{path}"
+
+
+# -- a policy's egress rule (KILLSWITCH.md FORBIDDEN.network) ------------------------------------------
+
+# ``rule(host, port) -> bool``: whether the process may reach a destination, whatever its level.  The
+# control plane's allow-listed destinations always pass; so do the addresses an allowed name resolved to.
+_egress: Callable[[str, int | None], bool] | None = None
+_resolved: dict[str, None] = {}  # addresses of allowed names (insertion-ordered, bounded)
+_resolving = threading.local()
+
+
+def set_egress_rule(rule: Callable[[str, int | None], bool] | None) -> None:
+    """Refuse outbound connections and lookups ``rule`` does not allow (None: no rule)."""
+    global _egress
+    install()
+    _resolved.clear()
+    _egress = rule
+
+
+def _remember_addresses(name: str) -> None:
+    # The connect that follows a lookup names an address, not the allowed name: resolve it here too,
+    # once, and let its addresses through.  Re-entered by our own lookup: skipped.
+    if getattr(_resolving, "on", False):
+        return
+    _resolving.on = True
+    try:
+        for info in socket.getaddrinfo(name, None):
+            _resolved[_normalise(info[4][0])] = None
+        while len(_resolved) > 4096:
+            _resolved.pop(next(iter(_resolved)))
+    except OSError:
+        pass
+    finally:
+        _resolving.on = False
+
+
+def _check_egress(event: str, args: tuple[Any, ...]) -> None:
+    rule = _egress
+    if rule is None or getattr(_resolving, "on", False):
+        return
+    if event in _LOOKUPS:
+        looked_up = args[0] if args else None
+        if looked_up is None:
+            return
+        name = _normalise(looked_up)
+        if _is_ip(name) or name in _allowed_names:
+            return
+        if not rule(name, None):
+            raise EgressRefusedByM99(event, f"{name} (name lookup)")
+        if name not in ("localhost",):
+            _remember_addresses(name)
+        return
+    address = args[1] if len(args) > 1 else None
+    if not (isinstance(address, tuple) and len(address) >= 2):
+        return  # connected sockets (already checked) and AF_UNIX paths: not egress
+    host = _normalise(address[0])
+    try:
+        port = int(address[1])
+    except (TypeError, ValueError):
+        port = 0
+    if (host, port) in _allowed_pairs or host in _resolved or rule(host, port):
+        return
+    raise EgressRefusedByM99(event, f"{host}:{port}")
 
 
 # -- state, driven by the Guards ------------------------------------------------------------------------

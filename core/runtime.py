@@ -162,6 +162,8 @@ class Runtime:
         for _, (_guard, session) in agents:
             session.close()
         self.session.close()
+        if self.guard.policy is not None:
+            self.guard.attach_policy(None)
         with _lock:
             if _runtime is self:
                 _runtime = None
@@ -193,6 +195,8 @@ def init(
     key_file: str | None = None,
     server_key: str | None = None,
     enrol_token: str | None = None,
+    policy: str | os.PathLike[str] | bool | None = None,
+    prices: Any = None,
 ) -> Runtime:
     """Put this process under the kill switch as agent ``name`` and install every available adapter.
 
@@ -212,6 +216,10 @@ def init(
       list; default none, reported as ``custom``).  Each adapter that installs adds its framework, so
       ``framework:NAME`` scopes reach the process; excluded or missing frameworks are never reported.
     - ``fail_open``: keep running when the control plane is out of reach past the lease (default: freeze).
+    - ``policy``: the KILLSWITCH.md enforced in this process (default ``$M99_POLICY``, else
+      ./KILLSWITCH.md when present; ``False``: none).  An invalid file raises here.  ``prices``: the
+      price table that turns tokens into dollars for its cost triggers (a mapping, a path; default
+      ``$M99_PRICES``, else ``prices.json`` in the data directory).
 
     No framework is imported here: the adapter of an installed framework installs when the agent
     imports it, or at once if it already has.  Calling ``init`` again with the same name returns the
@@ -235,6 +243,7 @@ def init(
             raise ConfigError("credentials must be a list of environment variable names, not one string")
         target = resolve_url(url if isinstance(url, str) or url is None else ",".join(url))
         env_names = default_credentials() if credentials is None else list(credentials)
+        gate = _policy_gate(policy, prices, name)
         guard = Guard(
             name,
             kind=kind,
@@ -246,6 +255,8 @@ def init(
         )
         for env_name in env_names:
             guard.protect_env(env_name)
+        if gate is not None:
+            guard.attach_policy(gate)
         session = Session(
             guard,
             target,
@@ -286,6 +297,15 @@ def init(
         f"; skipped: {skipped}" if skipped else "",
     )
     return runtime
+
+
+def _policy_gate(policy: Any, prices: Any, name: str) -> Any:
+    if policy is False:
+        return None
+    from .config import resolve_data_dir
+    from .policy.gate import load_for_process
+
+    return load_for_process(policy, agent=name, prices=prices, data_dir=resolve_data_dir())
 
 
 def current() -> Runtime | None:

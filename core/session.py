@@ -212,6 +212,13 @@ class Session:
         self._untrusted = False
         guard.on_change(self._acknowledge_termination)
         guard.on_frameworks(self._frameworks_changed)
+        self.policy_reports: Any = None
+        self._policy_held = False  # a policy's L3 is among the directives that hold this agent
+        if guard.policy is not None:  # its KILLSWITCH.md transitions, reported once enforced
+            from .policy.report import PolicyReporter
+
+            send = lambda body: self.link.send_signed("policy", "policy", body)  # noqa: E731
+            self.policy_reports = PolicyReporter(send, guard.policy, _Loop.get)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Session:
@@ -265,6 +272,11 @@ class Session:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
         await _acks.flush_for(self, CLOSE_TIMEOUT)
+        if self.policy_reports is not None and self.policy_reports.pending:
+            try:
+                await asyncio.wait_for(self.policy_reports.flush(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("m99: %d policy reports not sent at close", len(self.policy_reports.pending))
         await _acks.release(self)
         if self._aclient is not None:
             await self._aclient.aclose()
@@ -300,6 +312,11 @@ class Session:
         changed = self.guard.apply_state(level, reason=reason, version=version, defer=defer, log=not on_loop)
         if changed and on_loop:
             _changes.add(self.guard.name, old, self.guard.level, reason)
+        if self.guard.policy is not None:  # an operator's restore of the policy's L3 resumes the policy
+            held = any(d.get("origin") == "policy" for d in self._directives.values())
+            if self._policy_held and not held:
+                self.guard.policy.lifted_by_operator()
+            self._policy_held = held
         # From L5 on, _acknowledge_termination acknowledges before the terminator runs.
         if (changed or fresh) and ack and level < Level.TARGETED_TERMINATION and self._acked_version < version:
             # Held already (a second kill of a halted agent): confirmed now, when the push arrived.
@@ -411,6 +428,7 @@ class Session:
                         {"label": c["label"], "fingerprint": c["fingerprint"], "kind": c["kind"]}
                         for c in g.credential_fingerprints()
                     ],
+                    policy=f"sha256:{g.policy.digest}" if g.policy is not None and g.policy.digest else None,
                 )
             except RateLimited as exc:
                 if time.monotonic() + exc.retry_after > deadline:
@@ -513,6 +531,8 @@ class Session:
         self._untrusted = False
         self._contact()
         self._apply_document(doc)
+        if self.policy_reports is not None and self.policy_reports.pending:
+            await self.policy_reports.flush()
         return doc
 
     # ------------------------------------------------------------------ async twins

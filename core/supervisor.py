@@ -99,6 +99,7 @@ class Supervisor:
         grace_seconds: float = 5.0,
         pause_on_freeze: bool = False,
         key_file: str | None = None,
+        policy: str | os.PathLike[str] | None = None,
     ) -> None:
         if not command:
             raise ConfigError("no command to run: give it after --, e.g. m99 run -- python agent.py")
@@ -110,6 +111,14 @@ class Supervisor:
         self.name = name or default
         self.pause_on_freeze = pause_on_freeze
         self.key_file = key_file
+        self.policy: Path | None = None
+        if policy is not None:
+            # Checked here, so an invalid file stops the run before the command starts; the command's own
+            # m99.init (or M99Client) enforces it, handed over as $M99_POLICY.
+            from .policy.parse import load_policy
+
+            self.policy = Path(policy).resolve()
+            load_policy(self.policy)
         self.guard = Guard(
             self.name,
             kind=kind,
@@ -167,6 +176,8 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if k != "M99_TOKEN"}  # an agent never holds operator power
         env["M99_URL"] = self.url
         env["M99_SUPERVISED_AS"] = self.name
+        if self.policy is not None:
+            env["M99_POLICY"] = str(self.policy)
         try:
             return subprocess.Popen(
                 [executable, *self.command[1:]],

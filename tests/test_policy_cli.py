@@ -37,7 +37,7 @@ def test_check_prints_the_effective_policy_and_how_each_key_is_enforced(runner: 
     assert "tokens_per_minute" in out and "-> level_1_throttle (reduce_rate)" in out
     assert "error_rate_threshold" in out and "-> level_2_pause (pause_and_notify)" in out
     assert "price table: none" in out
-    assert "does not load KILLSWITCH.md yet" in " ".join(out.split())  # nothing looks enforced today that is not
+    assert "does not load KILLSWITCH.md" not in " ".join(out.split())  # the Guard loads it: enforced is what runs
 
 
 def test_check_of_an_invalid_file_lists_every_error_then_one_error_line(runner: CliRunner, tmp_path: Path) -> None:
@@ -89,14 +89,14 @@ def test_a_file_without_escalation_shows_every_trigger_stopping(runner: CliRunne
     assert result.output.count("-> level_3_shutdown (full_stop)") == 2
 
 
-def test_network_blocking_does_not_look_enforced(runner: CliRunner, tmp_path: Path) -> None:
+def test_network_blocking_says_the_egress_guard_enforces_it(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "KILLSWITCH.md"
     path.write_text(
         "# KILLSWITCH\n\n## FORBIDDEN\nnetwork:\n  - block_public_egress: true\n  - allowlist: [api.example.com]\n"
     )
     result = runner.invoke(policy, ["check", str(path)])
     out = " ".join(result.output.split())
-    assert "[not yet enforced]" in out and "NOT restricted by this key today" in out
+    assert "[not yet enforced]" not in out and "in-process egress guard" in out and "[enforced]" in out
     assert "no trigger is set" in out
 
 
@@ -143,8 +143,8 @@ def test_every_key_the_parser_knows_is_explained() -> None:
     expected |= {f"METADATA.{k}" for k in KNOWN_KEYS["METADATA"]}
     assert expected <= explained, expected - explained
     statuses = {e.key: e.status for entries in explain(policy_).values() for e in entries}
-    assert statuses["FORBIDDEN.network.block_public_egress"] == "not yet enforced"
-    assert all(statuses[f"ESCALATION.{n}.notify"] == "not enforced" for n in LEVEL_KEYS.values())
+    assert statuses["FORBIDDEN.network.block_public_egress"] == "enforced"
+    assert statuses["ESCALATION.level_2_pause.notify"] == "enforced"  # through the server's webhook
 
 
 def test_the_command_wires_into_the_main_cli(runner: CliRunner) -> None:

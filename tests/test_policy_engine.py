@@ -74,6 +74,17 @@ def test_consecutive_failures_fire_at_the_count() -> None:
     assert events[0].value == 3 and events[0].limit == 3
 
 
+def test_a_model_call_between_failed_tools_does_not_end_the_run_of_failures() -> None:
+    # The agent loop is model -> tool -> model -> tool: were a model's success a recovery, the trigger
+    # could never fire in a real run.
+    engine, _, _ = make("consecutive_failures: 2\n")
+    engine.record_tool("t", ok=False)
+    engine.settle_model(None, tokens=10, ok=True)
+    assert engine.stage == Stage.NONE
+    engine.record_tool("t", ok=False)
+    assert engine.stage == Stage.PAUSE
+
+
 def test_error_rate_fires_at_the_fraction_once_enough_calls_ran() -> None:
     engine, _, _ = make("error_rate_threshold: 0.25\n", error_window=20, error_min_calls=8)
     engine.record_tool("t", ok=False)
@@ -282,6 +293,9 @@ def test_a_decision_error_fails_closed_and_observation_never_raises(monkeypatch:
     def broken(*a: object, **k: object) -> None:
         raise RuntimeError("boom")
 
+    monkeypatch.setattr(engine.paths, "clear", broken)  # the lock-free path of an ordinary call
+    assert engine.admit_tool("t").verdict == "refuse"
+    monkeypatch.setattr(engine.paths, "clear", lambda args: False)
     monkeypatch.setattr(engine._ladder, "pace", broken)
     assert engine.admit_tool("t").verdict == "refuse"
     monkeypatch.setattr(engine._meter, "note", broken)

@@ -219,3 +219,21 @@ def test_matching_stays_fast_on_hostile_arguments(repo: Path) -> None:
     assert time.perf_counter() - start < 1.0
     with pytest.raises(ValueError, match="wildcards"):
         compile_glob("*" * 9)
+
+
+def test_with_only_protected_files_a_call_that_never_mentions_them_skips_the_scan(tmp_path: Path) -> None:
+    policy_file = tmp_path / "KILLSWITCH.md"
+    policy_file.write_text("# KILLSWITCH\n")
+    guard = PathGuard(root=tmp_path, protected=[policy_file])
+    assert guard.clear({"query": "papers", "n": 3}) and guard.clear("plain text")
+    for args in (
+        {"path": str(policy_file)},
+        {"cmd": "sed -i s/50/5000/ KILLSWITCH.md"},
+        {"nested": {"files": ["a", "KILLSWITCH.md"]}},
+        ["KILLSWITCH.md"],
+    ):
+        assert not guard.clear(args), args
+        assert guard.scan(args, cwd=str(tmp_path)) is not None, args
+    assert not guard.clear({"cmd": "cat killswitch.MD"})  # the pre-filter is caseless: it errs on the scan's side
+    with_rules = PathGuard([".env"], root=tmp_path, protected=[policy_file])
+    assert not with_rules.clear({"query": "papers"})  # FORBIDDEN paths: every call is scanned

@@ -245,3 +245,44 @@ def test_the_change_bus_tells_subscribers_after_a_commit(url: str) -> None:
         assert there.wait(5)  # another replica hears it too (NOTIFY); SQLite is one process
     writer.close()
     reader.close()
+
+
+def test_an_agent_keeps_the_policy_it_runs_under(store: Store) -> None:
+    digest = "sha256:" + "ab" * 32
+    with store.transaction() as tx:
+        tx.put_agent(agent("governed", tx.next_registry_seq(), policy=digest))
+        tx.put_agent(agent("free", tx.next_registry_seq()))
+    with store.snapshot() as tx:
+        assert tx.get_agent("governed").policy == digest  # type: ignore[union-attr]
+        assert tx.get_agent("free").policy == ""  # type: ignore[union-attr]
+
+
+def test_a_database_from_before_policies_is_upgraded_in_place(url: str) -> None:
+    """Made by the previous schema (no ``agents.policy``): opening it adds the column, rows kept."""
+    s = open_store(url)
+    with s.transaction() as tx:
+        tx.put_agent(agent("old", tx.next_registry_seq()))
+    s.close()
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE agents DROP COLUMN policy")
+            conn.execute("UPDATE m99_schema SET version = 1")
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(url)
+        conn.execute("ALTER TABLE agents DROP COLUMN policy")
+        conn.execute("PRAGMA user_version=2")
+        conn.commit()
+        conn.close()
+    s = open_store(url)
+    try:
+        with s.transaction() as tx:
+            assert tx.get_agent("old").policy == ""  # type: ignore[union-attr]
+            tx.put_agent(agent("new", tx.next_registry_seq(), policy="sha256:" + "cd" * 32))
+        with s.snapshot() as tx:
+            assert tx.get_agent("new").policy == "sha256:" + "cd" * 32  # type: ignore[union-attr]
+    finally:
+        s.close()

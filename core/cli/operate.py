@@ -31,10 +31,12 @@ def _agents_table(agents: list[dict[str, Any]]) -> None:
             f"L{a['level']}" if a["level"] else "-",
             a["pid"] or "",
             ago(a["seconds_since_heartbeat"]),
+            (a.get("policy") or "-").removeprefix("sha256:")[:12],
         ]
         for a in agents
     ]
-    table(["NAME", "KIND", "FRAMEWORKS", "STATUS", "LEVEL", "PID", "LAST HEARTBEAT"], rows, [32, 20, 24, 28, 5, 8, 0])
+    heads = ["NAME", "KIND", "FRAMEWORKS", "STATUS", "LEVEL", "PID", "LAST HEARTBEAT", "POLICY"]
+    table(heads, rows, [32, 20, 24, 28, 5, 8, 15, 0])
 
 
 @click.command()

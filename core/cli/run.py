@@ -24,10 +24,23 @@ __all__ = ["COMMANDS"]
     is_flag=True,
     help="SIGSTOP the command while frozen (L3, L4, lease lost) and SIGCONT it when lifted.",
 )
+@click.option(
+    "--policy",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A KILLSWITCH.md for the command: checked before it starts, handed to it as $M99_POLICY "
+    "(enforced by the command's m99.init or M99Client).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(
-    ctx: click.Context, name: str | None, kind: str, grace: float, pause_on_freeze: bool, command: tuple[str, ...]
+    ctx: click.Context,
+    name: str | None,
+    kind: str,
+    grace: float,
+    pause_on_freeze: bool,
+    policy: str | None,
+    command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as an agent that M99 can terminate from outside.
 
@@ -51,6 +64,7 @@ def run(
         url=ctx.find_root().obj["url"],
         grace_seconds=grace,
         pause_on_freeze=pause_on_freeze,
+        policy=policy,
     )
     sys.exit(supervisor.run())
 

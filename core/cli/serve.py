@@ -93,6 +93,19 @@ __all__ = ["COMMANDS"]
     help="Seconds from execute to a confirmed halt before an agent is flagged.",
 )
 @click.option(
+    "--webhook",
+    default="",
+    metavar="URL",
+    help="POST each KILLSWITCH.md notification (a level with notify: true) here, signed with the server key.",
+)
+@click.option(
+    "--webhook-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "slack"]),
+    help='The webhook body: M99\'s JSON, or Slack-compatible {"text": ...} with M99\'s fields under "m99".',
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -125,6 +138,8 @@ def serve(
     register_rate: float,
     retention: float,
     halt_slo: float,
+    webhook: str,
+    webhook_format: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -151,6 +166,8 @@ def serve(
         register_rate=register_rate,
         retention=retention,
         halt_slo=halt_slo,
+        webhook=webhook,
+        webhook_format=webhook_format,
     )
     run_server(
         host,

@@ -40,6 +40,7 @@ from .executions import Executions
 from .feed import OperatorFeed, kinds_of
 from .ledger import SYSTEM_ACTOR, Ledger
 from .liveness import Liveness
+from .policies import PolicyReports
 from .refusals import Refusals
 from .settings import Settings
 from .state import State
@@ -98,6 +99,13 @@ class ControlPlane:
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
         )
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
+        self.policies = PolicyReports(self.ledger, self.liveness, self.executions)
+        if self.settings.webhook:
+            from .notify import WebhookSink
+
+            record = lambda kind, data: self.ledger.record(kind, SYSTEM_ACTOR, data)  # noqa: E731
+            slack = self.settings.webhook_format == "slack"
+            self.policies.sink = WebhookSink(self.settings.webhook, self.key, slack=slack, record=record)
         self.state.staleness = self.settings.staleness
         self.deadman = DeadMan(
             store, self.ledger, self.registry, self.executions, self.settings, lambda: self.state.recovered_at
@@ -221,6 +229,12 @@ class ControlPlane:
             tx.set_agent_status([agent.name], "stopped", "deregistered", now, tx.next_registry_seq())
             unit.audit("agent.stopped", {"agent": agent.name}, {"agent_id": agent.agent_id, "reason": "deregistered"})
         return {"ok": True, "status": "stopped"}
+
+    def policy_report(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
+        """A KILLSWITCH.md transition the agent enforced: an execution of origin ``policy``, audited."""
+        result = self.policies.report(self.known(agent_id), body, source)
+        self.feed.changed({"executions"})
+        return result
 
     def acknowledge(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
         """An agent applied state ``version``: its confirmed halts, with their time-to-halt."""

@@ -61,6 +61,7 @@ class Agent:
     # heartbeat may be in flight, so the two kinds can overtake each other on the wire.
     last_ack_seq: int = 0
     stream_ts: float = 0.0  # the signed timestamp of its newest push stream
+    policy: str = ""  # the KILLSWITCH.md it runs under ("sha256:<hex>"), "" for none
 
     @classmethod
     def from_record(cls, r: AgentRecord) -> Agent:
@@ -83,6 +84,7 @@ class Agent:
             r.changed,
             VerifyKey.from_b64(r.public_key),
             r.last_seq,
+            policy=r.policy,
         )
 
     @property
@@ -260,6 +262,7 @@ class Registrations:
                 status_reason="registered",
                 registered_ts=float(body["ts"]),
                 enrolled_by=principal.token_id if principal else None,
+                policy=str(body.get("policy") or ""),
             )
             tx.put_agent(record)
             creds = [
@@ -284,6 +287,7 @@ class Registrations:
                     "credentials": [c.fingerprint for c in creds],
                     "replaces": old.agent_id if old else None,
                     "enrolled_by": record.enrolled_by,
+                    "policy": record.policy or None,
                     **(
                         {"previous_key": fingerprint(VerifyKey.from_b64(old.public_key).raw)} if rebound and old else {}
                     ),

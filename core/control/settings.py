@@ -27,6 +27,8 @@ class Settings:
     gone_after: float = 0.0  # a silent agent is counted gone (stopped) after this (0: 4 dead man windows)
     halt_slo: float = 5.0  # seconds from execute to a confirmed halt
     body_timeout: float = 10.0  # seconds a request's declared body may take to arrive
+    webhook: str = ""  # where policy notifications are POSTed, signed ("": no sink: logged as not delivered)
+    webhook_format: str = "json"  # or "slack": a Slack-compatible {"text": ...} body
 
     @property
     def lease(self) -> float:

@@ -60,6 +60,7 @@ class Views:
             "level": self.state.level(agent),
             "incarnation": agent.incarnation,
             "read_only_tools": list(agent.read_only_tools),
+            "policy": agent.policy or None,
         }
 
     def describe(self, agent: Agent, now: float | None = None) -> dict[str, Any]:

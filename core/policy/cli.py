@@ -25,9 +25,9 @@ from .starter import STARTER
 
 __all__ = ["policy"]
 
-# The Guard does not load KILLSWITCH.md yet: until it does, `check` says that "enforced" describes the
-# engine's enforcement once wired, so that no key looks enforced today when it is not.
-GUARD_LOADS_POLICY = False
+# The Guard loads KILLSWITCH.md (m99.init, M99Client, m99 run): "enforced" is what runs.  Were it ever
+# False again, `check` says that "enforced" describes the engine, so that no key looks enforced when not.
+GUARD_LOADS_POLICY = True
 
 _WIDTH = 100
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from ..errors import NotAuthorised
 from .audit_log import AuditLog
 from .budget import AllowanceSource, Budget, WindowCeiling
-from .decision import Decision, ModelTicket, PolicyEvent, local_day, number, record_of
+from .decision import ALLOW, Decision, ModelTicket, PolicyEvent, local_day, number, record_of
 from .forbidden import ActionMap, PathGuard
 from .ladder import Ladder
 from .meter import Meter
@@ -97,6 +97,7 @@ class PolicyEngine:
         self.notices = self.spend.notices  # said at start (and once per unpriced model), for the Guard to log
         t = policy.triggers
         self._ceiling = WindowCeiling(t.tokens_per_minute) if t.tokens_per_minute else None
+        self._triggers = t
         # rules
         f = policy.forbidden
         extra = {k: tuple(v) for k, v in f.action_tools.items()}
@@ -162,6 +163,8 @@ class PolicyEngine:
     def admit_tool(self, name: str, args: Any = None, *, read_only: bool = False) -> Decision:
         """May tool ``name`` run with ``args`` now?  ``read_only`` tools may name the protected files."""
         try:
+            if self._ladder.stage == Stage.NONE and not self.actions and self.paths.clear(args):
+                return ALLOW  # nothing in force and no argument names a protected file: no lock needed
             with self._lock:
                 return self._admit_tool(name, args, read_only)
         except Exception as exc:
@@ -299,6 +302,8 @@ class PolicyEngine:
             with self._lock:
                 now = self._clock()
                 self._meter.note(now, ok)
+                if ok and self._ladder.stage == Stage.NONE and not self._meter.success_may_breach(now, self._triggers):
+                    return  # a success far from every limit: nothing to evaluate
                 self._evaluate(now)
         except Exception:
             logger.exception("m99: policy engine failed to record tool %r", name)
@@ -347,7 +352,7 @@ class PolicyEngine:
                     self._ceiling.settle(ticket.slot, used)
                 else:
                     self._ceiling.add(now, used)
-            self._meter.note(now, ok, used)
+            self._meter.note(now, ok, used, breaks_run=False)
             self._evaluate(now)
 
     def release_model(self, ticket: ModelTicket) -> None:

@@ -78,7 +78,8 @@ _TRIGGER_HOW = {
     ),
     "cost_limit_daily_usd": (
         "the same hard budget per calendar day (local time), kept in a state file across restarts and "
-        "shared by the processes that use the same file. Reaching it enters {enters}."
+        "shared by the processes that use the same file (m99.init keeps one per agent name in the data "
+        "directory); not yet one budget for a whole fleet. Reaching it enters {enters}."
     ),
     "tokens_per_minute": (
         "ceiling on tokens (prompt + completion) in any sliding minute, reserved at each call's worst "
@@ -167,11 +168,12 @@ def _forbidden(policy: Policy) -> list[Entry]:
     if net.block_public_egress:
         hosts = ", ".join(r.text for r in net.allowlist) or "none"
         how = (
-            "decided (only allow-listed and non-public destinations would pass; allowed: "
-            f"{hosts}) but not applied yet: the in-process egress guard will apply it. Outbound traffic is "
-            "NOT restricted by this key today."
+            "outbound connections and name lookups of the whole process are refused by M99's in-process "
+            f"egress guard unless allow-listed or non-public (loopback, private addresses); allowed: {hosts}; "
+            "the control plane always stays reachable. Not seen: C extensions with their own sockets, "
+            "subprocesses."
         )
-        out.append(_entry(policy, "FORBIDDEN.network.block_public_egress", True, "not yet enforced", how))
+        out.append(_entry(policy, "FORBIDDEN.network.block_public_egress", True, "enforced", how))
     else:
         out.append(
             _entry(policy, "FORBIDDEN.network.block_public_egress", False, "off", "outbound traffic is not restricted.")
@@ -182,8 +184,8 @@ def _forbidden(policy: Policy) -> list[Entry]:
                 policy,
                 "FORBIDDEN.network.allowlist",
                 [r.text for r in net.allowlist],
-                "not yet enforced",
-                "see block_public_egress.",
+                "enforced",
+                "see block_public_egress; a name passes, and so do the addresses it resolves to.",
             )
         )
     return out
@@ -206,10 +208,14 @@ def _escalation(policy: Policy) -> list[Entry]:
         return out
     actions = {
         Stage.THROTTLE: "tool and model calls are spaced to half the call rate of the minute before.",
-        Stage.PAUSE: "new tool and model calls wait (those in flight finish) until an operator resumes or escalates.",
+        Stage.PAUSE: (
+            "new tool and model calls wait (those in flight finish) until the level's timeout escalates it or "
+            "it is resumed in the process (the gate's engine.resume); the CLI cannot resume it yet."
+        ),
         Stage.SHUTDOWN: (
-            "every tool and model call is refused: the Guard applies its level-3 tool-call freeze locally, "
-            "then reports to the control plane."
+            "every tool and model call is refused and check_status() raises, in the process (with the "
+            "control plane out of reach too), like M99's level-3 tool-call freeze; then reported, and held "
+            "at the control plane as L3 on the agent until an operator's m99 restore."
         ),
     }
     for stage, name in LEVEL_KEYS.items():
@@ -239,7 +245,7 @@ def _escalation(policy: Policy) -> list[Entry]:
                 )
         else:
             how = (
-                "the Guard's signed evidence snapshot is taken before the stop."
+                "the Guard's evidence snapshot (secrets redacted) is taken as the stop takes effect."
                 if level.save_state
                 else "no evidence snapshot before the stop."
             )
@@ -255,9 +261,14 @@ def _escalation(policy: Policy) -> list[Entry]:
                 policy,
                 f"{key}.notify",
                 level.notify,
-                "not enforced",
-                "M99 reports every transition to the control plane (audit chain, dashboard) whatever "
-                "this says; it sends no notification itself.",
+                "enforced" if level.notify else "off",
+                (
+                    "the control plane POSTs the transition, signed with its key, to the webhook its operator "
+                    "configured (m99 serve --webhook URL; Slack-compatible with --webhook-format slack); "
+                    "with no webhook it is audited as not delivered."
+                    if level.notify
+                    else "no notification; the transition is still reported to the control plane."
+                ),
             )
         )
         if level.channels:
@@ -266,8 +277,9 @@ def _escalation(policy: Policy) -> list[Entry]:
                     policy,
                     f"{key}.channels",
                     [f"{c.kind}: {c.target}" for c in level.channels],
-                    "not enforced",
-                    "M99 sends nothing to these channels: route the control plane's events to them.",
+                    "enforced" if level.notify else "off",
+                    "named in the webhook's body; the webhook's receiver routes to them (M99 sends no "
+                    "email or page itself).",
                 )
             )
     if esc.trigger_levels:

@@ -212,6 +212,12 @@ class PathGuard:
         self._protected = tuple(
             (str(p), re.compile(re.escape(_posix(os.path.realpath(p))) + r"\Z", flags)) for p in protected
         )
+        # With no FORBIDDEN paths, only the protected files are looked for: a string that does not
+        # contain one of their names (as given, or as their real path ends) cannot name one, so the
+        # scan (realpath on every word) is skipped for it.  What this misses: a symlink of another name
+        # made before the agent started (the agent's own ``ln -s`` names the file and is refused).
+        names = {Path(p).name.lower() for p in protected} | {Path(os.path.realpath(p)).name.lower() for p in protected}
+        self._names = tuple(n for n in names if n)
 
     def __bool__(self) -> bool:
         return bool(self._rules or self._protected)
@@ -272,6 +278,8 @@ class PathGuard:
         path, or None.  Arguments too many or too deep to look at are refused as a hit."""
         if not self:
             return None
+        if not self._rules and not self._mentions(args):
+            return None
         here = cwd or os.getcwd()
         budget = [_MAX_REALPATH]
         count = 0
@@ -285,6 +293,39 @@ class PathGuard:
                 if found is not None:
                     return PathHit(found[0], found[1], text[:200], path)
         return None
+
+    def clear(self, args: Any) -> bool:
+        """True when ``args`` certainly names nothing of this guard: there are only protected files
+        and no string mentions one.  False means: ``scan`` them."""
+        return not self._rules and not self._mentions(args)
+
+    def _mentions(self, args: Any) -> bool:
+        """Whether any string of ``args`` contains a protected file's name (or is too much to look at)."""
+        names = self._names
+        if type(args) is str:
+            low = args.lower()
+            return any(name in low for name in names)
+        if type(args) is dict and len(args) <= 64:  # the usual tool input: a flat mapping of scalars
+            flat = True
+            for key, value in args.items():
+                if type(value) is str:
+                    low = value.lower()
+                    if any(name in low for name in names):
+                        return True
+                elif not isinstance(value, _SCALARS):
+                    flat = False
+                    break
+                if type(key) is str and _pathlike(key) and any(name in key.lower() for name in names):
+                    return True
+            if flat:
+                return False
+        for count, text in enumerate(_strings(args, 0)):
+            if text is None or count >= _MAX_STRINGS:
+                return True
+            low = text.lower()
+            if any(name in low for name in names):
+                return True
+        return False
 
 
 _SCALARS = (int, float, bool, type(None))

@@ -24,11 +24,16 @@ class Meter:
         # Calls of the last minute whatever the transitions: the rate a throttle halves.
         self._trail: collections.deque[float] = collections.deque()
 
-    def note(self, now: float, ok: bool, tokens: int = 0) -> None:
+    def note(self, now: float, ok: bool, tokens: int = 0, *, breaks_run: bool = True) -> None:
+        """A call ended.  ``breaks_run`` False: its success does not end a run of failures (a model
+        call between two failed tool calls is the agent loop itself, not a recovery)."""
         self._calls.append(now)
         self._trail.append(now)
         self._outcomes.append(ok)
-        self.failed_run = 0 if ok else self.failed_run + 1
+        if not ok:
+            self.failed_run += 1
+        elif breaks_run:
+            self.failed_run = 0
         if tokens > 0:
             self._tokens.append((now, tokens))
             self._token_sum += tokens
@@ -53,6 +58,16 @@ class Meter:
                 calls.popleft()
         while self._tokens and self._tokens[0][0] <= edge:
             self._token_sum -= self._tokens.popleft()[1]
+
+    def success_may_breach(self, now: float, triggers: Triggers) -> bool:
+        """After a success: whether a trigger could now be breached (the calls of the minute, or an
+        error rate that just reached its sample size).  Cheap: the common call asks nothing more."""
+        if triggers.api_calls_per_minute and len(self._calls) > triggers.api_calls_per_minute:
+            self._prune(now)
+            if len(self._calls) > triggers.api_calls_per_minute:
+                return True
+        # A success lowers the error rate, or keeps it; only reaching the sample size makes a new one.
+        return bool(triggers.error_rate_threshold) and len(self._outcomes) == self.error_min_calls
 
     def rate(self, now: float) -> int:
         """Calls completed in the last minute, across transitions."""

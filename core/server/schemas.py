@@ -4,7 +4,7 @@ means (a valid name, a scope, an identity) is checked by the control plane itsel
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,7 @@ class RegisterIn(Strict):
     read_only_tools: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=1000)
     credentials: list[CredentialIn] = Field(default_factory=list, max_length=1000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    policy: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")  # its KILLSWITCH.md, hashed
     ts: Timestamp
     signature: Signature
 
@@ -54,6 +55,38 @@ class SignedIn(Strict):
 
 class HeartbeatIn(SignedIn):
     frameworks: list[Name] | None = Field(default=None, max_length=MAX_FRAMEWORKS)
+
+
+PolicyStage = Literal["none", "level_1_throttle", "level_2_pause", "level_3_shutdown"]
+Short = Annotated[str, Field(max_length=128)]
+
+
+class ChannelIn(Strict):
+    kind: Annotated[str, Field(min_length=1, max_length=32)]
+    target: Annotated[str, Field(max_length=256)]
+
+
+class PolicyEventIn(Strict):
+    """One KILLSWITCH.md transition the agent's Guard enforced (m99.policy.PolicyEvent)."""
+
+    kind: Literal["transition"] = "transition"
+    at: Timestamp
+    stage: PolicyStage
+    previous: PolicyStage
+    trigger: Short
+    value: float | None = None
+    limit: float | None = None
+    action: Short
+    reason: str = Field(default="", max_length=1000)
+    rule: Short = ""
+    by: str = Field(default="", max_length=256)
+    notify: bool = False
+    channels: list[ChannelIn] = Field(default_factory=list, max_length=16)
+
+
+class PolicyReportIn(SignedIn):
+    event: PolicyEventIn
+    evidence: dict[str, Any] | None = None  # the Guard's snapshot at a save_state stop (bounded server-side)
 
 
 class AckIn(SignedIn):

@@ -24,11 +24,15 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("m99.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "m99_changes"
 _MIGRATION_LOCK = 990_001  # pg_advisory_xact_lock key: one replica migrates at a time
 PG_TABLES = TABLES.format(int="BIGINT", real="DOUBLE PRECISION", blob="BYTEA")
-MIGRATIONS = [PG_TABLES]
+MIGRATIONS = [
+    PG_TABLES,
+    # 2: the policy (KILLSWITCH.md content hash) each agent runs under; a no-op on tables made at 2
+    "ALTER TABLE agents ADD COLUMN IF NOT EXISTS policy TEXT NOT NULL DEFAULT '';",
+]
 
 
 def _imports() -> Any:

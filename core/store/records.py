@@ -47,6 +47,7 @@ class AgentRecord:
     status_reason: str = ""
     registered_ts: float = 0.0  # the signed timestamp of the registration: a replay is not newer
     enrolled_by: str | None = None  # the enrolment token's id, when one was presented
+    policy: str = ""  # the KILLSWITCH.md it runs under, "sha256:<hex>" of the file, "" for none
 
 
 @dataclass(slots=True)

@@ -401,7 +401,7 @@ CREATE TABLE agents (
     registered_at {real} NOT NULL, last_seen {real} NOT NULL, last_seq {int} NOT NULL,
     status TEXT NOT NULL, read_only_tools TEXT NOT NULL, metadata TEXT NOT NULL,
     changed {int} NOT NULL DEFAULT 0, status_at {real} NOT NULL DEFAULT 0, status_reason TEXT NOT NULL DEFAULT '',
-    registered_ts {real} NOT NULL DEFAULT 0, enrolled_by TEXT
+    registered_ts {real} NOT NULL DEFAULT 0, enrolled_by TEXT, policy TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX agents_changed ON agents (changed);
 CREATE INDEX agents_liveness ON agents (status, last_seen);

@@ -22,10 +22,13 @@ from .sql import SQLITE, TABLES, SqlTx, statements
 
 __all__ = ["SQLiteStore", "verify_sqlite"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The first released schema, for databases made before version 2, and how to bring them forward.
 UPGRADES: dict[int, str] = {
+    2: """
+    ALTER TABLE agents ADD COLUMN policy TEXT NOT NULL DEFAULT '';
+    """,
     1: """
     ALTER TABLE agents ADD COLUMN frameworks TEXT NOT NULL DEFAULT '["custom"]';
     UPDATE agents SET frameworks = json_array(

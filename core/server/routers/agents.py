@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...control import ControlPlane, Principal
-from ..schemas import AckBatchIn, AckIn, HeartbeatIn, RegisterIn, SignedIn, Timestamp
+from ..schemas import AckBatchIn, AckIn, HeartbeatIn, PolicyReportIn, RegisterIn, SignedIn, Timestamp
 from ..stream import EventStream, PushHub
 from .operators import bearer, source_of
 
@@ -67,6 +67,13 @@ def agent_router(cp: ControlPlane, hub: PushHub, counters: dict[str, int]) -> AP
     async def deregister(agent_id: str, body: SignedIn, request: Request) -> JSONResponse:
         signed = await raw_json(request)
         return JSONResponse(await run_in_threadpool(cp.deregister, agent_id, signed, source_of(request)))
+
+    @router.post("/agents/{agent_id}/policy")
+    async def policy_report(agent_id: str, body: PolicyReportIn, request: Request) -> JSONResponse:
+        """A KILLSWITCH.md transition the agent's Guard already enforced (signed): recorded as an
+        execution of origin ``policy`` and audited; a shutdown also fires L3 on ``agent:NAME``."""
+        signed = await raw_json(request)
+        return JSONResponse(await run_in_threadpool(cp.policy_report, agent_id, signed, source_of(request)))
 
     @router.post("/agents/{agent_id}/ack")
     async def ack(agent_id: str, body: AckIn, request: Request) -> JSONResponse:
