@@ -82,7 +82,7 @@ class ScriptedResearcher(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted-researcher"
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedResearcher:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedResearcher:
         return self
 
     def _generate(
@@ -119,7 +119,8 @@ def main() -> int:
         say("agent", f"m99.init loaded {gate.policy.source} (sha256 {gate.digest[:12]}…)")
         model = ScriptedResearcher()
         try:
-            create_agent(model, [search]).invoke({"messages": [("user", "survey agent safety")]})
+            agent: Any = create_agent(model, [search])
+            agent.invoke({"messages": [{"role": "user", "content": "survey agent safety"}]})
             say("agent", "the run ended on its own: the policy did not stop it")
             ok = False
         except m99.M99KillSwitchTriggered as exc:
