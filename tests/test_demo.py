@@ -28,6 +28,7 @@ STEPS = (
     "scoped kill (framework:langchain)",
     "fleet kill (global)",
     "restore, agents resume",
+    "policy: stopped by its own budget",
     "audit chain verified",
 )
 AGENTS = ("lc-researcher", "crew-analyst", "ag-team")
@@ -64,10 +65,12 @@ def test_the_demo_holds_every_step_and_keeps_framework_noise_in_its_log(tmp_path
     # Each agent's confirmed time-to-halt, from the execution records: the scoped kill's for the
     # LangChain agent alone, the fleet kill's for all three.
     halts = lines.index("Confirmed time-to-halt, from the execution records")
-    rows = {line.split()[0]: line.split()[1:] for line in lines[halts + 2 : halts + 5]}
-    assert re.fullmatch(r"[\d.]+ ms [\d.]+ ms", " ".join(rows["lc-researcher"]))
+    rows = {line.split()[0]: line.split()[1:] for line in lines[halts + 2 : halts + 6]}
+    assert re.fullmatch(r"[\d.]+ ms [\d.]+ ms -", " ".join(rows["lc-researcher"]))
     for name in ("crew-analyst", "ag-team"):
-        assert re.fullmatch(r"- [\d.]+ ms", " ".join(rows[name])), rows
+        assert re.fullmatch(r"- [\d.]+ ms -", " ".join(rows[name])), rows
+    # The KILLSWITCH.md-governed agent, stopped by its own budget: its stop confirmed by the agent.
+    assert re.fullmatch(r"- - [\d.]+ ms", " ".join(rows["policy-researcher"])), rows
     assert any("halt confirmed" in line and "lc-researcher" in line for line in lines)
     # The scoped kill reached only its framework, the others kept working.
     assert any("the others kept working" in line for line in lines[summary:])

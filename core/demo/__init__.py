@@ -94,6 +94,7 @@ def _summary(view: View, results: list[tuple[str, str, str]], demo: Demo | None,
     if demo is not None and demo.halts:
         steps = list(demo.halts)
         names = [a.name for a in demo.agents]
+        names += sorted({n for halts in demo.halts.values() for n in halts} - set(names))  # the policy agent
         rows = [
             [name, *(f"{demo.halts[s][name]:.1f} ms" if name in demo.halts[s] else "-" for s in steps)]
             for name in names
@@ -130,7 +131,7 @@ def run_demo(*, plain: bool = False, log: str | None = None, pause: float = 0.25
             view.note(f"control plane at {cp.url} (embedded, temporary data directory)")
             env = _agent_env(work_dir, cp.server_key, embedded=True)
             with OperatorClient(cp.url, cp.token) as operator, _agents(cp.url, log_file, env, pause) as agents:
-                demo = Demo(operator, agents, view)
+                demo = Demo(operator, agents, view, url=cp.url, env={**env, "M99_TOKEN": cp.token}, log=log_file)
                 view.start(agents)
                 try:
                     for step in STEPS:

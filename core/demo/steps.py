@@ -8,6 +8,8 @@ where it belongs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ class Demo:
     agents: list[AgentProcess]
     view: View
     halts: dict[str, dict[str, float]] = field(default_factory=dict)  # step -> agent -> confirmed ms
+    url: str = ""  # the control plane the agents use
+    env: dict[str, str] = field(default_factory=dict)  # the agents' environment (with the operator's token)
+    log: Any = None  # the demo's log file (binary), where agents' output goes
 
     def agent(self, name: str) -> AgentProcess:
         return next(a for a in self.agents if a.name == name)
@@ -185,10 +190,49 @@ def audit_verified(demo: Demo) -> str:
     return f"{result['entries']} entries, hash chain and signed checkpoints valid"
 
 
+POLICY_AGENT = "policy-researcher"
+POLICY_TIMEOUT = 120.0  # seconds the policy example has to import LangChain, overspend and be stopped
+
+
+def policy_budget(demo: Demo) -> str:
+    """A KILLSWITCH.md-governed agent (``m99.examples.policy_agent``) overspends on purpose: its own
+    policy refuses the model call that would pass ``cost_limit_usd`` before it is sent, stops it at L3,
+    and the control plane records the stop as an execution of origin ``policy`` that the agent confirms."""
+    demo.view.note(f"$ python -m m99.examples.policy_agent --url {demo.url}   (its KILLSWITCH.md: cost_limit_usd 0.25)")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "m99.examples.policy_agent", "--url", demo.url],
+            env=demo.env,
+            stdin=subprocess.DEVNULL,
+            stdout=demo.log,
+            stderr=subprocess.STDOUT,
+            timeout=POLICY_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"the policy-governed agent was not stopped within {POLICY_TIMEOUT:g} s") from None
+    if done.returncode != 0:
+        raise StepFailed(f"the policy-governed agent exited {done.returncode} (its output is in the log)")
+    stops = [
+        e
+        for e in demo.operator.executions()
+        if e.get("origin") == "policy" and e.get("level") == 3 and e.get("scope") == f"agent:{POLICY_AGENT}"
+    ]
+    if not stops:
+        raise StepFailed("the control plane recorded no policy stop of the governed agent")
+    record = demo.operator.execution(stops[0]["id"])
+    halt = record["time_to_halt"]
+    if halt["not_confirmed"] or not halt["confirmed"]:
+        raise StepFailed(f"{record['id']}: the policy stop is NOT confirmed by {POLICY_AGENT}")
+    demo.halts["policy stop"] = dict(halt["per_agent"])
+    demo.view.note(f"  policy stop confirmed  {POLICY_AGENT}  {record['reason']}  (execution record {record['id']})")
+    return f"{POLICY_AGENT} stopped by its own budget before overspending; {record['id']} (origin policy) confirmed"
+
+
 STEPS: list[Step] = [
     Step("agents working", agents_working),
     Step("scoped kill (framework:langchain)", scoped_kill),
     Step("fleet kill (global)", fleet_kill),
     Step("restore, agents resume", restore),
+    Step("policy: stopped by its own budget", policy_budget),
     Step("audit chain verified", audit_verified),
 ]

@@ -63,7 +63,7 @@ def control_plane(url: str | None) -> Iterator[tuple[str, str | None]]:
     from m99 import EmbeddedControlPlane
 
     with EmbeddedControlPlane() as cp:
-        say("control", f"embedded control plane at {cp.url} (dashboard: {cp.url}/#token=…)")
+        say("control", f"embedded control plane at {cp.url} (dashboard: {cp.url}/, log in with its admin token)")
         yield cp.url, cp.token
 
 

@@ -14,7 +14,6 @@ records the stop as an execution of origin ``policy``, confirmed by the agent.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -23,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 
 import m99
+
+from ._support import control_plane
 
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")  # offline, like every example
 HERE = Path(__file__).resolve().parent
@@ -54,17 +55,6 @@ def m99_cli(url: str, token: str | None, *args: str) -> Any:
     if out.returncode != 0:
         raise SystemExit(f"m99 {' '.join(args)} failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
-
-
-@contextlib.contextmanager
-def control_plane(url: str | None) -> Iterator[tuple[str, str | None]]:
-    """``(url, operator token)``: the given control plane, or a real one embedded on a thread."""
-    if url:
-        yield url, os.environ.get("M99_TOKEN")
-        return
-    with m99.EmbeddedControlPlane() as cp:
-        say("control", f"embedded control plane at {cp.url}")
-        yield cp.url, cp.token
 
 
 # US dollars per million tokens; the adapter reports only a call's total tokens, priced as output.
