@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..control import ControlPlane
     from .stream import PushHub
 
-__all__ = ["BUCKETS", "RECENT", "REFRESH", "Metrics"]
+__all__ = ["BUCKETS", "MIN_GAP", "RECENT", "REFRESH", "Metrics"]
 
 log = logging.getLogger("m99.server")
 
@@ -40,6 +40,7 @@ log = logging.getLogger("m99.server")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RECENT = 50  # the newest executions whose unconfirmed halts are counted
 REFRESH = 5.0  # seconds between recounts of the unconfirmed halts when nothing here changed
+MIN_GAP = 0.5  # seconds between two recounts at least
 
 
 class _Histogram:
@@ -117,12 +118,15 @@ class Metrics(Collector):
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # what changes during the count wakes the next one
             try:
                 self.recount()
             except Exception as exc:  # the store is away: keep the last count and say so in the log
                 log.warning("m99: /metrics could not count the unconfirmed halts: %s", exc)
-            self._wake.wait(self.refresh)
-            self._wake.clear()
+            # A storm of executions recounts at most every MIN_GAP seconds, not once per execution.
+            if self._stop.wait(MIN_GAP):
+                return
+            self._wake.wait(max(0.0, self.refresh - MIN_GAP))
 
     def recount(self) -> dict[str, int]:
         """Agents in scope of the ``RECENT`` newest executions whose halt is not confirmed, per origin."""

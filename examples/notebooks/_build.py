@@ -19,6 +19,113 @@ from nbclient import NotebookClient
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 180  # seconds a cell may take
 
+LC_IMPORTS = """\
+import itertools
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool"""
+
+LC_INIT = """\
+runtime = m99.init("lc-researcher", kind="research", url=cp.url)
+print("adapters installed:", runtime.installed)"""
+
+LC_AGENT = """\
+class ScriptedResearcher(BaseChatModel):
+    \"\"\"An offline chat model that calls `search` on every turn with a new query.\"\"\"
+
+    turn: Any = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-researcher"
+
+    def bind_tools(self, tools, **kwargs):
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.turn = self.turn or itertools.count(1)
+        n = next(self.turn)
+        call = {"name": "search", "args": {"query": f"kill switch papers, page {n}"}, "id": f"call-{n}"}
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="", tool_calls=[call]))])
+
+
+searches: list[str] = []
+
+
+@tool
+def search(query: str) -> str:
+    \"\"\"Search the literature.\"\"\"
+    searches.append(query)
+    return f"3 results for {query}"
+
+
+agent = create_agent(ScriptedResearcher(), [search], name="lc-researcher", system_prompt="You research.")"""
+
+
+CREW_IMPORTS = """\
+import itertools
+import json
+from typing import Any
+
+from crewai import Agent, Crew, Task
+from crewai.llms.base_llm import BaseLLM
+from crewai.tools import tool"""
+
+CREW_INIT = """\
+runtime = m99.init("crew-host", kind="research", url=cp.url)
+analyst_guard = runtime.agent("crew-analyst", framework="crewai", bind="Incident Analyst")
+print("adapters installed:", runtime.installed)"""
+CREW_AGENTS = """\
+class ScriptedAnalyst(BaseLLM):
+    \"\"\"An offline LLM that answers every step with a ReAct tool call.\"\"\"
+
+    turn: Any = None
+
+    def call(self, messages, *args, **kwargs) -> str:
+        self.turn = self.turn or itertools.count(1)
+        query = json.dumps({"query": f"incident report {next(self.turn)}"})
+        return f"Thought: I need more data\\nAction: lookup\\nAction Input: {query}"
+
+    async def acall(self, *args, **kwargs) -> str:
+        return self.call(*args, **kwargs)
+
+    def get_input_tokens_count(self, messages, *args, **kwargs) -> int:
+        return len(str(messages)) // 4
+
+    def supports_function_calling(self) -> bool:
+        return False
+
+    def supports_stop_words(self) -> bool:
+        return False
+
+
+lookups: list[str] = []
+
+
+@tool("lookup")
+def lookup(query: str) -> str:
+    \"\"\"Look up incident reports.\"\"\"
+    lookups.append(query)
+    return f"2 reports about {query}"
+
+
+lookup.cache_function = lambda args, result: False  # every call really runs the tool
+analyst = Agent(
+    role="Incident Analyst",
+    goal="Find every incident report",
+    backstory="A tireless analyst.",
+    llm=ScriptedAnalyst(model="scripted-analyst"),
+    tools=[lookup],
+    max_iter=10_000,
+    verbose=False,
+)
+task = Task(description="Collect the incident reports.", expected_output="A summary.", agent=analyst)
+crew = Crew(agents=[analyst], tasks=[task], verbose=False)"""
+
 SETUP = """\
 import logging
 import os
@@ -120,52 +227,7 @@ signed heartbeats and the pushed state stream, and installs the adapter of every
         ),
         (
             "code",
-            """\
-import itertools
-from typing import Any
-
-from langchain.agents import create_agent
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import tool
-
-import m99
-
-runtime = m99.init("lc-researcher", kind="research", url=cp.url)
-print("adapters installed:", runtime.installed)
-
-
-class ScriptedResearcher(BaseChatModel):
-    \"\"\"An offline chat model that calls `search` on every turn with a new query.\"\"\"
-
-    turn: Any = None
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-researcher"
-
-    def bind_tools(self, tools, **kwargs):
-        return self
-
-    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
-        self.turn = self.turn or itertools.count(1)
-        n = next(self.turn)
-        call = {"name": "search", "args": {"query": f"kill switch papers, page {n}"}, "id": f"call-{n}"}
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="", tool_calls=[call]))])
-
-
-searches: list[str] = []
-
-
-@tool
-def search(query: str) -> str:
-    \"\"\"Search the literature.\"\"\"
-    searches.append(query)
-    return f"3 results for {query}"
-
-
-agent = create_agent(ScriptedResearcher(), [search], name="lc-researcher", system_prompt="You research.")""",
+            LC_IMPORTS + "\n\nimport m99\n\n" + LC_INIT + "\n\n\n" + LC_AGENT,
         ),
         (
             "md",
@@ -253,67 +315,7 @@ so a kill can name it. Jupyter runs an event loop, in which CrewAI's sync `kicko
         ("code", SETUP),
         (
             "code",
-            """\
-import itertools
-import json
-from typing import Any
-
-from crewai import Agent, Crew, Task
-from crewai.llms.base_llm import BaseLLM
-from crewai.tools import tool
-
-import m99
-
-runtime = m99.init("crew-host", kind="research", url=cp.url)
-analyst_guard = runtime.agent("crew-analyst", framework="crewai", bind="Incident Analyst")
-print("adapters installed:", runtime.installed)
-
-
-class ScriptedAnalyst(BaseLLM):
-    \"\"\"An offline LLM that answers every step with a ReAct tool call.\"\"\"
-
-    turn: Any = None
-
-    def call(self, messages, *args, **kwargs) -> str:
-        self.turn = self.turn or itertools.count(1)
-        query = json.dumps({"query": f"incident report {next(self.turn)}"})
-        return f"Thought: I need more data\\nAction: lookup\\nAction Input: {query}"
-
-    async def acall(self, *args, **kwargs) -> str:
-        return self.call(*args, **kwargs)
-
-    def get_input_tokens_count(self, messages, *args, **kwargs) -> int:
-        return len(str(messages)) // 4
-
-    def supports_function_calling(self) -> bool:
-        return False
-
-    def supports_stop_words(self) -> bool:
-        return False
-
-
-lookups: list[str] = []
-
-
-@tool("lookup")
-def lookup(query: str) -> str:
-    \"\"\"Look up incident reports.\"\"\"
-    lookups.append(query)
-    return f"2 reports about {query}"
-
-
-lookup.cache_function = lambda args, result: False  # every call really runs the tool
-analyst = Agent(
-    role="Incident Analyst",
-    goal="Find every incident report",
-    backstory="A tireless analyst.",
-    llm=ScriptedAnalyst(model="scripted-analyst"),
-    tools=[lookup],
-    max_iter=10_000,
-    verbose=False,
-)
-task = Task(description="Collect the incident reports.", expected_output="A summary.", agent=analyst)
-crew = Crew(agents=[analyst], tasks=[task], verbose=False)""",
+            CREW_IMPORTS + "\n\nimport m99\n\n" + CREW_INIT + "\n\n\n" + CREW_AGENTS,
         ),
         ("md", "## Run it, mid-task\n\nThe crew runs as a task on the notebook's event loop."),
         (
@@ -512,23 +514,12 @@ def mixed_fleet() -> list[tuple[str, str]]:
 A LangChain agent, a CrewAI crew and an AutoGen team in one process, each its own M99 agent. A kill
 scoped to `agent:crew-analyst` stops the crew alone while the others work on; one execution on `global`
 then stops the rest. Each agent's time-to-halt comes from its own signed acknowledgement. The agents are
-the ones of `examples/langchain_agent.py`, `examples/crewai_crew.py` and `examples/autogen_team.py`
-(scripted, offline models).""",
+those of the three framework notebooks (scripted, offline models).""",
         ),
         ("code", SETUP),
         (
             "code",
             """\
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path.cwd().parent))  # the examples directory: its agents, unchanged
-
-from _demo import Work
-from autogen_team import build_team
-from crewai_crew import build_crew
-from langchain_agent import build_agent, run_agent
-
 import m99
 
 runtime = m99.init("fleet-host", kind="demo", url=cp.url)
@@ -536,10 +527,15 @@ guards = {
     "lc-researcher": runtime.agent("lc-researcher", framework="langchain"),
     "crew-analyst": runtime.agent("crew-analyst", framework="crewai", bind="Incident Analyst"),
     "ag-team": runtime.agent("ag-team", framework="autogen", bind=["writer", "reviewer"]),
-}
-print("adapters installed:", runtime.installed)
-work = Work()  # counts each agent's tool calls""",
+}""",
         ),
+        ("md", "## The agents\n\nOrdinary framework code: nothing in it knows about M99. First LangChain:"),
+        ("code", LC_IMPORTS + "\n\n\n" + LC_AGENT),
+        ("md", "CrewAI:"),
+        # (itertools, json: imported by the cells above already)
+        ("code", CREW_IMPORTS.replace("import itertools\n", "") + "\n\n\n" + CREW_AGENTS),
+        ("md", "AutoGen:"),
+        ("code", AUTOGEN_AGENTS.replace("import json\n", "") + '\n\n\nprint("adapters installed:", runtime.installed)'),
         (
             "md",
             """\
@@ -564,20 +560,20 @@ async def stopped(label: str, run) -> str:
         return f"{label}: {type(stop).__name__}: {stop}"
 
 
+task = {"messages": [{"role": "user", "content": "Survey AI kill switches."}]}
 runs = {
     "lc-researcher": asyncio.ensure_future(
-        stopped("lc-researcher", asyncio.to_thread(run_agent, build_agent("lc-researcher", work)))
+        stopped("lc-researcher", asyncio.to_thread(agent.invoke, task, {"recursion_limit": 10_000}))
     ),
-    "crew-analyst": asyncio.ensure_future(
-        stopped("crew-analyst", build_crew("Incident Analyst", work, "crew-analyst").kickoff_async())
-    ),
+    "crew-analyst": asyncio.ensure_future(stopped("crew-analyst", crew.kickoff_async())),
     "ag-team": asyncio.ensure_future(
-        stopped("ag-team", build_team(guards["ag-team"], work, "ag-team").run(task="Write the incident report."))
+        stopped("ag-team", build_team(guards["ag-team"]).run(task="Write the incident report."))
     ),
 }
-while not all(work.count(name) >= 3 for name in runs):
+tool_calls = {"lc-researcher": searches, "crew-analyst": lookups, "ag-team": drafts}
+while not all(len(calls) >= 3 for calls in tool_calls.values()):
     await asyncio.sleep(0.01)
-print("all three working:", ", ".join(f"{name} {work.count(name)} tool calls" for name in runs))""",
+print("all three working:", ", ".join(f"{name} {len(calls)} tool calls" for name, calls in tool_calls.items()))""",
         ),
         ("md", OPERATOR_MD),
         ("code", OPERATOR),
@@ -590,9 +586,9 @@ print("all three working:", ", ".join(f"{name} {work.count(name)} tool calls" fo
             """\
 scoped = await asyncio.to_thread(kill, "agent:crew-analyst", "analyst exceeded its brief")
 print(await asyncio.wait_for(runs["crew-analyst"], 30))
-before = {name: work.count(name) for name in ("lc-researcher", "ag-team")}
+before = {name: len(tool_calls[name]) for name in ("lc-researcher", "ag-team")}
 await asyncio.sleep(0.5)
-print("still working:", {name: work.count(name) - n for name, n in before.items()}, "tool calls in the last 0.5 s")""",
+print("still working:", {name: len(tool_calls[name]) - n for name, n in before.items()}, "tool calls in 0.5 s")""",
         ),
         (
             "md",
