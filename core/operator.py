@@ -134,6 +134,17 @@ class OperatorClient:
         result: dict[str, Any] = self._call("GET", f"/api/executions/{execution_id}")
         return result
 
+    def casepack(self, execution_id: str) -> bytes:
+        """The bytes of an execution's case pack."""
+        response = self.http.get(f"/api/executions/{execution_id}/casepack")
+        if not response.is_success:
+            self._call("GET", f"/api/executions/{execution_id}/casepack")  # raises with its message
+        return response.content
+
+    def evidence(self, execution_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/api/executions/{execution_id}/evidence")
+        return result
+
     def audit_verify(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/api/audit/verify")
         return result

@@ -62,6 +62,7 @@ LAZY_COMMANDS = {
     "run": "run",
     "audit": "audit",
     "token": "tokens",
+    "casepack": "casepack",
     "policy": "..policy.cli",
 }
 

@@ -62,6 +62,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for d in data["directives"]:
         who = f" by {safe(d['by'])}" if d.get("by") else ""
         click.echo(f"ACTIVE {d['id']}: L{d['level']} on {d['scope']} ({d['origin']}{who}, {d['execution_id']})")
+    for h in data.get("halts", []):
+        if h["not_confirmed"] or h["slo_breaches"]:
+            click.echo(
+                f"HALT {h['id']}: L{h['level']} on {h['scope']}, {h['confirmed']} of {h['in_scope']} confirmed"
+                + (f"; NOT confirmed: {', '.join(h['not_confirmed'])}" if h["not_confirmed"] else "")
+                + (f"; over the time-to-halt SLO: {', '.join(h['slo_breaches'])}" if h["slo_breaches"] else "")
+            )
     _agents_table(data["agents"])
 
 
@@ -130,8 +137,9 @@ def _execution(data: dict[str, Any]) -> None:
         )
     for agent, ms in sorted(halt["per_agent"].items(), key=lambda item: item[1]):
         click.echo(f"  {safe(agent):<32} {ms:9.1f} ms")
-    if halt["not_confirmed"]:
-        click.echo(f"  not acknowledged (NOT confirmed halted): {', '.join(halt['not_confirmed'])}")
+    why = halt.get("not_confirmed_why", {})
+    for agent in halt["not_confirmed"]:
+        click.echo(f"  {safe(agent):<32} NOT confirmed halted: {why.get(agent, 'not acknowledged')}")
     if halt.get("breaches"):
         click.echo(f"  over the {halt['slo_ms'] / 1000:g} s time-to-halt SLO: {', '.join(halt['breaches'])}")
 

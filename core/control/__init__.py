@@ -5,7 +5,8 @@
     agents          the registry, identity rules for names, registration
     liveness        heartbeats, group commit, acknowledgements, time-to-halt
     authorizations  arm, disarm, expiry
-    executions      fire L1…LN with an origin (execute, deadman, later policy and drill)
+    executions      fire L1…LN with an origin (execute, deadman, later policy and drill), halts confirmed
+    evidence        the server's signed snapshot at execute, the agents' signed evidence
     directives      the active set indexed by scope, restore and lift
     state           signed state documents, catch-up from the store, push events
     deadman         the dead man's switch, gone agents, pruning
@@ -36,6 +37,7 @@ from .agents import Agent, Registrations, Registry
 from .authorizations import Authorizations
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
+from .evidence import EvidenceKeeper
 from .executions import Executions
 from .feed import OperatorFeed, kinds_of
 from .ledger import SYSTEM_ACTOR, Ledger
@@ -94,6 +96,8 @@ class ControlPlane:
         )
         self.liveness.fresh = lambda: not self.state.stale(self.settings.staleness)
         self.executions = Executions(store, self.ledger, self.registry, self.tokens, self.refusals, self.settings)
+        self.executions.level_of = lambda a: self._level_of(a.name, a.kind, a.frameworks, a.status)
+        self.evidence = EvidenceKeeper(store, self.registry, self.liveness, self.settings)
         self.authorizations = Authorizations(
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
         )
@@ -113,6 +117,7 @@ class ControlPlane:
             lambda: self.authorizations.list("armed"),
             lambda: self.ledger.head,
         )
+        self.views.notices = self._notices
         self.admin_token: str | None = None
 
     def _genesis(self) -> None:
@@ -298,6 +303,9 @@ class ControlPlane:
 
     def counts(self) -> dict[str, Any]:
         return self.views.counts()
+
+    def _notices(self) -> dict[str, Any]:
+        return {"halts": self.executions.summary()}
 
     # -- audit --------------------------------------------------------------------------------------
     def audit_page(self, after: int, limit: int) -> list[dict[str, Any]]:

@@ -41,6 +41,8 @@ class Views:
         self.settings = settings
         self._armed = armed
         self._head = head
+        # What else status shows (recent halts, SLO breaches, drills, break-glass), set by the facade.
+        self.notices: Callable[[], dict[str, Any]] = dict
         # agent id -> (registry change, state version, level, JSON of the agent without liveness)
         self._agents: dict[str, tuple[int, int, int, bytes]] = {}
         self._directives: tuple[int, bytes] = (-1, b"[]")
@@ -137,6 +139,7 @@ class Views:
             "agents_stopped": sum(1 for a in self.registry.all() if a.status == "stopped"),
             "armed": armed,
             "audit_head": {"seq": seq, "hash": hash_},
+            **self.notices(),
             "settings": {
                 "heartbeat_interval": self.settings.heartbeat_interval,
                 "missed_heartbeats": self.settings.missed_heartbeats,

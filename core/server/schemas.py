@@ -56,10 +56,27 @@ class HeartbeatIn(SignedIn):
     frameworks: list[Name] | None = Field(default=None, max_length=MAX_FRAMEWORKS)
 
 
+class ReceiptIn(Strict):
+    """The positive checks an agent ran after applying a change (``m99.effects.receipt``)."""
+
+    level: int = Field(ge=0, le=6)
+    checked_at: Timestamp
+    tools_refused: bool | None = None
+    connections_refused: bool | None = None
+    connections_open: Int63 | None = None
+    messages_withheld: bool | None = None
+    credentials_protected: Int63 | None = None
+    credentials_revoked: Int63 | None = None
+    credential_fingerprints: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=16)
+    process_exit: str | None = Field(default=None, max_length=40)
+    grace_seconds: float | None = Field(default=None, ge=0, le=1e6)
+    failures: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=8)
+
+
 class AckIn(SignedIn):
     version: Int63
     applied_at: Timestamp
-    receipt: dict[str, Any] | None = None
+    receipt: ReceiptIn | None = None
 
 
 class AgentAckIn(AckIn):
@@ -68,6 +85,23 @@ class AgentAckIn(AckIn):
 
 class AckBatchIn(Strict):
     acks: list[AgentAckIn] = Field(min_length=1, max_length=MAX_ACKS)
+
+
+MAX_EVIDENCE = 64  # documents per request (the 64 KiB body limit bounds them first)
+
+
+class EvidenceItemIn(Strict):
+    """One agent's evidence, signed like its other requests (kind ``evidence``, no sequence number);
+    what the document says is checked by the control plane."""
+
+    agent_id: str = Field(min_length=1, max_length=100)
+    ts: Timestamp
+    evidence: dict[str, Any]
+    signature: Signature
+
+
+class EvidenceIn(Strict):
+    items: list[EvidenceItemIn] = Field(min_length=1, max_length=MAX_EVIDENCE)
 
 
 class ArmIn(Strict):

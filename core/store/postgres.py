@@ -24,11 +24,20 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("m99.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "m99_changes"
 _MIGRATION_LOCK = 990_001  # pg_advisory_xact_lock key: one replica migrates at a time
+_EVIDENCE_TABLE = """CREATE TABLE evidence (
+    execution_id TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, document TEXT NOT NULL, PRIMARY KEY (execution_id, kind, agent)
+);
+"""
 PG_TABLES = TABLES.format(int="BIGINT", real="DOUBLE PRECISION", blob="BYTEA")
-MIGRATIONS = [PG_TABLES]
+# MIGRATIONS[n] brings a database at schema version n to n + 1.
+MIGRATIONS = [
+    PG_TABLES.replace(_EVIDENCE_TABLE, ""),
+    _EVIDENCE_TABLE,
+]
 
 
 def _imports() -> Any:

@@ -22,9 +22,10 @@ from .sql import SQLITE, TABLES, SqlTx, statements
 
 __all__ = ["SQLiteStore", "verify_sqlite"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# The first released schema, for databases made before version 2, and how to bring them forward.
+# How to bring a database of each earlier schema version forward (1: the first released one; 2: before
+# evidence was kept).
 UPGRADES: dict[int, str] = {
     1: """
     ALTER TABLE agents ADD COLUMN frameworks TEXT NOT NULL DEFAULT '["custom"]';
@@ -53,6 +54,12 @@ UPGRADES: dict[int, str] = {
     CREATE TABLE forgotten_agents (name TEXT PRIMARY KEY, changed INTEGER NOT NULL);
     INSERT OR IGNORE INTO meta (key, value) VALUES ('registry_seq', '0');
     INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_lock', '0');
+    """,
+    2: """
+    CREATE TABLE evidence (
+        execution_id TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
+        received_at REAL NOT NULL, document TEXT NOT NULL, PRIMARY KEY (execution_id, kind, agent)
+    );
     """,
 }
 

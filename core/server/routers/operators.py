@@ -101,6 +101,23 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     def execution(execution_id: str, who: Who) -> JSONResponse:
         return JSONResponse(cp.executions.get(execution_id))
 
+    @router.get("/executions/{execution_id}/evidence")
+    def execution_evidence(execution_id: str, who: Who) -> JSONResponse:
+        """The signed snapshots kept for an execution: the control plane's at execute, and each agent's
+        taken before its kill (signed with its registered key)."""
+        return JSONResponse(cp.evidence.list(execution_id))
+
+    @router.get(
+        "/executions/{execution_id}/casepack",
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}, "description": "the case pack (a zip)"}},
+    )
+    def execution_casepack(execution_id: str, who: Who) -> Response:
+        """The execution's case pack: one signed zip that ``m99 casepack verify`` checks offline."""
+        data = cp.evidence.casepack(execution_id, cp.key, cp.executions.view)
+        headers = {"Content-Disposition": f'attachment; filename="{execution_id}.casepack.zip"'}
+        return Response(data, media_type="application/zip", headers=headers)
+
     @router.get("/agents")
     def agents(who: Who, all: bool = False) -> Response:
         return Response(cp.views.agents_json(include_stopped=all), media_type="application/json")
