@@ -22,7 +22,7 @@ from ..store import Store
 from ..store.records import DirectiveRecord, ExecutionRecord
 from .agents import Agent, Registry, iso
 from .evidence import server_snapshot
-from .ledger import Ledger, Unit
+from .ledger import SYSTEM_ACTOR, Ledger, Unit
 from .refusals import Refusals
 from .settings import Settings
 from .tokens import Principal, Tokens, new_id
@@ -320,6 +320,45 @@ class Executions:
                 [n for n, ms in confirmed.items() if ms > slo_ms] + (not_confirmed if waiting_ms > slo_ms else [])
             ),
         }
+
+    def check_slo(self, now: float | None = None) -> list[str]:
+        """Audit, once, every execution whose agents were not all confirmed within the time-to-halt SLO
+        (``execution.slo_breach``); a watermark in the store says up to when executions were judged."""
+        now = time.time() if now is None else now
+        due_before = now - self.settings.halt_slo
+        breached: list[str] = []
+        with self.store.snapshot() as tx:  # usually nothing is due: no write at all
+            mark = float(tx.get_meta("slo_checked_until") or 0)
+            if not any(mark < r.started_at <= due_before and r.agents for r in tx.list_executions(200)):
+                return []
+        with self.ledger.unit() as unit:
+            tx = unit.tx
+            mark = float(tx.get_meta("slo_checked_until") or 0)  # again, in the write: judged once
+            for row in tx.list_executions(200):
+                if not mark < row.started_at <= due_before or not row.agents:
+                    continue
+                halts = self.halts(row, tx.list_acks(row.id))
+                if not halts["breaches"]:
+                    continue
+                breached.append(row.id)
+                slo_ms = halts["slo_ms"]
+                unit.audit(
+                    "execution.slo_breach",
+                    SYSTEM_ACTOR,
+                    {
+                        "execution_id": row.id,
+                        "slo_ms": slo_ms,
+                        "agents": halts["breaches"],
+                        "not_confirmed": halts["not_confirmed"],
+                        "confirmed_late": {n: ms for n, ms in halts["per_agent"].items() if ms > slo_ms},
+                    },
+                )
+            tx.set_meta("slo_checked_until", repr(due_before))
+            if breached:
+                unit.after(
+                    lambda: log.warning("m99: time-to-halt SLO breached by execution(s) %s", ", ".join(breached))
+                )
+        return breached
 
     def summary(self, limit: int = 5, ttl: float = 1.0) -> list[dict[str, Any]]:
         """The newest executions of the last day, with what is not confirmed (``m99 status``); cached
