@@ -61,6 +61,10 @@ class Acks:
         self._users: dict[str, int] = {}
         self._signing: ThreadPoolExecutor | None = None
 
+    def busy(self) -> bool:
+        """Whether acknowledgements are pending or in flight (evidence uploads wait for them)."""
+        return bool(self._busy) or any(self._pending.values())
+
     def add(self, session: AckSource, version: int, applied_at: float) -> None:
         url = session.link.url
         self._pending.setdefault(url, []).append((session, version, applied_at))

@@ -19,6 +19,7 @@ import httpx
 from ..crypto import canonical_json
 from ..effects import Capture, evidence
 from ..errors import ControlPlaneError, M99Error
+from ..fleet import acks as _acks
 from ..http import raise_for_answer, verify_for
 from ..protocol import sign_request
 
@@ -74,7 +75,14 @@ class Uploads:
 
     async def _drain(self, url: str) -> None:
         try:
-            await asyncio.sleep(0.05)  # the acknowledgements of the same kill go first
+            # The acknowledgements of the same kill go first, and the pushes still arriving are applied
+            # before this process spends time on evidence (the freeze never waits for it).
+            await asyncio.sleep(0.1)
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 0.1:
+                if _acks.busy():
+                    quiet_since = time.monotonic()
+                await asyncio.sleep(0.02)
             while self._pending.get(url):
                 items, self._pending[url] = self._pending[url], []
                 loop = asyncio.get_running_loop()
