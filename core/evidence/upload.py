@@ -33,6 +33,7 @@ log = logging.getLogger("m99.session")
 
 MAX_DOCUMENT = 48 * 1024  # bytes of one agent's evidence (the control plane takes 64 KiB a request)
 BATCH_BYTES = 56 * 1024
+QUIET = 0.3  # seconds without acknowledgements in flight before evidence is built and sent
 
 
 def signed_evidence(link: ControlLink, guard: Guard, taken: Capture, execution_ids: list[str]) -> dict[str, Any]:
@@ -77,9 +78,9 @@ class Uploads:
         try:
             # The acknowledgements of the same kill go first, and the pushes still arriving are applied
             # before this process spends time on evidence (the freeze never waits for it).
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(QUIET)
             quiet_since = time.monotonic()
-            while time.monotonic() - quiet_since < 0.1:
+            while time.monotonic() - quiet_since < QUIET:
                 if _acks.busy():
                     quiet_since = time.monotonic()
                 await asyncio.sleep(0.02)
