@@ -31,7 +31,6 @@ from m99.guard import Guard
 from m99.server import free_port
 from m99.session import Session
 
-
 SERVE = [sys.executable, "-m", "m99.cli", "serve"]
 
 
