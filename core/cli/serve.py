@@ -93,6 +93,12 @@ __all__ = ["COMMANDS"]
     help="Seconds from execute to a confirmed halt before an agent is flagged.",
 )
 @click.option(
+    "--two-person",
+    is_flag=True,
+    help="Two-person rule: the token that executes an authorisation must belong to another identity than "
+    "the one that armed it (refusals are audited).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -115,6 +121,7 @@ def serve(
     register_rate: float,
     retention: float,
     halt_slo: float,
+    two_person: bool,
     log_level: str,
 ) -> None:
     """Run the control plane: REST API, push stream, dashboard and API docs.
@@ -139,6 +146,7 @@ def serve(
         register_rate=register_rate,
         retention=retention,
         halt_slo=halt_slo,
+        two_person=two_person,
     )
     run_server(
         host,

@@ -80,6 +80,12 @@ class Executions:
             raise Conflict(f"authorisation {auth_id} is {verb}", code=status)
         level, scope = Level(row.level), Scope.parse(row.scope)
         self.tokens.require(who, level.required_role, f"executing L{int(level)} ({level.title})", row.by_email)
+        if self.settings.two_person and (who.token_id == row.token_id or who.name == row.token_name):
+            raise Conflict(
+                f"two-person rule: authorisation {auth_id} was armed with token {row.token_name!r}; another "
+                "person's token must execute it",
+                code="two_person",
+            )
         if level == Level.FLEET_KILL:
             phrase = fleet_confirmation_phrase(scope)
             if (confirm or "").strip() != phrase:

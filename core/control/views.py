@@ -146,6 +146,7 @@ class Views:
                 "deadman_level": self.settings.deadman_level,
                 "enrol": self.settings.enrol,
                 "halt_slo": self.settings.halt_slo,
+                "two_person": self.settings.two_person,
             },
         }
         return _dumps(summary)[:-1] + b',"agents":' + agents + b',"directives":' + self.directives_json() + b"}"
