@@ -134,6 +134,16 @@ class OperatorClient:
         result: dict[str, Any] = self._call("GET", f"/api/executions/{execution_id}")
         return result
 
+    def drill(self, scope: str, level: int, *, by: str, reason: str) -> dict[str, Any]:
+        body = {"scope": scope, "level": level, "by": by, "reason": reason}
+        result: dict[str, Any] = self._call("POST", "/api/drill", json=body)
+        return result
+
+    def drill_schedule(self, every_seconds: float, *, by: str) -> dict[str, Any]:
+        body = {"every_seconds": every_seconds, "by": by}
+        result: dict[str, Any] = self._call("POST", "/api/drills/schedule", json=body)
+        return result
+
     def casepack(self, execution_id: str) -> bytes:
         """The bytes of an execution's case pack."""
         response = self.http.get(f"/api/executions/{execution_id}/casepack")

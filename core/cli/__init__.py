@@ -63,6 +63,7 @@ LAZY_COMMANDS = {
     "audit": "audit",
     "token": "tokens",
     "casepack": "casepack",
+    "drill": "drill",
     "policy": "..policy.cli",
 }
 

@@ -62,6 +62,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for d in data["directives"]:
         who = f" by {safe(d['by'])}" if d.get("by") else ""
         click.echo(f"ACTIVE {d['id']}: L{d['level']} on {d['scope']} ({d['origin']}{who}, {d['execution_id']})")
+    drills = data.get("drills") or {}
+    if drills.get("overdue"):
+        click.echo(
+            f"WARNING: a drill is overdue (every {drills['every_seconds']:g} s; last {drills.get('last') or 'never'})"
+        )
     for h in data.get("halts", []):
         if h["not_confirmed"] or h["slo_breaches"]:
             click.echo(

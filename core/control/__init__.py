@@ -7,6 +7,7 @@
     authorizations  arm, disarm, expiry
     executions      fire L1…LN with an origin (execute, deadman, later policy and drill), halts confirmed
     evidence        the server's signed snapshot at execute, the agents' signed evidence
+    drills          audited invocations marked as drills (L1-L3), their schedule
     directives      the active set indexed by scope, restore and lift
     state           signed state documents, catch-up from the store, push events
     deadman         the dead man's switch, gone agents, pruning
@@ -37,6 +38,7 @@ from .agents import Agent, Registrations, Registry
 from .authorizations import Authorizations
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
+from .drills import Drills
 from .evidence import EvidenceKeeper
 from .executions import Executions
 from .feed import OperatorFeed, kinds_of
@@ -101,6 +103,7 @@ class ControlPlane:
         self.authorizations = Authorizations(
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
         )
+        self.drills = Drills(store, self.ledger, self.authorizations, self.executions)
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.state.staleness = self.settings.staleness
         self.deadman = DeadMan(
@@ -118,6 +121,7 @@ class ControlPlane:
             lambda: self.ledger.head,
         )
         self.views.notices = self._notices
+        self._drill_cache: tuple[float, dict[str, Any]] = (0.0, {})
         self.admin_token: str | None = None
 
     def _genesis(self) -> None:
@@ -305,7 +309,14 @@ class ControlPlane:
         return self.views.counts()
 
     def _notices(self) -> dict[str, Any]:
-        return {"halts": self.executions.summary()}
+        return {"halts": self.executions.summary(), "drills": self._drill_status()}
+
+    def _drill_status(self) -> dict[str, Any]:
+        at, cached = self._drill_cache
+        if time.time() - at > 1.0:
+            cached = self.drills.status()
+            self._drill_cache = (time.time(), cached)
+        return cached
 
     # -- audit --------------------------------------------------------------------------------------
     def audit_page(self, after: int, limit: int) -> list[dict[str, Any]]:
@@ -365,6 +376,10 @@ class ControlPlane:
     def execute(self, who: Principal, auth_id: str, confirm: str | None = None) -> dict[str, Any]:
         self.state.sync()
         return self.executions.execute(who, auth_id, confirm)
+
+    def drill(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        self.state.sync()
+        return self.drills.start(who, body)
 
     def disarm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         return self.authorizations.disarm(who, body)

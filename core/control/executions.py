@@ -56,17 +56,17 @@ class Executions:
         return sorted(a.name for a in self.registry.all() if a.live and scope.matches(a.name, a.kind, a.frameworks))
 
     # -- execute ------------------------------------------------------------------------------------
-    def execute(self, who: Principal, auth_id: str, confirm: str | None) -> dict[str, Any]:
+    def execute(self, who: Principal, auth_id: str, confirm: str | None, origin: str = "execute") -> dict[str, Any]:
         try:
             with self.ledger.unit() as unit:
-                return self._execute(unit, who, auth_id, confirm)
+                return self._execute(unit, who, auth_id, confirm, origin)
         except (BadRequest, Conflict, NotFound) as exc:
             self.ledger.record(
                 "execution.refused", who.actor(), {"authorization_id": auth_id, "reason": exc.message, "code": exc.code}
             )
             raise
 
-    def _execute(self, unit: Unit, who: Principal, auth_id: str, confirm: str | None) -> dict[str, Any]:
+    def _execute(self, unit: Unit, who: Principal, auth_id: str, confirm: str | None, origin: str) -> dict[str, Any]:
         row = unit.tx.get_authorization(auth_id)
         if row is None:
             raise NotFound(f"unknown authorisation {auth_id!r}: arm first", code="unknown")
@@ -92,7 +92,7 @@ class Executions:
                 raise BadRequest(f"L6 needs the typed confirmation {phrase!r}", code="confirm")
         return self.fire(
             unit,
-            origin="execute",
+            origin=origin,
             level=level,
             scope=scope,
             by=row.by_email,

@@ -113,6 +113,18 @@ class ArmIn(Strict):
     allow_empty: bool = False
 
 
+class DrillIn(Strict):
+    scope: str = Field(min_length=1, max_length=200)
+    level: int = Field(default=3, ge=1, le=6)  # above 3 refused with its reason by the control plane
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(default="scheduled drill", min_length=1, max_length=2000)
+
+
+class DrillScheduleIn(Strict):
+    every_seconds: float = Field(ge=0, le=366 * 86400)
+    by: str = Field(min_length=1, max_length=320)
+
+
 class ExecuteIn(Strict):
     authorization_id: str = Field(min_length=1, max_length=100)
     confirm: str | None = Field(default=None, max_length=300)

@@ -17,7 +17,7 @@ from ...control import ControlPlane, Principal
 from ...errors import RateLimited
 from ...levels import Role
 from ...protocol import MAX_INT
-from ..schemas import ArmIn, DisarmIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
+from ..schemas import ArmIn, DisarmIn, DrillIn, DrillScheduleIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
 from ..stream import OperatorHub, OperatorStream
 
 __all__ = ["operator_router", "principal_dependency"]
@@ -72,6 +72,20 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     @router.post("/execute")
     def execute(body: ExecuteIn, who: Who) -> JSONResponse:
         return JSONResponse(cp.execute(who, body.authorization_id, body.confirm))
+
+    @router.post("/drill")
+    def drill(body: DrillIn, who: Who) -> JSONResponse:
+        """A drill: arm and execute on ``scope`` at L1-L3, audited as a real invocation with origin
+        ``drill`` (``m99 drill`` then measures, restores and fetches the case pack)."""
+        return JSONResponse(cp.drill(who, body.model_dump()))
+
+    @router.get("/drills")
+    def drills(who: Who) -> JSONResponse:
+        return JSONResponse(cp.drills.status())
+
+    @router.post("/drills/schedule")
+    def drill_schedule(body: DrillScheduleIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.drills.schedule(who, body.every_seconds, body.by))
 
     @router.post("/disarm")
     def disarm(who: Who, body: DisarmIn | None = None) -> JSONResponse:
