@@ -144,6 +144,14 @@ class OperatorClient:
         result: dict[str, Any] = self._call("POST", "/api/drills/schedule", json=body)
         return result
 
+    def breakglass_create(self, *, by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/breakglass", json={"by": by})
+        return result
+
+    def breakglass_ack(self, token_id: str, *, by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/breakglass/ack", json={"token_id": token_id, "by": by})
+        return result
+
     def casepack(self, execution_id: str) -> bytes:
         """The bytes of an execution's case pack."""
         response = self.http.get(f"/api/executions/{execution_id}/casepack")

@@ -43,3 +43,39 @@ def test_m99_serve_two_person_flag(tmp_path: Path) -> None:
         assert refused.returncode == 8 and "two-person rule" in refused.stderr
     finally:
         serve.kill()
+
+
+def test_break_glass_arms_and_executes_once_is_audited_and_shown_until_acknowledged(tmp_path: Path) -> None:
+    serve = ServeProcess(tmp_path / "data").start()
+    try:
+        created = serve.cli("breakglass", "create", "--by", "ciso@example.com")
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip().splitlines()[-1]
+        token_id = created.stdout.split()[2]
+        with serve.api() as admin:
+            tokens = {t["id"]: t for t in admin.get("/api/tokens").json()}
+            assert token not in str(tokens)  # stored hashed only
+            ControlLink(serve.url).register("bot", "worker")
+        with serve.api(token) as glass:
+            assert (
+                glass.post("/api/restore", json={"scope": "global", "by": "x@example.com", "reason": "r"}).status_code
+                == 403
+            )
+            assert glass.get("/api/status").status_code == 403
+            assert glass.post("/api/tokens", json={"name": "evil", "role": "fleet"}).status_code == 403
+            auth = glass.post("/api/arm", json={"by": "ciso@example.com", "reason": "auth is down", "level": 3})
+            assert auth.status_code == 200, auth.text
+            done = glass.post("/api/execute", json={"authorization_id": auth.json()["id"]})
+            assert done.status_code == 200 and done.json()["agents"] == ["bot"]
+            again = glass.post("/api/arm", json={"by": "ciso@example.com", "reason": "again", "level": 3})
+            assert again.status_code == 401  # single use: spent by its execute
+        status = serve.cli("status")
+        assert f"BREAK-GLASS {token_id} used to execute" in status.stdout
+        with serve.api() as admin:
+            kinds = [e["kind"] for e in admin.get("/api/audit", params={"limit": 1000}).json()]
+            assert kinds.count("breakglass.used") == 2 and "breakglass.refused" in kinds
+        acked = serve.cli("breakglass", "ack", token_id, "--by", "ciso@example.com")
+        assert acked.returncode == 0, acked.stderr
+        assert "BREAK-GLASS" not in serve.cli("status").stdout
+    finally:
+        serve.kill()

@@ -64,6 +64,7 @@ LAZY_COMMANDS = {
     "token": "tokens",
     "casepack": "casepack",
     "drill": "drill",
+    "breakglass": "breakglass",
     "policy": "..policy.cli",
 }
 

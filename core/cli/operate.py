@@ -62,6 +62,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for d in data["directives"]:
         who = f" by {safe(d['by'])}" if d.get("by") else ""
         click.echo(f"ACTIVE {d['id']}: L{d['level']} on {d['scope']} ({d['origin']}{who}, {d['execution_id']})")
+    for used in data.get("breakglass_used", []):
+        click.echo(
+            f"BREAK-GLASS {used['token_id']} used to {used['act']} at {used['at']} "
+            f"({used.get('execution_id') or used.get('id')}): acknowledge with m99 breakglass ack {used['token_id']}"
+        )
     drills = data.get("drills") or {}
     if drills.get("overdue"):
         click.echo(

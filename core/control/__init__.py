@@ -8,6 +8,7 @@
     executions      fire L1…LN with an origin (execute, deadman, later policy and drill), halts confirmed
     evidence        the server's signed snapshot at execute, the agents' signed evidence
     drills          audited invocations marked as drills (L1-L3), their schedule
+    breakglass      sealed single-use credentials that may only arm and execute, loudly audited
     directives      the active set indexed by scope, restore and lift
     state           signed state documents, catch-up from the store, push events
     deadman         the dead man's switch, gone agents, pruning
@@ -36,6 +37,7 @@ from ..levels import Role, Scope
 from ..store import Store
 from .agents import Agent, Registrations, Registry
 from .authorizations import Authorizations
+from .breakglass import BreakGlass
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
 from .drills import Drills
@@ -103,6 +105,7 @@ class ControlPlane:
         self.authorizations = Authorizations(
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
         )
+        self.breakglass = BreakGlass(store, self.ledger, self.tokens)
         self.drills = Drills(store, self.ledger, self.authorizations, self.executions)
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.state.staleness = self.settings.staleness
@@ -309,7 +312,11 @@ class ControlPlane:
         return self.views.counts()
 
     def _notices(self) -> dict[str, Any]:
-        return {"halts": self.executions.summary(), "drills": self._drill_status()}
+        return {
+            "halts": self.executions.summary(),
+            "drills": self._drill_status(),
+            "breakglass_used": self.breakglass.pending(),
+        }
 
     def _drill_status(self) -> dict[str, Any]:
         at, cached = self._drill_cache
@@ -371,11 +378,17 @@ class ControlPlane:
     # nothing changed), so an agent registered on another replica a moment ago is in scope here too.
     def arm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         self.state.sync()
-        return self.authorizations.arm(who, body)
+        result = self.authorizations.arm(who, body)
+        if self.breakglass.holds(who):
+            self.breakglass.used(who, "arm", result)
+        return result
 
     def execute(self, who: Principal, auth_id: str, confirm: str | None = None) -> dict[str, Any]:
         self.state.sync()
-        return self.executions.execute(who, auth_id, confirm)
+        result = self.executions.execute(who, auth_id, confirm)
+        if self.breakglass.holds(who):
+            self.breakglass.used(who, "execute", result)
+        return result
 
     def drill(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         self.state.sync()

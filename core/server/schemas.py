@@ -125,6 +125,15 @@ class DrillScheduleIn(Strict):
     by: str = Field(min_length=1, max_length=320)
 
 
+class BreakGlassIn(Strict):
+    by: str = Field(min_length=1, max_length=320)
+
+
+class BreakGlassAckIn(Strict):
+    token_id: str = Field(min_length=1, max_length=100)
+    by: str = Field(min_length=1, max_length=320)
+
+
 class ExecuteIn(Strict):
     authorization_id: str = Field(min_length=1, max_length=100)
     confirm: str | None = Field(default=None, max_length=300)

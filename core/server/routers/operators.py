@@ -17,7 +17,18 @@ from ...control import ControlPlane, Principal
 from ...errors import RateLimited
 from ...levels import Role
 from ...protocol import MAX_INT
-from ..schemas import ArmIn, DisarmIn, DrillIn, DrillScheduleIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
+from ..schemas import (
+    ArmIn,
+    BreakGlassAckIn,
+    BreakGlassIn,
+    DisarmIn,
+    DrillIn,
+    DrillScheduleIn,
+    ExecuteIn,
+    ForgetIn,
+    ScopeActIn,
+    TokenIn,
+)
 from ..stream import OperatorHub, OperatorStream
 
 __all__ = ["operator_router", "principal_dependency"]
@@ -38,6 +49,7 @@ def principal_dependency(cp: ControlPlane) -> Any:
         who = cp.tokens.authenticate(bearer(authorization), source_of(request))
         # An enrolment (agent-role) token registers agents and does nothing else.
         cp.tokens.require(who, Role.VIEWER, f"{request.method} {request.url.path}")
+        cp.breakglass.gate(who, request.method, request.url.path)
         return who
 
     return principal
@@ -86,6 +98,15 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     @router.post("/drills/schedule")
     def drill_schedule(body: DrillScheduleIn, who: Who) -> JSONResponse:
         return JSONResponse(cp.drills.schedule(who, body.every_seconds, body.by))
+
+    @router.post("/breakglass")
+    def breakglass_create(body: BreakGlassIn, who: Who) -> JSONResponse:
+        """A sealed, single-use credential that may only arm and execute a kill (shown once)."""
+        return JSONResponse(cp.breakglass.create(who, body.by))
+
+    @router.post("/breakglass/ack")
+    def breakglass_ack(body: BreakGlassAckIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.breakglass.acknowledge(who, body.token_id, body.by))
 
     @router.post("/disarm")
     def disarm(who: Who, body: DisarmIn | None = None) -> JSONResponse:
