@@ -79,3 +79,24 @@ def test_break_glass_arms_and_executes_once_is_audited_and_shown_until_acknowled
         assert "BREAK-GLASS" not in serve.cli("status").stdout
     finally:
         serve.kill()
+
+
+def test_two_person_rule_makes_a_restore_two_phase(tmp_path: Path) -> None:
+    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(two_person=True)).start() as cp:
+        first = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {cp.token}"})
+        minted = first.post("/api/tokens", json={"name": "second-officer", "role": "fleet"}).json()
+        second = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {minted['token']}"})
+        ControlLink(cp.url).register("bot", "worker")
+        auth = first.post("/api/arm", json={"by": "ops@example.com", "reason": "two", "level": 3}).json()
+        second.post("/api/execute", json={"authorization_id": auth["id"]}).raise_for_status()
+        body = {"scope": "global", "by": "ops@example.com", "reason": "all clear"}
+        asked = first.post("/api/restore", json=body).json()
+        assert asked["pending"] is True and first.get("/api/status").json()["directives"]
+        again = first.post("/api/restore", json=body).json()  # the same person twice is still one person
+        assert again["pending"] is True and first.get("/api/status").json()["directives"]
+        done = second.post("/api/restore", json={**body, "by": "second-officer"}).json()
+        assert not done.get("pending") and done["lifted"] and not first.get("/api/status").json()["directives"]
+        kinds = [e["kind"] for e in first.get("/api/audit", params={"limit": 500}).json()]
+        assert kinds.count("restore.requested") == 2 and "restore.confirmed" in kinds
+        first.close()
+        second.close()

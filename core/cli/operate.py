@@ -333,6 +333,9 @@ def restore(ctx: click.Context, scope: str, by: str, reason: str) -> None:
     """
     with operator(ctx) as op:
         data = op.restore(scope, by=by, reason=reason)
+    if data.get("pending"):
+        click.echo(f"restore of {scope} requested: {data['message']}")
+        return
     click.echo(
         f"restored {scope}: {plural(len(data['lifted']), 'directive')} lifted, "
         f"agents: {', '.join(data['agents']) or '-'}"

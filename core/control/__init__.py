@@ -399,6 +399,10 @@ class ControlPlane:
 
     def restore(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         self.state.sync()
+        if self.settings.two_person:
+            pending = self.breakglass.second_person(who, body)
+            if pending is not None:
+                return pending
         return self.restores.lift(who, body, reversible=True)
 
     def lift(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:

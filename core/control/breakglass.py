@@ -1,9 +1,16 @@
-"""Break-glass: a sealed, single-use credential for when normal authentication is down.
+"""Authority beyond one token: break-glass credentials, and the second person a restore needs under the
+two-person rule.
+
+Break-glass: a sealed, single-use credential for when normal authentication is down.
 
 ``create`` mints it (fleet role needed) and returns it once; only its SHA-256 is stored, like every
 token's.  It may arm and execute one kill and nothing else (no restore, no tokens, no reads); its use is
 audited loudly (``breakglass.used``), logged as an error, revokes it once its execution has fired, and is
 shown by ``m99 status`` until a fleet-role token acknowledges it.
+
+Under ``--two-person`` a restore is two-phase: the first identity's restore of a scope is recorded as a
+request (audited ``restore.requested``); another identity's restore of the same scope within
+``RESTORE_WINDOW`` seconds carries it out.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ log = logging.getLogger("m99.control")
 
 ALLOWED = frozenset({("POST", "/api/arm"), ("POST", "/api/execute")})
 _META = "breakglass_unacknowledged"
+RESTORE_WINDOW = 300.0
 
 
 class BreakGlass:
@@ -62,6 +70,37 @@ class BreakGlass:
                 unit.tx.revoke_token(who.token_id, time.time())
                 unit.audit("token.revoked", who.actor(), {"token_id": who.token_id, "reason": "break-glass used"})
         log.error("m99: BREAK-GLASS credential %s used to %s %s", who.token_id, act, data)
+
+    def second_person(self, who: Principal, body: dict[str, Any]) -> dict[str, Any] | None:
+        """None when this restore is the second person's (go ahead); else the request it records."""
+        from .tokens import checked_by_reason
+
+        by, _ = checked_by_reason(body.get("by"), body.get("reason"), who)
+        scope = str(body.get("scope", ""))
+        key = f"restore_request:{scope}"
+        now = time.time()
+        with self.ledger.unit() as unit:
+            first = json.loads(unit.tx.get_meta(key) or "{}")
+            if (
+                first
+                and now - float(first.get("at", 0)) <= RESTORE_WINDOW
+                and first.get("token_id") != who.token_id
+                and first.get("name") != who.name
+            ):
+                unit.tx.set_meta(key, "{}")
+                unit.audit("restore.confirmed", who.actor(by), {"scope": scope, "requested_by": first})
+                return None
+            request = {"token_id": who.token_id, "name": who.name, "by": by, "at": now}
+            unit.tx.set_meta(key, json.dumps(request))
+            unit.audit("restore.requested", who.actor(by), {"scope": scope, "window_seconds": RESTORE_WINDOW})
+        return {
+            "pending": True,
+            "scope": scope,
+            "lifted": [],
+            "agents": [],
+            "still_held": [],
+            "message": f"two-person rule: another identity must restore {scope} within {RESTORE_WINDOW:g} s",
+        }
 
     def pending(self) -> list[dict[str, Any]]:
         with self.store.snapshot() as tx:
