@@ -67,6 +67,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
             f"BREAK-GLASS {used['token_id']} used to {used['act']} at {used['at']} "
             f"({used.get('execution_id') or used.get('id')}): acknowledge with m99 breakglass ack {used['token_id']}"
         )
+    canary = data.get("canary")
+    if canary is not None and not canary["ok"]:
+        click.echo(
+            f"WARNING: the kill path's canary is failing: {canary['failures']} push(es) not received in time "
+            f"(since {canary.get('failing_since') or 'its start'})"
+        )
     drills = data.get("drills") or {}
     if drills.get("overdue"):
         click.echo(

@@ -93,6 +93,13 @@ __all__ = ["COMMANDS"]
     help="Seconds from execute to a confirmed halt before an agent is flagged.",
 )
 @click.option(
+    "--canary",
+    default=0.0,
+    type=click.FloatRange(0, 3600),
+    help="Seconds between pushes to a canary on this server's own push path; one not received within 2 s "
+    "is reported in /metrics and m99 status (0: no canary).",
+)
+@click.option(
     "--two-person",
     is_flag=True,
     help="Two-person rule: the token that executes an authorisation must belong to another identity than "
@@ -121,6 +128,7 @@ def serve(
     register_rate: float,
     retention: float,
     halt_slo: float,
+    canary: float,
     two_person: bool,
     log_level: str,
 ) -> None:
@@ -147,6 +155,7 @@ def serve(
         retention=retention,
         halt_slo=halt_slo,
         two_person=two_person,
+        canary=canary,
     )
     run_server(
         host,

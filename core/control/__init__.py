@@ -40,7 +40,7 @@ from .authorizations import Authorizations
 from .breakglass import BreakGlass
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
-from .drills import Drills
+from .drills import Canary, Drills
 from .evidence import EvidenceKeeper
 from .executions import Executions
 from .feed import OperatorFeed, kinds_of
@@ -125,6 +125,8 @@ class ControlPlane:
         )
         self.views.notices = self._notices
         self._drill_cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self.self_url: str | None = None  # where this process serves (set by the server), for the canary
+        self.canary: Canary | None = None
         self.admin_token: str | None = None
 
     def _genesis(self) -> None:
@@ -313,6 +315,7 @@ class ControlPlane:
 
     def _notices(self) -> dict[str, Any]:
         return {
+            **({"canary": self.canary.status()} if self.canary is not None else {}),
             "halts": self.executions.summary(),
             "drills": self._drill_status(),
             "breakglass_used": self.breakglass.pending(),

@@ -76,3 +76,97 @@ class Drills:
             out["due"] = iso(due) if last else "now (no drill yet)"
             out["overdue"] = time.time() > due
         return out
+
+
+class Canary:
+    """A synthetic listener on the control plane's own push path: every ``interval`` seconds the server
+    pushes it a signed ping through the same hub, SSE framing, HTTP stack and socket that carry kills;
+    a ping not received within ``timeout`` is a failure, reported in ``/metrics`` and ``m99 status``.
+    Its stream is opened with a secret made at start, so no one else can take it over."""
+
+    NAME = "m99 canary"  # a hub key no agent name can take (names never hold a space)
+
+    def __init__(
+        self, url: str, server_key: Any, sign: Any, publish: Any, interval: float, timeout: float = 2.0
+    ) -> None:
+        import secrets
+        import threading
+
+        self.url, self.server_key, self.sign, self.publish = url, server_key, sign, publish
+        self.interval, self.timeout = interval, timeout
+        self.secret = secrets.token_urlsafe(24)
+        self.sent = self.received = self.failures = 0
+        self.last_ms: float | None = None
+        self.failing_since: float | None = None
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        import threading
+
+        for target in (self._listen, self._ping):
+            thread = threading.Thread(target=target, name=f"m99-canary-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _ping(self) -> None:
+        import secrets
+
+        while not self._stop.wait(self.interval):
+            now = time.time()
+            with self._lock:
+                for nonce, at in list(self._pending.items()):
+                    if now - at > self.timeout:
+                        del self._pending[nonce]
+                        self.failures += 1
+                        self.failing_since = self.failing_since or at
+                nonce = secrets.token_hex(8)
+                self._pending[nonce] = now
+                self.sent += 1
+            self.publish(self.sign({"type": "canary", "nonce": nonce, "ts": now}), [self.NAME])
+
+    def _listen(self) -> None:
+        import json
+
+        import httpx
+
+        from ..protocol import verify_event
+
+        while not self._stop.is_set():
+            try:
+                headers = {"X-M99-Canary": self.secret}
+                with httpx.stream("GET", f"{self.url}/api/canary/events", headers=headers, timeout=None) as answer:
+                    for line in answer.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if not line.startswith("data: "):
+                            continue
+                        event = verify_event(self.server_key, json.loads(line[6:]))
+                        if event is None or event.get("type") != "canary":
+                            continue
+                        with self._lock:
+                            at = self._pending.pop(str(event.get("nonce")), None)
+                            if at is not None:
+                                self.received += 1
+                                self.last_ms = round((time.time() - at) * 1000, 3)
+                                self.failing_since = None
+            except Exception:  # the push path is what is being watched: its failure is counted, not raised
+                self._stop.wait(0.5)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            overdue = any(time.time() - at > self.timeout for at in self._pending.values())
+            return {
+                "ok": self.failing_since is None and not overdue and self.received > 0,
+                "interval_seconds": self.interval,
+                "pushes": self.sent,
+                "acknowledged": self.received,
+                "failures": self.failures + (1 if overdue else 0),
+                "last_push_ms": self.last_ms,
+                "failing_since": iso(self.failing_since) if self.failing_since else None,
+            }

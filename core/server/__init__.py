@@ -108,6 +108,7 @@ def serve(
         token = cp.ensure_admin_token()
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         bound = sock.getsockname()[1]
+        cp.self_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
         print(f"M99 control plane on http://{shown}:{bound}  (REST /api, dashboard /, API docs /docs)", flush=True)
         print(f"store: {cp.store.location}", flush=True)
         print(f"server key: {cp.key.public_b64}  (agents may pin it: M99_SERVER_KEY)", flush=True)
@@ -154,6 +155,7 @@ class EmbeddedControlPlane:
         self.url = f"http://{host}:{self.port}"
         try:
             self.control = build(self.data_dir, settings, store_url, key_file)
+            self.control.self_url = self.url
         except BaseException:
             self._sock.close()
             raise
