@@ -124,7 +124,7 @@ class ControlPlane:
             lambda: self.ledger.head,
         )
         self.views.notices = self._notices
-        self._drill_cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self._notice_cache: tuple[float, dict[str, Any]] = (0.0, {})
         self.self_url: str | None = None  # where this process serves (set by the server), for the canary
         self.canary: Canary | None = None
         self.admin_token: str | None = None
@@ -314,19 +314,16 @@ class ControlPlane:
         return self.views.counts()
 
     def _notices(self) -> dict[str, Any]:
-        return {
-            **({"canary": self.canary.status()} if self.canary is not None else {}),
-            "halts": self.executions.summary(),
-            "drills": self._drill_status(),
-            "breakglass_used": self.breakglass.pending(),
-        }
-
-    def _drill_status(self) -> dict[str, Any]:
-        at, cached = self._drill_cache
+        """What else ``m99 status`` shows: recent halts, drills, break-glass uses, the canary; read from
+        the store at most once a second, so a status poll costs no store work."""
+        at, cached = self._notice_cache
         if time.time() - at > 1.0:
-            cached = self.drills.status()
-            self._drill_cache = (time.time(), cached)
-        return cached
+            cached = {"drills": self.drills.status(), "breakglass_used": self.breakglass.pending()}
+            self._notice_cache = (time.time(), cached)
+        out = {**cached, "halts": self.executions.summary()}
+        if self.canary is not None:
+            out["canary"] = self.canary.status()
+        return out
 
     # -- audit --------------------------------------------------------------------------------------
     def audit_page(self, after: int, limit: int) -> list[dict[str, Any]]:
