@@ -65,7 +65,6 @@ class Uploads:
         self._pending: dict[str, list[Item]] = {}
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._signing: ThreadPoolExecutor | None = None
-        self._clients: dict[str, httpx.AsyncClient] = {}
 
     def add(self, link: ControlLink, guard: Guard, taken: Capture, execution_ids: list[str]) -> None:
         """On the sessions' loop: queue one agent's evidence."""
@@ -91,17 +90,20 @@ class Uploads:
                     docs = await loop.run_in_executor(self._signer(), _sign_all, items)
                 except RuntimeError:  # the interpreter is shutting down
                     docs = _sign_all(items)
-                for batch in _batches(docs):
-                    await self._send(url, batch)
+                # A client per round, closed after it: no pooled connection outlives a control plane that
+                # went away (a restarted one on the same address must not inherit it).
+                async with httpx.AsyncClient(base_url=url, timeout=10.0, verify=verify_for(url)) as client:
+                    for batch in _batches(docs):
+                        await self._send(client, batch)
         except Exception as exc:  # observation never crashes the host
             log.warning("m99: evidence upload failed: %s", exc or type(exc).__name__)
         finally:
             self._busy.pop(url, None)
 
-    async def _send(self, url: str, batch: list[dict[str, Any]]) -> None:
+    async def _send(self, client: httpx.AsyncClient, batch: list[dict[str, Any]]) -> None:
         for attempt in range(1, self.ATTEMPTS + 1):
             try:
-                raise_for_answer(await self._client(url).post("/api/evidence", json={"items": batch}))
+                raise_for_answer(await client.post("/api/evidence", json={"items": batch}))
                 return
             except (M99Error, httpx.HTTPError) as exc:
                 log.warning("m99: sending %d evidence document(s) failed (attempt %d): %s", len(batch), attempt, exc)
@@ -119,12 +121,6 @@ class Uploads:
         if self._signing is None:
             self._signing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m99-evidence")
         return self._signing
-
-    def _client(self, url: str) -> httpx.AsyncClient:
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = httpx.AsyncClient(base_url=url, timeout=10.0, verify=verify_for(url))
-        return client
 
 
 def send_now(link: ControlLink, guard: Guard, taken: Capture, execution_ids: list[str], timeout: float) -> None:
