@@ -65,7 +65,7 @@ LAZY_COMMANDS = {
     "casepack": "casepack",
     "drill": "drill",
     "breakglass": "breakglass",
-    "policy": "..policy.cli",
+    "policy": "m99.policy.cli",
 }
 
 
@@ -79,7 +79,8 @@ class M99Group(click.Group):
         if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
             import importlib
 
-            module = importlib.import_module(f".{LAZY_COMMANDS[cmd_name]}", __name__)
+            target = LAZY_COMMANDS[cmd_name]
+            module = importlib.import_module(target if "." in target else f"{__name__}.{target}")
             command = getattr(module, cmd_name if cmd_name != "token" else "token")
             self.add_command(command, cmd_name)
         return self.commands.get(cmd_name)

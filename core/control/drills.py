@@ -105,6 +105,14 @@ class Canary:
 
     def start(self) -> None:
         import threading
+        from urllib.parse import urlsplit
+
+        from .. import network
+
+        # Its own control plane stays reachable for it, as for every agent (a process that also holds
+        # Guards at L2, such as a notebook or a test, must not cut the canary off).
+        parts = urlsplit(self.url)
+        network.allow_destination(parts.hostname or "127.0.0.1", parts.port or 80)
 
         for target in (self._listen, self._ping):
             thread = threading.Thread(target=target, name=f"m99-canary-{target.__name__}", daemon=True)
