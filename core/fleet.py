@@ -32,6 +32,8 @@ class AckSource(Protocol):
 
     link: ControlLink
 
+    def receipt(self) -> dict[str, Any]: ...
+
 
 Pending = tuple[AckSource, int, float]
 
@@ -48,7 +50,7 @@ class Acks:
     Runs on the sessions' loop only.
     """
 
-    BATCH = 200  # about 50 KB: under the control plane's request body limit
+    BATCH = 100  # about 50 KB with their receipts: under the control plane's request body limit
     ATTEMPTS = 3
     SIGN_INLINE = 16  # a batch this small is signed on the loop (~50 µs each)
 
@@ -58,6 +60,10 @@ class Acks:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._users: dict[str, int] = {}
         self._signing: ThreadPoolExecutor | None = None
+
+    def busy(self) -> bool:
+        """Whether acknowledgements are pending or in flight (evidence uploads wait for them)."""
+        return bool(self._busy) or any(self._pending.values())
 
     def add(self, session: AckSource, version: int, applied_at: float) -> None:
         url = session.link.url
@@ -167,7 +173,7 @@ def _failover(items: list[Pending], url: str) -> str:
 
 
 def _sign_acks(items: list[Pending]) -> list[dict[str, Any]]:
-    return [s.link.signed_ack(v, t) for s, v, t in items if s.link.agent_id is not None]
+    return [s.link.signed_ack(v, t, s.receipt()) for s, v, t in items if s.link.agent_id is not None]
 
 
 acks = Acks()

@@ -39,6 +39,7 @@ from typing import Any
 
 from . import network
 from .credentials import _MISSING, CredentialSet
+from .effects import Capture, EffectLedger, capture
 from .errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
 from .levels import Level
 from .network import ConnectionRefusedByM99
@@ -181,6 +182,8 @@ class Guard:
         "_usage_lock",
         "_version",
         "applied_at",
+        "captured",
+        "effects",
         "frameworks",
         "grace_seconds",
         "host",
@@ -269,6 +272,8 @@ class Guard:
             "refusals": 0,
         }
         self._recent: collections.deque[tuple[str, float, bool]] = collections.deque(maxlen=max(1, recent_tool_calls))
+        self.effects = EffectLedger()  # the side-effect ledger (m99.effects)
+        self.captured: Capture | None = None  # what the last kill found, taken before applying it
         network.register(self)
 
     def __repr__(self) -> str:
@@ -499,6 +504,7 @@ class Guard:
             if level == old:
                 return False
             if level > old:
+                self.captured = capture(self, level, version, reason)  # evidence first
                 for step in range(old + 1, level + 1):
                     self._level = step
                     self._run_effect(step, entering=True)
@@ -658,6 +664,13 @@ class Guard:
         with self._lock:
             return self._creds.fingerprints()
 
+    def redact_always(self, value: Any) -> Any:
+        """``value`` with protected secrets redacted at any level (what leaves the process as evidence)."""
+        return self._creds.redact(value)
+
+    def enforcement_failures(self) -> list[str]:
+        return self._failures + self._creds.failures()
+
     def redact(self, value: Any) -> Any:
         """At L1+ ``value`` with protected secrets replaced by ``[REDACTED:m99]``; below, ``value`` itself."""
         if not self._redact_gate:
@@ -674,8 +687,10 @@ class Guard:
     def set_task(self, text: str | None) -> None:
         self._task = None if text is None else str(text)[:_TASK_LIMIT]
 
-    def record_tool_call(self, tool: str, *, ok: bool = True) -> None:
-        """A tool call ended (``ok`` False: with an error).  Cheap: it runs after every tool call."""
+    def record_tool_call(self, tool: str, *, ok: bool = True, handle: int | None = None, result: Any = None) -> None:
+        """A tool call ended (``ok`` False: with an error; ``handle`` from ``effects.started``).  Cheap:
+        it runs after every tool call."""
+        self.effects.finished(handle, tool, ok=ok, result=result)
         noted = self._noted
         noted.append((tool, _now(), ok, 0, 0.0))
         if len(noted) > _FOLD_AT:

@@ -507,3 +507,22 @@ def state() -> dict[str, Any]:
         "refusals": _refusals,
         "severed": _severed,
     }
+
+
+def refuses_for(guard: Guard) -> bool:
+    """Whether the gate refuses an outbound connection made in ``guard``'s context now: the same check a
+    real ``connect`` meets, asked of a documentation-only address (192.0.2.1), no socket opened."""
+    token = _current.set(guard)
+    try:
+        _check("socket.connect", (None, ("192.0.2.1", 9)))
+    except ConnectionRefusedByM99:
+        return True
+    finally:
+        _current.reset(token)
+    return False
+
+
+def open_connections(guard: Guard) -> int:
+    """How many of ``guard``'s outbound connections are still tracked as established (0 once cut)."""
+    with _lock:
+        return len(_owned.get(guard, ()))

@@ -134,6 +134,32 @@ class OperatorClient:
         result: dict[str, Any] = self._call("GET", f"/api/executions/{execution_id}")
         return result
 
+    def drill(self, scope: str, level: int, *, by: str, reason: str) -> dict[str, Any]:
+        body = {"scope": scope, "level": level, "by": by, "reason": reason}
+        result: dict[str, Any] = self._call("POST", "/api/drill", json=body)
+        return result
+
+    def drill_schedule(self, every_seconds: float, *, by: str) -> dict[str, Any]:
+        body = {"every_seconds": every_seconds, "by": by}
+        result: dict[str, Any] = self._call("POST", "/api/drills/schedule", json=body)
+        return result
+
+    def breakglass_create(self, *, by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/breakglass", json={"by": by})
+        return result
+
+    def breakglass_ack(self, token_id: str, *, by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/api/breakglass/ack", json={"token_id": token_id, "by": by})
+        return result
+
+    def casepack(self, execution_id: str) -> bytes:
+        """The bytes of an execution's case pack."""
+        return self.wire.raw("GET", f"/api/executions/{execution_id}/casepack")
+
+    def evidence(self, execution_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/api/executions/{execution_id}/evidence")
+        return result
+
     def audit_verify(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/api/audit/verify")
         return result

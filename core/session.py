@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import network, push
+from . import effects, network, push
 from .errors import ControlPlaneError, M99Error, NotFound, RateLimited
+from .evidence import upload as _evidence
 from .fleet import acks as _acks
 from .fleet import changes as _changes
 from .guard import Guard
@@ -146,6 +147,7 @@ def _at_exit() -> None:
         return
     try:
         _Loop.run(_acks.drain(CLOSE_TIMEOUT), timeout=CLOSE_TIMEOUT + 1)
+        _Loop.run(_evidence.uploads.drain(1.0), timeout=2.0)
     except Exception as exc:  # never let the exit of the host hang or fail because of M99
         log.warning("m99: acknowledgements at exit: %s", exc or type(exc).__name__)
     for session in sessions:
@@ -210,6 +212,7 @@ class Session:
         self._aclient: httpx.AsyncClient | None = None  # the push stream's, behind an HTTP proxy only
         self._closed = False
         self._untrusted = False
+        self._evidenced: set[str] = set()  # the executions whose evidence this session sent
         guard.on_change(self._acknowledge_termination)
         guard.on_frameworks(self._frameworks_changed)
         self.policy_reports: Any = None
@@ -317,6 +320,8 @@ class Session:
             if self._policy_held and not held:
                 self.guard.policy.lifted_by_operator()
             self._policy_held = held
+        if changed and self.guard.level > old and level < Level.TARGETED_TERMINATION:
+            self._send_evidence(on_loop)
         # From L5 on, _acknowledge_termination acknowledges before the terminator runs.
         if (changed or fresh) and ack and level < Level.TARGETED_TERMINATION and self._acked_version < version:
             # Held already (a second kill of a halted agent): confirmed now, when the push arrived.
@@ -355,6 +360,26 @@ class Session:
         fresh = (len(self._directives), directive["id"] in self._directives) != before
         self._apply_level(version, ack=True, fresh=fresh)
 
+    def receipt(self) -> dict[str, Any]:
+        """The positive checks an acknowledgement carries (``m99.effects.receipt``)."""
+        return effects.receipt(self.guard, self.link.key.derive("evidence-fingerprints"))
+
+    def _new_executions(self) -> list[str]:
+        ids = {str(d["execution_id"]) for d in self._directives.values() if d.get("execution_id")}
+        fresh = sorted(ids - self._evidenced)
+        self._evidenced |= ids
+        return fresh
+
+    def _send_evidence(self, on_loop: bool) -> None:
+        """The evidence the Guard captured before this kill, uploaded after it (never awaited here)."""
+        taken, ids = self.guard.captured, self._new_executions()
+        if taken is None or not ids or self.link.agent_id is None:
+            return
+        if on_loop:
+            _evidence.uploads.add(self.link, self.guard, taken, ids)
+        else:
+            _Loop.get().call_soon_threadsafe(_evidence.uploads.add, self.link, self.guard, taken, ids)
+
     def _acknowledge(self, version: int, applied_at: float) -> None:
         self._acked_version = version
         if _Loop.on_loop():
@@ -369,9 +394,12 @@ class Session:
         version = self._applied_version
         self._acked_version = version
         try:
-            self.link.acknowledge(version, guard.applied_at or time.time(), timeout=2.0)
+            self.link.acknowledge(version, guard.applied_at or time.time(), receipt=self.receipt(), timeout=2.0)
         except M99Error as exc:
             log.warning("m99 acknowledgement of termination (version %s) failed: %s", version, exc)
+        taken, ids = guard.captured, self._new_executions()
+        if taken is not None and ids:
+            _evidence.send_now(self.link, guard, taken, ids, timeout=1.0)
 
     def _frameworks_changed(self, guard: Guard) -> None:
         """An adapter installed into another framework: tell the control plane now, not at the next beat."""

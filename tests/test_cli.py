@@ -14,6 +14,8 @@ from m99.cli import main
 from m99.link import ControlLink
 from m99.server import EmbeddedControlPlane
 
+from .receipts import halted
+
 
 @pytest.fixture
 def m99(embedded: EmbeddedControlPlane, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
@@ -67,11 +69,11 @@ def test_executions_show_each_agents_time_to_halt(m99, embedded: EmbeddedControl
     pending = m99("executions", execution.group(0)).output
     assert "no acknowledgement yet from the 2 agents" in pending
     version = links[0].fetch_state()["version"]
-    links[0].acknowledge(version, time.time())
+    links[0].acknowledge(version, time.time(), receipt=halted())
     shown = m99("executions", execution.group(0)).output
     assert "L3 on global (L1, L2, L3), execute by a@example.com" in shown and "drill" in shown
     assert "1 of 2 agents acknowledged" in shown and re.search(r"fast\s+\d+\.\d ms", shown)
-    assert "not acknowledged (NOT confirmed halted): mute" in shown
+    assert re.search(r"mute\s+NOT confirmed halted: never acknowledged", shown)
     listed = m99("executions").output
     assert execution.group(0) in listed and "L3 on global" in listed and "2 agents" in listed
     as_json = json.loads(m99("executions", execution.group(0), "--json").output)

@@ -23,6 +23,7 @@ from m99.link import ControlLink, agent_key_path
 from m99.server import EmbeddedControlPlane, free_port
 from m99.session import Session
 
+from .receipts import halted as halted_receipt
 from .servers import ServeProcess
 from .test_session import fire, wait_for
 
@@ -126,7 +127,7 @@ def test_acknowledgements_are_bound_to_the_registration_in_scope(
     # key) is another registration, and cannot confirm a halt that was aimed at the first one.
     later = ControlLink(embedded.url, key=key)
     later.register("sleeper", "worker")
-    later.acknowledge(result["version"], time.time())
+    later.acknowledge(result["version"], time.time(), receipt=halted_receipt())
     halt = admin.get(f"/api/executions/{result['execution_id']}").json()["time_to_halt"]
     assert halt["confirmed"] == 0 and halt["not_confirmed"] == ["sleeper"]
 
@@ -137,10 +138,12 @@ def test_applied_at_before_the_execution_is_refused_and_time_to_halt_is_never_ne
     link = ControlLink(embedded.url)
     link.register("clock", "worker")
     result = fire(admin, scope="agent:clock")
-    early = admin.post("/api/acks", json={"acks": [link.signed_ack(result["version"], time.time() - 3600)]}).json()
+    early = admin.post(
+        "/api/acks", json={"acks": [link.signed_ack(result["version"], time.time() - 3600, halted_receipt())]}
+    ).json()
     assert early["results"][0]["ok"] is False and early["results"][0]["error"]["code"] == "bad_applied_at"
     # Within the allowed skew, a little early: counted as 0 ms, never negative.
-    link.acknowledge(result["version"], time.time() - 5)
+    link.acknowledge(result["version"], time.time() - 5, receipt=halted_receipt())
     halt = admin.get(f"/api/executions/{result['execution_id']}").json()["time_to_halt"]
     assert halt["confirmed"] == 1 and halt["per_agent"]["clock"] >= 0
 

@@ -12,6 +12,8 @@ import httpx
 from m99.link import ControlLink
 from m99.server import EmbeddedControlPlane
 
+from .receipts import halted
+
 
 def listen(url: str, token: str, into: queue.Queue[dict], stop: threading.Event) -> None:
     try:
@@ -54,7 +56,7 @@ def test_every_change_reaches_the_feed_as_it_happens(embedded: EmbeddedControlPl
     result = admin.post("/api/execute", json={"authorization_id": auth["id"]}).json()
     change = next_change(events, "directives")
     assert change["version"] == result["version"]
-    link.acknowledge(result["version"], time.time())
+    link.acknowledge(result["version"], time.time(), receipt=halted())
     next_change(events, "executions")  # a confirmed halt: the execution's record changed
     assert time.monotonic() - started < 5
     stop.set()

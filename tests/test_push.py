@@ -23,6 +23,8 @@ from m99.link import ControlLink
 from m99.server import EmbeddedControlPlane
 from m99.session import Session, _proxied
 
+from .receipts import halted
+
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -227,8 +229,8 @@ def test_one_request_acknowledges_for_several_agents_and_refuses_each_bad_one(
 ) -> None:
     result = fire(admin)
     version = result["version"]
-    good = [link.signed_ack(version, time.time()) for link in links[:2]]
-    forged = links[2].signed_ack(version, time.time())
+    good = [link.signed_ack(version, time.time(), halted()) for link in links[:2]]
+    forged = links[2].signed_ack(version, time.time(), halted())
     forged["signature"] = SigningKey.generate().sign(b"something else")
     replayed = dict(good[0])
     answer = admin.post("/api/acks", json={"acks": [*good, forged, replayed]}).json()
@@ -246,7 +248,7 @@ def test_one_request_acknowledges_for_several_agents_and_refuses_each_bad_one(
 
 def test_applied_at_is_signed(links: list[ControlLink], admin: httpx.Client) -> None:
     result = fire(admin)
-    ack = links[0].signed_ack(result["version"], time.time())
+    ack = links[0].signed_ack(result["version"], time.time(), halted())
     ack["applied_at"] -= 100  # a better time-to-halt than the agent reported
     answer = admin.post("/api/acks", json={"acks": [ack]}).json()
     assert answer["results"][0]["error"]["code"] == "bad_signature"
@@ -255,7 +257,7 @@ def test_applied_at_is_signed(links: list[ControlLink], admin: httpx.Client) -> 
 def test_an_ack_overtaken_by_a_later_heartbeat_still_counts(links: list[ControlLink], admin: httpx.Client) -> None:
     result = fire(admin)
     link = links[0]
-    ack = link.signed_ack(result["version"], time.time())  # signed first ...
+    ack = link.signed_ack(result["version"], time.time(), halted())  # signed first ...
     link.heartbeat()  # ... but a heartbeat with a higher sequence number arrives first
     answer = admin.post("/api/acks", json={"acks": [ack]}).json()
     assert answer["results"][0]["ok"], answer

@@ -22,6 +22,7 @@ from m99.store.records import (
     AuthorizationRecord,
     CredentialRecord,
     DirectiveRecord,
+    EvidenceRecord,
     ExecutionRecord,
     TokenRecord,
 )
@@ -286,3 +287,64 @@ def test_a_database_from_before_policies_is_upgraded_in_place(url: str) -> None:
             assert tx.get_agent("new").policy == "sha256:" + "cd" * 32  # type: ignore[union-attr]
     finally:
         s.close()
+
+
+def test_evidence_is_kept_once_per_signer_and_execution(store: Store) -> None:
+    signed = {"document": {"type": "server.snapshot", "execution_id": "exe_e", "note": "ünïcode"}, "signature": "s"}
+    with store.transaction() as tx:
+        assert tx.insert_evidence(EvidenceRecord("exe_e", "server", "", "", 1.0, signed))
+        assert tx.insert_evidence(EvidenceRecord("exe_e", "agent", "b", "agt_b", 2.0, {"evidence": {"x": 1}}))
+        assert tx.insert_evidence(EvidenceRecord("exe_e", "agent", "a", "agt_a", 3.0, {"evidence": {"x": 2}}))
+        assert not tx.insert_evidence(EvidenceRecord("exe_e", "agent", "a", "agt_a", 4.0, {"evidence": {"x": 3}}))
+        assert tx.insert_evidence(EvidenceRecord("exe_other", "server", "", "", 5.0, {}))
+    with store.snapshot() as tx:
+        kept = tx.list_evidence("exe_e")
+    assert [(e.kind, e.agent) for e in kept] == [("server", ""), ("agent", "a"), ("agent", "b")]
+    assert kept[0].document == signed and kept[1].document == {"evidence": {"x": 2}}
+
+
+def test_a_database_of_the_previous_schema_is_brought_forward(tmp_path: Path) -> None:
+    import sqlite3
+
+    from m99.store.sql import statements
+    from m99.store.sqlite import SCHEMA_VERSION, SQLITE_TABLES
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in statements(SQLITE_TABLES):
+        if "CREATE TABLE evidence" not in statement:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version=3")
+    conn.commit()
+    conn.close()
+    store = open_store(str(path))
+    try:
+        with store.transaction() as tx:
+            assert tx.insert_evidence(EvidenceRecord("exe_1", "server", "", "", 1.0, {"ok": True}))
+    finally:
+        store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
+    import psycopg
+
+    from m99.store.postgres import MIGRATIONS, SCHEMA_VERSION
+    from m99.store.sql import statements
+
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 3
+    assert "CREATE TABLE evidence" not in MIGRATIONS[0] and "evidence" in MIGRATIONS[2]
+    with fresh_database() as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:  # a database m99 made before evidence was kept
+            for statement in statements(MIGRATIONS[0]):
+                conn.execute(statement)
+            conn.execute("CREATE TABLE m99_schema (version BIGINT NOT NULL)")
+            conn.execute("INSERT INTO m99_schema (version) VALUES (1)")
+        store = open_store(dsn)
+        try:
+            with store.transaction() as tx:
+                assert tx.insert_evidence(EvidenceRecord("exe_1", "server", "", "", 1.0, {"ok": True}))
+        finally:
+            store.close()
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT version FROM m99_schema").fetchone() == (3,)

@@ -64,6 +64,9 @@ LAZY_COMMANDS = {
     "token": "tokens",
     "policy": "m99.policy.cli",
     "demo": "demo",
+    "casepack": "casepack",
+    "drill": "drill",
+    "breakglass": "breakglass",
 }
 
 

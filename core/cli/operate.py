@@ -64,6 +64,29 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for d in data["directives"]:
         who = f" by {safe(d['by'])}" if d.get("by") else ""
         click.echo(f"ACTIVE {d['id']}: L{d['level']} on {d['scope']} ({d['origin']}{who}, {d['execution_id']})")
+    for used in data.get("breakglass_used", []):
+        click.echo(
+            f"BREAK-GLASS {used['token_id']} used to {used['act']} at {used['at']} "
+            f"({used.get('execution_id') or used.get('id')}): acknowledge with m99 breakglass ack {used['token_id']}"
+        )
+    canary = data.get("canary")
+    if canary is not None and not canary["ok"]:
+        click.echo(
+            f"WARNING: the kill path's canary is failing: {canary['failures']} push(es) not received in time "
+            f"(since {canary.get('failing_since') or 'its start'})"
+        )
+    drills = data.get("drills") or {}
+    if drills.get("overdue"):
+        click.echo(
+            f"WARNING: a drill is overdue (every {drills['every_seconds']:g} s; last {drills.get('last') or 'never'})"
+        )
+    for h in data.get("halts", []):
+        if h["not_confirmed"] or h["slo_breaches"]:
+            click.echo(
+                f"HALT {h['id']}: L{h['level']} on {h['scope']}, {h['confirmed']} of {h['in_scope']} confirmed"
+                + (f"; NOT confirmed: {', '.join(h['not_confirmed'])}" if h["not_confirmed"] else "")
+                + (f"; over the time-to-halt SLO: {', '.join(h['slo_breaches'])}" if h["slo_breaches"] else "")
+            )
     _agents_table(data["agents"])
 
 
@@ -132,8 +155,9 @@ def _execution(data: dict[str, Any]) -> None:
         )
     for agent, ms in sorted(halt["per_agent"].items(), key=lambda item: item[1]):
         click.echo(f"  {safe(agent):<32} {ms:9.1f} ms")
-    if halt["not_confirmed"]:
-        click.echo(f"  not acknowledged (NOT confirmed halted): {', '.join(halt['not_confirmed'])}")
+    why = halt.get("not_confirmed_why", {})
+    for agent in halt["not_confirmed"]:
+        click.echo(f"  {safe(agent):<32} NOT confirmed halted: {why.get(agent, 'not acknowledged')}")
     if halt.get("breaches"):
         click.echo(f"  over the {halt['slo_ms'] / 1000:g} s time-to-halt SLO: {', '.join(halt['breaches'])}")
 
@@ -317,6 +341,9 @@ def restore(ctx: click.Context, scope: str, by: str, reason: str) -> None:
     """
     with operator(ctx) as op:
         data = op.restore(scope, by=by, reason=reason)
+    if data.get("pending"):
+        click.echo(f"restore of {scope} requested: {data['message']}")
+        return
     click.echo(
         f"restored {scope}: {plural(len(data['lifted']), 'directive')} lifted, "
         f"agents: {', '.join(data['agents']) or '-'}"

@@ -106,6 +106,19 @@ __all__ = ["COMMANDS"]
     help='The webhook body: M99\'s JSON, or Slack-compatible {"text": ...} with M99\'s fields under "m99".',
 )
 @click.option(
+    "--canary",
+    default=0.0,
+    type=click.FloatRange(0, 3600),
+    help="Seconds between pushes to a canary on this server's own push path; one not received within 2 s "
+    "is reported in /metrics and m99 status (0: no canary).",
+)
+@click.option(
+    "--two-person",
+    is_flag=True,
+    help="Two-person rule: the token that executes an authorisation must belong to another identity than "
+    "the one that armed it (refusals are audited).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -140,6 +153,8 @@ def serve(
     halt_slo: float,
     webhook: str,
     webhook_format: str,
+    canary: float,
+    two_person: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -168,6 +183,8 @@ def serve(
         halt_slo=halt_slo,
         webhook=webhook,
         webhook_format=webhook_format,
+        two_person=two_person,
+        canary=canary,
     )
     run_server(
         host,

@@ -5,7 +5,10 @@
     agents          the registry, identity rules for names, registration
     liveness        heartbeats, group commit, acknowledgements, time-to-halt
     authorizations  arm, disarm, expiry
-    executions      fire L1…LN with an origin (execute, deadman, later policy and drill)
+    executions      fire L1…LN with an origin (execute, deadman, later policy and drill), halts confirmed
+    evidence        the server's signed snapshot at execute, the agents' signed evidence
+    drills          audited invocations marked as drills (L1-L3), their schedule
+    breakglass      sealed single-use credentials that may only arm and execute, loudly audited
     directives      the active set indexed by scope, restore and lift
     state           signed state documents, catch-up from the store, push events
     deadman         the dead man's switch, gone agents, pruning
@@ -34,8 +37,11 @@ from ..levels import Role, Scope
 from ..store import Store
 from .agents import Agent, Registrations, Registry
 from .authorizations import Authorizations
+from .breakglass import BreakGlass
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
+from .drills import Canary, Drills
+from .evidence import EvidenceKeeper
 from .executions import Executions
 from .feed import OperatorFeed, kinds_of
 from .ledger import SYSTEM_ACTOR, Ledger
@@ -95,9 +101,13 @@ class ControlPlane:
         )
         self.liveness.fresh = lambda: not self.state.stale(self.settings.staleness)
         self.executions = Executions(store, self.ledger, self.registry, self.tokens, self.refusals, self.settings)
+        self.executions.level_of = lambda a: self._level_of(a.name, a.kind, a.frameworks, a.status)
+        self.evidence = EvidenceKeeper(store, self.registry, self.liveness, self.settings)
         self.authorizations = Authorizations(
             store, self.ledger, self.registry, self.tokens, self.executions, self.settings
         )
+        self.breakglass = BreakGlass(store, self.ledger, self.tokens)
+        self.drills = Drills(store, self.ledger, self.authorizations, self.executions)
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.policies = PolicyReports(self.ledger, self.liveness, self.executions)
         if self.settings.webhook:
@@ -121,6 +131,10 @@ class ControlPlane:
             lambda: self.authorizations.list("armed"),
             lambda: self.ledger.head,
         )
+        self.views.notices = self._notices
+        self._notice_cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self.self_url: str | None = None  # where this process serves (set by the server), for the canary
+        self.canary: Canary | None = None
         self.admin_token: str | None = None
 
     def _genesis(self) -> None:
@@ -313,6 +327,18 @@ class ControlPlane:
     def counts(self) -> dict[str, Any]:
         return self.views.counts()
 
+    def _notices(self) -> dict[str, Any]:
+        """What else ``m99 status`` shows: recent halts, drills, break-glass uses, the canary; read from
+        the store at most once a second, so a status poll costs no store work."""
+        at, cached = self._notice_cache
+        if time.time() - at > 1.0:
+            cached = {"drills": self.drills.status(), "breakglass_used": self.breakglass.pending()}
+            self._notice_cache = (time.time(), cached)
+        out = {**cached, "halts": self.executions.summary()}
+        if self.canary is not None:
+            out["canary"] = self.canary.status()
+        return out
+
     # -- audit --------------------------------------------------------------------------------------
     def audit_page(self, after: int, limit: int) -> list[dict[str, Any]]:
         with self.store.snapshot() as tx:
@@ -366,17 +392,31 @@ class ControlPlane:
     # nothing changed), so an agent registered on another replica a moment ago is in scope here too.
     def arm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         self.state.sync()
-        return self.authorizations.arm(who, body)
+        result = self.authorizations.arm(who, body)
+        if self.breakglass.holds(who):
+            self.breakglass.used(who, "arm", result)
+        return result
 
     def execute(self, who: Principal, auth_id: str, confirm: str | None = None) -> dict[str, Any]:
         self.state.sync()
-        return self.executions.execute(who, auth_id, confirm)
+        result = self.executions.execute(who, auth_id, confirm)
+        if self.breakglass.holds(who):
+            self.breakglass.used(who, "execute", result)
+        return result
+
+    def drill(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        self.state.sync()
+        return self.drills.start(who, body)
 
     def disarm(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         return self.authorizations.disarm(who, body)
 
     def restore(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         self.state.sync()
+        if self.settings.two_person:
+            pending = self.breakglass.second_person(who, body)
+            if pending is not None:
+                return pending
         return self.restores.lift(who, body, reversible=True)
 
     def lift(self, who: Principal, body: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class Background:
     def _upkeep(self) -> None:
         cp = self.cp
         cp.authorizations.expire_due()
+        cp.executions.check_slo()
         cp.deadman.gone()
         now = time.monotonic()
         if now - self._last_prune >= PRUNE_PERIOD:

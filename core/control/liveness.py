@@ -28,13 +28,19 @@ from .ledger import Ledger
 from .refusals import Refusals
 from .settings import Settings
 
-__all__ = ["HALT_ORIGINS", "Liveness"]
+__all__ = ["HALT_ORIGINS", "Liveness", "signed_ack"]
 
 log = logging.getLogger("m99.control")
 
 FLUSH_PERIOD = 0.1
 # The origins of directives whose acknowledgement is a confirmed halt.
 HALT_ORIGINS = ("execute", "deadman", "policy", "drill")
+
+
+def signed_ack(body: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of an acknowledgement: every field the agent signed, and its signature, so the
+    receipt in it can be checked against the agent's key by anyone, offline (``request_message``)."""
+    return {k: v for k, v in body.items() if k != "agent_id"}
 
 
 class Liveness:
@@ -245,7 +251,7 @@ class Liveness:
                         now,
                         applied,
                         ms,
-                        body.get("receipt") or {},
+                        signed_ack(body),
                     )
                     if unit.tx.insert_ack(ack):
                         confirmed.append(d.execution_id)
@@ -256,6 +262,11 @@ class Liveness:
             for listener in self.on_halted if halted else ():
                 unit.after(functools.partial(listener, halted))
         return results
+
+    def targets_of(self, execution_id: str) -> dict[str, str]:
+        """The registrations an execution put in scope (name -> agent id), cached."""
+        with self.store.snapshot() as tx:
+            return self._execution_targets(tx, execution_id)
 
     def _execution_targets(self, tx: Any, execution_id: str) -> dict[str, str]:
         with self._lock:

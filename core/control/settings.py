@@ -26,6 +26,8 @@ class Settings:
     retention: float = 7 * 86400.0  # stopped agents are forgotten after this long (0: never)
     gone_after: float = 0.0  # a silent agent is counted gone (stopped) after this (0: 4 dead man windows)
     halt_slo: float = 5.0  # seconds from execute to a confirmed halt
+    canary: float = 0.0  # seconds between pushes to the canary on the server's own push path (0: none)
+    two_person: bool = False  # the executing token's identity must differ from the arming one's
     body_timeout: float = 10.0  # seconds a request's declared body may take to arrive
     webhook: str = ""  # where policy notifications are POSTed, signed ("": no sink: logged as not delivered)
     webhook_format: str = "json"  # or "slack": a Slack-compatible {"text": ...} body

@@ -41,6 +41,8 @@ class Views:
         self.settings = settings
         self._armed = armed
         self._head = head
+        # What else status shows (recent halts, SLO breaches, drills, break-glass), set by the facade.
+        self.notices: Callable[[], dict[str, Any]] = dict
         # agent id -> (registry change, state version, level, JSON of the agent without liveness)
         self._agents: dict[str, tuple[int, int, int, bytes]] = {}
         self._directives: tuple[int, bytes] = (-1, b"[]")
@@ -138,6 +140,7 @@ class Views:
             "agents_stopped": sum(1 for a in self.registry.all() if a.status == "stopped"),
             "armed": armed,
             "audit_head": {"seq": seq, "hash": hash_},
+            **self.notices(),
             "settings": {
                 "heartbeat_interval": self.settings.heartbeat_interval,
                 "missed_heartbeats": self.settings.missed_heartbeats,
@@ -145,6 +148,7 @@ class Views:
                 "deadman_level": self.settings.deadman_level,
                 "enrol": self.settings.enrol,
                 "halt_slo": self.settings.halt_slo,
+                "two_person": self.settings.two_person,
             },
         }
         return _dumps(summary)[:-1] + b',"agents":' + agents + b',"directives":' + self.directives_json() + b"}"

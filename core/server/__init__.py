@@ -113,6 +113,7 @@ def serve(
         token = cp.ensure_admin_token()
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         bound = sock.getsockname()[1]
+        cp.self_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
         url = f"http://{shown}:{bound}"
         say(f"M99 control plane on {url}  (REST /api, dashboard /, API docs /docs)", {"event": "serving", "url": url})
         say(f"store: {cp.store.location}", {"event": "store", "store": str(cp.store.location)})
@@ -164,6 +165,7 @@ class EmbeddedControlPlane:
         self.url = f"http://{host}:{self.port}"
         try:
             self.control = build(self.data_dir, settings, store_url, key_file)
+            self.control.self_url = self.url
         except BaseException:
             self._sock.close()
             raise

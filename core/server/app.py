@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..control import ControlPlane
 from ..control.background import Background
+from ..control.drills import Canary
 from ..errors import M99Error, NotFound
 from ..store import StoreError
 from .errors import error_response, json_error, validation_response
@@ -194,6 +195,23 @@ def _docs_assets() -> Path | None:
     return path if path.is_dir() else None
 
 
+def start_canary(cp: ControlPlane, hub: PushHub) -> None:
+    """The canary on this server's own push path (``m99 serve --canary SECONDS``)."""
+    if not cp.settings.canary or not cp.self_url:
+        return
+    from ..crypto import VerifyKey
+    from ..protocol import sign_event
+
+    cp.canary = Canary(
+        cp.self_url,
+        VerifyKey(cp.key.public_bytes),
+        lambda event: sign_event(cp.key, event),
+        hub.publish,
+        cp.settings.canary,
+    )
+    cp.canary.start()
+
+
 def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> FastAPI:
     hub = PushHub()
     cp.state.subscribe(hub.publish)
@@ -211,9 +229,12 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
         background.start()
         gauges.start()
         tasks = [asyncio.create_task(hub.keep_alive()), asyncio.create_task(operators.ticks())]
+        start_canary(cp, hub)
         try:
             yield
         finally:
+            if cp.canary is not None:
+                cp.canary.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -269,6 +290,27 @@ def create_app(cp: ControlPlane, *, deadman_period: float | None = None) -> Fast
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
+
+    @app.get("/api/canary/events", include_in_schema=False)
+    async def canary_events(request: Request) -> Response:
+        """The canary's stream (its secret only): the server's own pushes to it, as agents get theirs."""
+        import hmac
+
+        canary = cp.canary
+        given = request.headers.get("x-m99-canary", "")
+        if canary is None or not hmac.compare_digest(given.encode(), canary.secret.encode()):
+            raise NotFound("no such stream")
+        queue = hub.add(Canary.NAME)
+
+        async def frames() -> AsyncIterator[bytes]:
+            try:
+                yield b": canary\n\n"
+                while (frame := await queue.get()) is not None:
+                    yield frame
+            finally:
+                hub.remove(Canary.NAME, queue)
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
 
     app.include_router(agent_router(cp, hub, counters))
     app.include_router(operator_router(cp, operators))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -203,6 +204,21 @@ class Metrics(Collector):
         yield GaugeMetricFamily(
             "m99_uptime_seconds", "Seconds since this control plane started.", value=time.time() - cp.started_at
         )
+        canary = cp.canary.status() if cp.canary is not None else None  # m99 serve --canary SECONDS
+        if canary is not None:
+            yield GaugeMetricFamily(
+                "m99_canary_ok", "1 while the canary's last push arrived in time.", value=canary["ok"]
+            )
+            yield CounterMetricFamily("m99_canary_pushes", "Pushes to the canary.", value=canary["pushes"])
+            yield CounterMetricFamily(
+                "m99_canary_failures", "Canary pushes not received in time.", value=canary["failures"]
+            )
+            last = canary["last_push_ms"]
+            yield GaugeMetricFamily(
+                "m99_canary_last_push_ms",
+                "The last canary push's delivery time.",
+                value=math.nan if last is None else last,
+            )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

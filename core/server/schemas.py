@@ -89,10 +89,27 @@ class PolicyReportIn(SignedIn):
     evidence: dict[str, Any] | None = None  # the Guard's snapshot at a save_state stop (bounded server-side)
 
 
+class ReceiptIn(Strict):
+    """The positive checks an agent ran after applying a change (``m99.effects.receipt``)."""
+
+    level: int = Field(ge=0, le=6)
+    checked_at: Timestamp
+    tools_refused: bool | None = None
+    connections_refused: bool | None = None
+    connections_open: Int63 | None = None
+    messages_withheld: bool | None = None
+    credentials_protected: Int63 | None = None
+    credentials_revoked: Int63 | None = None
+    credential_fingerprints: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=16)
+    process_exit: str | None = Field(default=None, max_length=40)
+    grace_seconds: float | None = Field(default=None, ge=0, le=1e6)
+    failures: list[Annotated[str, Field(max_length=300)]] = Field(default_factory=list, max_length=8)
+
+
 class AckIn(SignedIn):
     version: Int63
     applied_at: Timestamp
-    receipt: dict[str, Any] | None = None
+    receipt: ReceiptIn | None = None
 
 
 class AgentAckIn(AckIn):
@@ -103,6 +120,23 @@ class AckBatchIn(Strict):
     acks: list[AgentAckIn] = Field(min_length=1, max_length=MAX_ACKS)
 
 
+MAX_EVIDENCE = 64  # documents per request (the 64 KiB body limit bounds them first)
+
+
+class EvidenceItemIn(Strict):
+    """One agent's evidence, signed like its other requests (kind ``evidence``, no sequence number);
+    what the document says is checked by the control plane."""
+
+    agent_id: str = Field(min_length=1, max_length=100)
+    ts: Timestamp
+    evidence: dict[str, Any]
+    signature: Signature
+
+
+class EvidenceIn(Strict):
+    items: list[EvidenceItemIn] = Field(min_length=1, max_length=MAX_EVIDENCE)
+
+
 class ArmIn(Strict):
     by: str = Field(min_length=1, max_length=320)
     reason: str = Field(min_length=1, max_length=2000)
@@ -110,6 +144,27 @@ class ArmIn(Strict):
     scope: str = Field(default="global", min_length=1, max_length=200)
     window: float = Field(default=300.0, ge=0, le=1e9)
     allow_empty: bool = False
+
+
+class DrillIn(Strict):
+    scope: str = Field(min_length=1, max_length=200)
+    level: int = Field(default=3, ge=1, le=6)  # above 3 refused with its reason by the control plane
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(default="scheduled drill", min_length=1, max_length=2000)
+
+
+class DrillScheduleIn(Strict):
+    every_seconds: float = Field(ge=0, le=366 * 86400)
+    by: str = Field(min_length=1, max_length=320)
+
+
+class BreakGlassIn(Strict):
+    by: str = Field(min_length=1, max_length=320)
+
+
+class BreakGlassAckIn(Strict):
+    token_id: str = Field(min_length=1, max_length=100)
+    by: str = Field(min_length=1, max_length=320)
 
 
 class ExecuteIn(Strict):

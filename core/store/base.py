@@ -44,6 +44,7 @@ from .records import (
     AuthorizationRecord,
     CredentialRecord,
     DirectiveRecord,
+    EvidenceRecord,
     ExecutionRecord,
     TokenRecord,
 )
@@ -225,6 +226,13 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def list_acks(self, execution_id: str) -> list[AckRecord]: ...
+
+    @abc.abstractmethod
+    def insert_evidence(self, evidence: EvidenceRecord) -> bool:
+        """Keep a signed snapshot; False if this signer's one for the execution is kept already."""
+
+    @abc.abstractmethod
+    def list_evidence(self, execution_id: str) -> list[EvidenceRecord]: ...
 
     # -- directives ---------------------------------------------------------------------------------
     @abc.abstractmethod

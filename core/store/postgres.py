@@ -24,14 +24,23 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("m99.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "m99_changes"
 _MIGRATION_LOCK = 990_001  # pg_advisory_xact_lock key: one replica migrates at a time
+_EVIDENCE_TABLE = """CREATE TABLE evidence (
+    execution_id TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, document TEXT NOT NULL, PRIMARY KEY (execution_id, kind, agent)
+);
+"""
 PG_TABLES = TABLES.format(int="BIGINT", real="DOUBLE PRECISION", blob="BYTEA")
+assert _EVIDENCE_TABLE in PG_TABLES, "the evidence table's migration must be the table as sql.py makes it"
+# MIGRATIONS[n] brings a database at schema version n to n + 1.
 MIGRATIONS = [
-    PG_TABLES,
-    # 2: the policy (KILLSWITCH.md content hash) each agent runs under; a no-op on tables made at 2
+    PG_TABLES.replace(_EVIDENCE_TABLE, ""),
+    # 1 -> 2: the policy (KILLSWITCH.md content hash) each agent runs under
     "ALTER TABLE agents ADD COLUMN IF NOT EXISTS policy TEXT NOT NULL DEFAULT '';",
+    # 2 -> 3: evidence snapshots
+    _EVIDENCE_TABLE.replace("CREATE TABLE evidence", "CREATE TABLE IF NOT EXISTS evidence"),
 ]
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "AuthorizationRecord",
     "CredentialRecord",
     "DirectiveRecord",
+    "EvidenceRecord",
     "ExecutionRecord",
     "TokenRecord",
 ]
@@ -138,6 +139,19 @@ class AckRecord:
     applied_at: float  # agent clock, when it enforced the change (checked against the skew)
     time_to_halt_ms: float
     receipt: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EvidenceRecord:
+    """A signed snapshot kept for an execution: the control plane's own (``kind`` "server", agent "")
+    or an agent's (``kind`` "agent"), as the signer sent it (``document``: canonical JSON)."""
+
+    execution_id: str
+    kind: str  # "server" | "agent"
+    agent: str
+    agent_id: str
+    received_at: float
+    document: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

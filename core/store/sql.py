@@ -23,6 +23,7 @@ from .records import (
     AuthorizationRecord,
     CredentialRecord,
     DirectiveRecord,
+    EvidenceRecord,
     ExecutionRecord,
     TokenRecord,
 )
@@ -30,7 +31,17 @@ from .records import (
 R = TypeVar("R")
 
 # Columns holding JSON, and which of them are lists (tuples in the records).
-_JSON = {"frameworks", "read_only_tools", "metadata", "grants", "agents", "levels_fired", "targets", "receipt"}
+_JSON = {
+    "frameworks",
+    "read_only_tools",
+    "metadata",
+    "grants",
+    "agents",
+    "levels_fired",
+    "targets",
+    "receipt",
+    "document",
+}
 _TUPLES = {"frameworks", "read_only_tools", "agents", "levels_fired"}
 _BOOLS = {"active"}
 _CHUNK = 500  # names per IN (...) list
@@ -320,6 +331,14 @@ class SqlTx(Tx):
     def list_acks(self, execution_id: str) -> list[AckRecord]:
         return self._select(AckRecord, "WHERE execution_id = ? ORDER BY acked_at", (execution_id,), "halt_acks")
 
+    def insert_evidence(self, evidence: EvidenceRecord) -> bool:
+        cur = self._insert("evidence", evidence, " ON CONFLICT (execution_id, kind, agent) DO NOTHING")
+        return bool(cur.rowcount)
+
+    def list_evidence(self, execution_id: str) -> list[EvidenceRecord]:
+        where = "WHERE execution_id = ? ORDER BY kind DESC, agent"
+        return self._select(EvidenceRecord, where, (execution_id,), "evidence")
+
     # -- directives ---------------------------------------------------------------------------------
     def insert_directive(self, directive: DirectiveRecord) -> None:
         self._insert("directives", directive)
@@ -433,6 +452,10 @@ CREATE TABLE halt_acks (
     execution_id TEXT NOT NULL, agent TEXT NOT NULL, version {int} NOT NULL, acked_at {real} NOT NULL,
     time_to_halt_ms {real} NOT NULL, agent_id TEXT NOT NULL DEFAULT '', applied_at {real} NOT NULL DEFAULT 0,
     receipt TEXT NOT NULL DEFAULT '{{}}', PRIMARY KEY (execution_id, agent)
+);
+CREATE TABLE evidence (
+    execution_id TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
+    received_at {real} NOT NULL, document TEXT NOT NULL, PRIMARY KEY (execution_id, kind, agent)
 );
 CREATE TABLE directives (
     id TEXT PRIMARY KEY, execution_id TEXT NOT NULL, level {int} NOT NULL, scope TEXT NOT NULL,

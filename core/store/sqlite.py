@@ -22,13 +22,11 @@ from .sql import SQLITE, TABLES, SqlTx, statements
 
 __all__ = ["SQLiteStore", "verify_sqlite"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-# The first released schema, for databases made before version 2, and how to bring them forward.
+# How to bring a database of each earlier schema version forward (1: the first released one; 2: before
+# agents' policies were recorded; 3: before evidence was kept).
 UPGRADES: dict[int, str] = {
-    2: """
-    ALTER TABLE agents ADD COLUMN policy TEXT NOT NULL DEFAULT '';
-    """,
     1: """
     ALTER TABLE agents ADD COLUMN frameworks TEXT NOT NULL DEFAULT '["custom"]';
     UPDATE agents SET frameworks = json_array(
@@ -56,6 +54,15 @@ UPGRADES: dict[int, str] = {
     CREATE TABLE forgotten_agents (name TEXT PRIMARY KEY, changed INTEGER NOT NULL);
     INSERT OR IGNORE INTO meta (key, value) VALUES ('registry_seq', '0');
     INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_lock', '0');
+    """,
+    2: """
+    ALTER TABLE agents ADD COLUMN policy TEXT NOT NULL DEFAULT '';
+    """,
+    3: """
+    CREATE TABLE IF NOT EXISTS evidence (
+        execution_id TEXT NOT NULL, kind TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
+        received_at REAL NOT NULL, document TEXT NOT NULL, PRIMARY KEY (execution_id, kind, agent)
+    );
     """,
 }
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...control import ControlPlane, Principal
-from ..schemas import AckBatchIn, AckIn, HeartbeatIn, PolicyReportIn, RegisterIn, SignedIn, Timestamp
+from ..schemas import AckBatchIn, AckIn, EvidenceIn, HeartbeatIn, PolicyReportIn, RegisterIn, SignedIn, Timestamp
 from ..stream import EventStream, PushHub
 from .operators import bearer, source_of
 
@@ -92,6 +92,13 @@ def agent_router(cp: ControlPlane, hub: PushHub, counters: dict[str, int]) -> AP
         result = await run_in_threadpool(cp.acknowledge_batch, signed["acks"], source_of(request))
         counters["acks"] += sum(1 for r in result["results"] if r["ok"])
         return JSONResponse(result)
+
+    @router.post("/evidence")
+    async def evidence(body: EvidenceIn, request: Request) -> JSONResponse:
+        """Agents' signed evidence, taken before their kill and sent after it (each ``{agent_id, ts,
+        evidence, signature}``); the answer lists, per document, the executions it was kept for."""
+        signed = await raw_json(request)
+        return JSONResponse(await run_in_threadpool(cp.evidence.accept, signed["items"], source_of(request)))
 
     @router.get("/agents/{agent_id}/state")
     def agent_state(agent_id: str) -> JSONResponse:

@@ -17,7 +17,18 @@ from ...control import ControlPlane, Principal
 from ...errors import RateLimited
 from ...levels import Role
 from ...protocol import MAX_INT
-from ..schemas import ArmIn, DisarmIn, ExecuteIn, ForgetIn, ScopeActIn, TokenIn
+from ..schemas import (
+    ArmIn,
+    BreakGlassAckIn,
+    BreakGlassIn,
+    DisarmIn,
+    DrillIn,
+    DrillScheduleIn,
+    ExecuteIn,
+    ForgetIn,
+    ScopeActIn,
+    TokenIn,
+)
 from ..stream import OperatorHub, OperatorStream
 
 __all__ = ["operator_router", "principal_dependency"]
@@ -38,6 +49,7 @@ def principal_dependency(cp: ControlPlane) -> Any:
         who = cp.tokens.authenticate(bearer(authorization), source_of(request))
         # An enrolment (agent-role) token registers agents and does nothing else.
         cp.tokens.require(who, Role.VIEWER, f"{request.method} {request.url.path}")
+        cp.breakglass.gate(who, request.method, request.url.path)
         return who
 
     return principal
@@ -73,6 +85,29 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     def execute(body: ExecuteIn, who: Who) -> JSONResponse:
         return JSONResponse(cp.execute(who, body.authorization_id, body.confirm))
 
+    @router.post("/drill")
+    def drill(body: DrillIn, who: Who) -> JSONResponse:
+        """A drill: arm and execute on ``scope`` at L1-L3, audited as a real invocation with origin
+        ``drill`` (``m99 drill`` then measures, restores and fetches the case pack)."""
+        return JSONResponse(cp.drill(who, body.model_dump()))
+
+    @router.get("/drills")
+    def drills(who: Who) -> JSONResponse:
+        return JSONResponse(cp.drills.status())
+
+    @router.post("/drills/schedule")
+    def drill_schedule(body: DrillScheduleIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.drills.schedule(who, body.every_seconds, body.by))
+
+    @router.post("/breakglass")
+    def breakglass_create(body: BreakGlassIn, who: Who) -> JSONResponse:
+        """A sealed, single-use credential that may only arm and execute a kill (shown once)."""
+        return JSONResponse(cp.breakglass.create(who, body.by))
+
+    @router.post("/breakglass/ack")
+    def breakglass_ack(body: BreakGlassAckIn, who: Who) -> JSONResponse:
+        return JSONResponse(cp.breakglass.acknowledge(who, body.token_id, body.by))
+
     @router.post("/disarm")
     def disarm(who: Who, body: DisarmIn | None = None) -> JSONResponse:
         return JSONResponse(cp.disarm(who, (body or DisarmIn()).model_dump()))
@@ -100,6 +135,23 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     @router.get("/executions/{execution_id}")
     def execution(execution_id: str, who: Who) -> JSONResponse:
         return JSONResponse(cp.executions.get(execution_id))
+
+    @router.get("/executions/{execution_id}/evidence")
+    def execution_evidence(execution_id: str, who: Who) -> JSONResponse:
+        """The signed snapshots kept for an execution: the control plane's at execute, and each agent's
+        taken before its kill (signed with its registered key)."""
+        return JSONResponse(cp.evidence.list(execution_id))
+
+    @router.get(
+        "/executions/{execution_id}/casepack",
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}, "description": "the case pack (a zip)"}},
+    )
+    def execution_casepack(execution_id: str, who: Who) -> Response:
+        """The execution's case pack: one signed zip that ``m99 casepack verify`` checks offline."""
+        data = cp.evidence.casepack(execution_id, cp.key, cp.executions.view)
+        headers = {"Content-Disposition": f'attachment; filename="{execution_id}.casepack.zip"'}
+        return Response(data, media_type="application/zip", headers=headers)
 
     @router.get("/agents")
     def agents(who: Who, all: bool = False) -> Response:
