@@ -16,7 +16,7 @@ from .servers import ServeProcess
 
 
 def test_two_person_rule_refuses_the_arming_identity_and_audits_it(tmp_path: Path) -> None:
-    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(two_person=True)).start() as cp:
+    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(two_person=True)) as cp:
         first = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {cp.token}"})
         minted = first.post("/api/tokens", json={"name": "second-officer", "role": "fleet"}).json()
         second = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {minted['token']}"})
@@ -84,7 +84,7 @@ def test_break_glass_arms_and_executes_once_is_audited_and_shown_until_acknowled
 
 
 def test_two_person_rule_makes_a_restore_two_phase(tmp_path: Path) -> None:
-    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(two_person=True)).start() as cp:
+    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(two_person=True)) as cp:
         first = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {cp.token}"})
         minted = first.post("/api/tokens", json={"name": "second-officer", "role": "fleet"}).json()
         second = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {minted['token']}"})

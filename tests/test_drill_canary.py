@@ -35,7 +35,7 @@ def test_the_canary_is_pushed_to_and_reported(tmp_path: Path) -> None:
 
 
 def test_a_broken_push_path_is_reported(tmp_path: Path) -> None:
-    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(canary=0.2)).start() as cp:
+    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(canary=0.2)) as cp:
         canary = cp.control.canary
         assert canary is not None
         deadline = time.monotonic() + 10

@@ -64,7 +64,7 @@ def halted(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Two agents in this process (two frameworks), one in another process frozen with SIGSTOP before
     the kill, an L3 execution over all three."""
     os.environ["M99_TEST_ENV_SECRET"] = ENV_SECRET
-    with EmbeddedControlPlane(tmp_path / "cp").start() as cp:
+    with EmbeddedControlPlane(tmp_path / "cp") as cp:
         admin = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {cp.token}"})
         guards = [Guard("lc-agent", framework="langchain"), Guard("crew-agent", framework="crewai")]
         for guard in guards:

@@ -19,7 +19,7 @@ from .receipts import halted
 
 
 def test_an_agent_not_confirmed_within_the_slo_is_audited_once_and_shown(tmp_path: Path) -> None:
-    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(halt_slo=0.3)).start() as cp:
+    with EmbeddedControlPlane(tmp_path / "cp", settings=Settings(halt_slo=0.3)) as cp:
         admin = httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {cp.token}"})
         quick, mute = ControlLink(cp.url), ControlLink(cp.url)
         quick.register("quick", "worker")

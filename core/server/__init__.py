@@ -180,6 +180,9 @@ class EmbeddedControlPlane:
         return self.control.key.public_b64
 
     def start(self) -> EmbeddedControlPlane:
+        """Serve on a thread (once: started already, it is returned as it is)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
         import uvicorn
 
         self._server = uvicorn.Server(_uvicorn_config(self.control, "error"))
