@@ -27,6 +27,7 @@ STEPS = (
     "agents working",
     "scoped kill (framework:langchain)",
     "fleet kill (global)",
+    "case pack written and verified",
     "restore, agents resume",
     "policy: stopped by its own budget",
     "audit chain verified",

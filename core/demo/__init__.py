@@ -131,7 +131,15 @@ def run_demo(*, plain: bool = False, log: str | None = None, pause: float = 0.25
             view.note(f"control plane at {cp.url} (embedded, temporary data directory)")
             env = _agent_env(work_dir, cp.server_key, embedded=True)
             with OperatorClient(cp.url, cp.token) as operator, _agents(cp.url, log_file, env, pause) as agents:
-                demo = Demo(operator, agents, view, url=cp.url, env={**env, "M99_TOKEN": cp.token}, log=log_file)
+                demo = Demo(
+                    operator,
+                    agents,
+                    view,
+                    url=cp.url,
+                    env={**env, "M99_TOKEN": cp.token},
+                    log=log_file,
+                    server_key=cp.server_key,
+                )
                 view.start(agents)
                 try:
                     for step in STEPS:

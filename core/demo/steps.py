@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .agents import AgentProcess
@@ -24,6 +26,7 @@ OPERATOR = "operator@example.com"
 ACK_TIMEOUT = 15.0  # seconds each agent in scope has to confirm its halt
 START_TIMEOUT = 90.0  # seconds the agents have to import their framework, register and make 3 tool calls
 RESUME_TIMEOUT = 30.0
+EVIDENCE_TIMEOUT = 5.0  # seconds the agents' evidence uploads have to arrive before the case pack is made
 HALT_TIMEOUT = 15.0  # seconds a halted agent's framework has to end its run
 
 
@@ -50,6 +53,8 @@ class Demo:
     url: str = ""  # the control plane the agents use
     env: dict[str, str] = field(default_factory=dict)  # the agents' environment (with the operator's token)
     log: Any = None  # the demo's log file (binary), where agents' output goes
+    server_key: str = ""  # the control plane's public key, to verify its case packs against
+    executions: dict[str, str] = field(default_factory=dict)  # step -> its execution id
 
     def agent(self, name: str) -> AgentProcess:
         return next(a for a in self.agents if a.name == name)
@@ -70,6 +75,7 @@ class Demo:
             f"{', '.join(done['levels_fired'])} on {scope}, {len(done['agents'])} in scope"
         )
         execution_id = done["execution_id"]
+        self.executions[step] = execution_id
         record: dict[str, Any] = {}
 
         def confirmed() -> bool:
@@ -190,6 +196,51 @@ def audit_verified(demo: Demo) -> str:
     return f"{result['entries']} entries, hash chain and signed checkpoints valid"
 
 
+def case_pack(demo: Demo) -> str:
+    """The fleet kill's case pack, as ``m99 casepack get`` writes it, verified offline against the server's
+    key as ``m99 casepack verify`` does: every signature, hash and audit link, every agent confirmed."""
+    from ..evidence.casepack import CasePackInvalid, verify
+
+    execution_id = demo.executions.get("fleet kill")
+    if execution_id is None:
+        raise StepFailed("no fleet kill to pack")
+    # Each agent the kill froze signs its evidence (its side-effect ledger) after its acknowledgement: wait
+    # for them.  One held already (by the scoped kill) snapshotted then, in that execution's evidence.
+    held_before = set(demo.halts.get("scoped kill", {}))
+    frozen = len(demo.agents) - len(held_before)
+
+    def snapshots() -> bool:
+        kept: list[dict[str, Any]] = demo.operator.evidence(execution_id)
+        return sum(1 for e in kept if e.get("kind") == "agent") >= frozen
+
+    try:
+        wait_for("every agent's evidence", snapshots, EVIDENCE_TIMEOUT, every=0.1)
+    except StepFailed:
+        pass  # packed without it; the report below says how many arrived
+    data = demo.operator.casepack(execution_id)
+    path = Path(tempfile.gettempdir()) / f"m99-demo-{execution_id}.zip"
+    path.write_bytes(data)
+    demo.view.note(f"$ m99 casepack get {execution_id} -o {path}   -> {len(data):,} bytes")
+    try:
+        report = verify(path.read_bytes(), public_key=demo.server_key or None)
+    except CasePackInvalid as exc:
+        raise StepFailed(f"{path} does not verify: {exc}") from None
+    slowest = report.slowest_ms
+    demo.view.note(
+        f"$ m99 casepack verify {path}   -> valid: {len(report.confirmed)} of {report.in_scope} confirmed, "
+        f"slowest {slowest:.1f} ms, {report.audit_entries} audit entries"
+    )
+    if report.not_confirmed:
+        raise StepFailed(f"the case pack shows agents NOT confirmed: {', '.join(report.not_confirmed)}")
+    if len(report.evidence) < frozen:
+        raise StepFailed(f"the case pack holds {len(report.evidence)} agents' evidence of {frozen}")
+    return (
+        f"{path.name}: signatures, hashes and audit slice valid offline; {len(report.confirmed)} of "
+        f"{report.in_scope} confirmed; evidence of the {len(report.evidence)} agents it froze"
+        + (f" ({', '.join(sorted(held_before))} held already)" if held_before else "")
+    )
+
+
 POLICY_AGENT = "policy-researcher"
 POLICY_TIMEOUT = 120.0  # seconds the policy example has to import LangChain, overspend and be stopped
 
@@ -232,6 +283,7 @@ STEPS: list[Step] = [
     Step("agents working", agents_working),
     Step("scoped kill (framework:langchain)", scoped_kill),
     Step("fleet kill (global)", fleet_kill),
+    Step("case pack written and verified", case_pack),
     Step("restore, agents resume", restore),
     Step("policy: stopped by its own budget", policy_budget),
     Step("audit chain verified", audit_verified),
