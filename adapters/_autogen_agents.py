@@ -100,7 +100,7 @@ def _tool_seam(state: Installation) -> Wrapper:
             if clean is not call:
                 kwargs = {**kwargs, "tool_call": clean}
             done, result = await previous(**kwargs)
-            record_tool(guards, name, ok=not result.is_error)
+            record_tool(guards, name, ok=not result.is_error, result=result.content)
             if not redacting(guards):  # asked again: the level may have risen while the tool ran
                 return done, result
             try:

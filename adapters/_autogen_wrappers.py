@@ -102,7 +102,7 @@ class GuardedWorkbench(Workbench):
             return _error_result(name, f"M99: tool {name!r} refused: the M99 gate failed ({exc!r}); failing closed")
         result = await self.inner.call_tool(name, clean, cancellation_token, call_id)
         if adapter.current is None:  # with install() the agent-level seam reports the call
-            record_tool(guards, name, ok=not result.is_error)
+            record_tool(guards, name, ok=not result.is_error, result=result.result)
         if not redacting(guards):  # asked again: the level may have risen while the tool ran
             return result
         parts = [_redact_part(guards, part) for part in result.result]

@@ -6,6 +6,7 @@ Enforcement helpers fail closed (a broken Guard check refuses); observation help
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import weakref
@@ -211,6 +212,37 @@ def check_tool(guards: Iterable[Guard], tool: str, args: Any = None) -> None:
     if _streak.active:  # usually no streak at all: skip the per-Guard weakref lookups
         for guard in guards:
             _streak.allowed(guard)
+    note_started(guards, tool, args)
+
+
+# The tool call admitted last in this context (thread or asyncio task), for the side-effect ledger
+# (``m99.effects``): ``check_tool`` notes its start and arguments, ``record_tool`` its end, so the
+# evidence of a kill lists what each call was asked to do and which calls were in flight.  Concurrent
+# calls run in tasks of their own, each with its own context.
+_CALL: contextvars.ContextVar[tuple[Guard, str, int] | None] = contextvars.ContextVar("m99_tool_call", default=None)
+
+
+def note_started(guards: Iterable[Guard], tool: str, args: Any) -> None:
+    """``tool``'s call admitted in this context, with ``args``, for the side-effect ledger (never raises)."""
+    try:
+        guard = next(iter(guards), None)
+        if guard is None:
+            return
+        previous = _CALL.get()
+        if previous is not None:  # the call before ended unseen (it raised past its adapter): it ended
+            previous[0].effects.finished(previous[2], previous[1], ok=False)
+        _CALL.set((guard, tool, guard.effects.started(tool, args)))
+    except Exception:
+        logger.exception("m99: could not note a tool call's start")
+
+
+def _ended(guard: Guard, tool: str) -> int | None:
+    """The ledger handle of ``tool``'s call admitted in this context, if that is the one ending."""
+    current = _CALL.get()
+    if current is None or current[0] is not guard or current[1] != tool:
+        return None
+    _CALL.set(None)
+    return current[2]
 
 
 def idle(guards: Guards) -> bool:
@@ -315,11 +347,11 @@ def redact(guards: Iterable[Guard], value: Any) -> Any:
 # -- observation: never raises ----------------------------------------------------------------------------
 
 
-def record_tool(guards: Guards, tool: str, *, ok: bool) -> None:
+def record_tool(guards: Guards, tool: str, *, ok: bool, result: Any = None) -> None:
     if not guards:
         return
     try:
-        guards[0].record_tool_call(tool, ok=ok)
+        guards[0].record_tool_call(tool, ok=ok, handle=_ended(guards[0], tool), result=result)
         if len(guards) > 1:  # an agent's own Guard: the process's policy counts the call too
             gate = _outer_policy(guards)
             if gate is not None:

@@ -45,6 +45,7 @@ from ._common import (
     governing,
     idle,
     model_limits,
+    note_started,
     note_task,
     observing,
     record_model,
@@ -110,6 +111,7 @@ def _before_tool_call(state: _CrewInstall, ctx: ToolCallHookContext) -> None:
     try:
         guards = governing(state.resolve, _role(agent), tool=tool)
         if idle(guards) and "coworker" not in ctx.tool_input:
+            note_started(guards, tool, ctx.tool_input)  # for the side-effect ledger
             return None  # the usual case, and the cheapest (a coworker may have a Guard of its own)
         check_tool(guards, tool, ctx.tool_input)
         # Without a coworker named and with messages allowed, the check cannot refuse: skip the
@@ -165,7 +167,7 @@ def _after_tool_call(state: _CrewInstall, ctx: ToolCallHookContext) -> str | Non
         return None
     raw = ctx.raw_tool_result
     failed = isinstance(raw, str) and raw.startswith(("Error executing tool", "Tool execution blocked"))
-    record_tool(guards, str(ctx.tool_name), ok=not failed)
+    record_tool(guards, str(ctx.tool_name), ok=not failed, result=raw)
     if not redacting(guards):
         return None
     result = ctx.tool_result

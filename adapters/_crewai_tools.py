@@ -53,7 +53,7 @@ class GuardedTool(BaseTool):
 
     def _done(self, guards: Guards, result: Any) -> Any:
         if adapter.current is None:  # with install() the after-tool hook reports the call
-            record_tool(guards, self.name, ok=True)
+            record_tool(guards, self.name, ok=True, result=result)
         # Asked again: the level may have risen while the tool ran.
         return redact(guards, result) if redacting(guards) else result
 

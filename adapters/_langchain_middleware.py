@@ -96,7 +96,7 @@ class M99Middleware(AgentMiddleware):
     ) -> ToolMessage | Command[Any]:
         if not _usage_reported(config):
             ok = not (isinstance(result, ToolMessage) and result.status == "error")
-            record_tool(guards, tool, ok=ok)
+            record_tool(guards, tool, ok=ok, result=getattr(result, "content", None))
         # Asked again after the tool ran: the level may have risen meanwhile.
         if isinstance(result, ToolMessage) and redacting(guards):
             content = redact(guards, result.content)

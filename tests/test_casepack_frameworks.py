@@ -44,6 +44,16 @@ def test_a_case_pack_of_agents_in_two_frameworks_and_processes_verifies(serve: S
             evidence = api.get(f"/api/executions/{execution_id}/evidence").json()
             frameworks = {e["agent"]: e["signed"]["evidence"]["snapshot"]["frameworks"] for e in evidence if e["agent"]}
             assert frameworks == {"lc-life": ["langchain"], "crew-life": ["crewai"]}
+            # The side-effect ledger the adapters fed: each tool call that ran, with what it was asked
+            # (its arguments, redacted) and when it started and ended.
+            for e in evidence:
+                if not e["agent"]:
+                    continue
+                completed = e["signed"]["evidence"]["side_effects"]["completed"]
+                assert completed, e["agent"]
+                for call in completed:
+                    assert call["tool"] and call["arguments"], (e["agent"], call)
+                    assert call["started_at"] is not None and call["started_at"] <= call["ended_at"], call
         out = tmp_path / "pack.zip"
         got = serve.cli("casepack", "get", execution_id, "-o", str(out))
         assert got.returncode == 0, got.stdout + got.stderr
