@@ -256,3 +256,72 @@ def test_a_postgresql_restart_is_ridden_out_and_a_long_outage_fails_closed(tmp_p
             made.stop()
     finally:
         pg.remove()
+
+
+def test_an_slo_breach_is_audited_once_across_replicas(tmp_path: Path) -> None:
+    """Every replica judges executions against the time-to-halt SLO; a breach is audited once."""
+    with fresh_database() as dsn:
+        made = Cluster(tmp_path, dsn, "--halt-slo", "0.2")
+        try:
+            for _ in range(3):
+                made.add()
+            ControlLink(made.replicas[0].url).register("never-acks", "worker")  # registered, then mute
+            with made.api(made.replicas[1]) as api:
+                kill(api, "agent:never-acks")
+
+                def breaches() -> int:
+                    entries = api.get("/api/audit", params={"limit": 1000}).json()
+                    return sum(e["kind"] == "execution.slo_breach" for e in entries)
+
+                wait_for(lambda: breaches() >= 1, timeout=20)
+                time.sleep(3)  # several upkeep rounds on every replica
+                assert breaches() == 1
+        finally:
+            made.stop()
+
+
+def test_replicas_judging_the_slo_at_the_same_moment_audit_a_breach_once(tmp_path: Path) -> None:
+    """The race itself: several control planes on one database judge the same breached execution at
+    the same moment; exactly one audits it."""
+    from m99.control import ControlPlane, Settings
+    from m99.levels import Level, Scope
+    from m99.store import open_store
+
+    with fresh_database() as dsn:
+        key = tmp_path / "server.key"
+        SigningKey.generate().save(key)
+        planes = [
+            ControlPlane(open_store(dsn), tmp_path / f"r{i}", Settings(halt_slo=0.05), key_file=key) for i in range(6)
+        ]
+        try:
+            first = planes[0]
+            first.register(ControlLink("http://127.0.0.1:9").registration_body("mute-agent", "worker"))
+            with first.ledger.unit() as unit:
+                first.executions.fire(
+                    unit,
+                    origin="execute",
+                    level=Level(3),
+                    scope=Scope.parse("agent:mute-agent"),
+                    by="ops@example.com",
+                    reason="never acknowledged",
+                    actor={"kind": "test"},
+                    token_name="test",
+                    auth_id=None,
+                )
+            time.sleep(0.2)  # past the SLO: the agent never acknowledged
+            barrier = threading.Barrier(len(planes))
+            found: list[list[str]] = []
+
+            def judge(plane: ControlPlane) -> None:
+                barrier.wait()
+                found.append(plane.executions.check_slo())
+
+            threads = [threading.Thread(target=judge, args=(p,)) for p in planes]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert sorted(len(f) for f in found) == [0] * (len(planes) - 1) + [1], found
+        finally:
+            for plane in planes:
+                plane.close()

@@ -357,7 +357,10 @@ class Executions:
                 return []
         with self.ledger.unit() as unit:
             tx = unit.tx
-            mark = float(tx.get_meta("slo_checked_until") or 0)  # again, in the write: judged once
+            # Again, in the write and under the audit chain's lock: replicas judging at once take turns,
+            # and the second reads the first one's mark: judged once.
+            tx.audit_head(lock=True)
+            mark = float(tx.get_meta("slo_checked_until") or 0)
             for row in tx.list_executions(200):
                 if not mark < row.started_at <= due_before or not row.agents:
                     continue
