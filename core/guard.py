@@ -19,6 +19,12 @@ What each level does here (cumulative: rising to N applies L1..LN in order, fall
 
 A lost lease freezes like L3 (tools, models and ``check_status`` refused, messages withheld) without
 touching credentials or the network, unless ``fail_open``; restoring the lease returns to the level.
+
+What the Guard records beside its levels (L1's credentials, usage, the evidence snapshot) lives in
+``m99.records_guard``; the redaction registry in ``m99.redaction``; the terminator in
+``m99.termination``.  The level machine itself stays whole here, a little over 500 lines: the gates the
+per-call checks read are all written by ``apply_state`` / the lease methods under one lock, and that
+invariant is easier to keep in one file than across several.
 """
 
 from __future__ import annotations
@@ -26,24 +32,24 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 from . import network
-from .credentials import _MISSING, CredentialSet
+from .credentials import CredentialSet
 from .effects import Capture, EffectLedger, capture
 from .errors import ConfigError, LeaseExpired, M99KillSwitchTriggered, ModelCallRefused, ToolCallRefused
 from .levels import Level
 from .network import ConnectionRefusedByM99
 from .protocol import DEFAULT_FRAMEWORK, NAME_RULE, clean_frameworks, valid_name
+from .records_guard import TASK_LIMIT, GuardRecords
+from .redaction import any_redacting, set_redacting, unwatch_redacting, watch_redacting
+from .termination import terminate_process
 
 __all__ = [
     "ChangeCallback",
@@ -60,66 +66,10 @@ logger = logging.getLogger("m99.guard")
 
 ChangeCallback = Callable[["Guard", int, int], object]
 
-_TASK_LIMIT = 2000  # characters of the current task kept for evidence
-_FOLD_AT = 256  # noted calls kept before they are folded into the usage counters
 _now = time.time
 
 # The Guard governing the running context: adapters read it, and so does the L2 network hook.
 current_guard: ContextVar[Guard | None] = ContextVar("m99_current_guard", default=None)
-
-# The Guards redacting now (L1+), by id, each with a weak reference that drops its entry when the
-# Guard is collected.  Only ``Guard._update_gates`` writes it, under ``_redacting_lock``.
-_redacting: dict[int, weakref.ref[Guard]] = {}
-_redacting_lock = threading.Lock()
-_redacting_watchers: list[Callable[[], None]] = []
-
-
-def any_redacting() -> bool:
-    """Whether any Guard of this process redacts now (L1+).  One test of a dict, for a framework hook
-    that would otherwise find its Guards on every call only to learn that nothing needs redacting."""
-    return bool(_redacting)
-
-
-def watch_redacting(callback: Callable[[], None]) -> None:
-    """Call ``callback()`` whenever the process goes from no Guard redacting to some, or back; it reads
-    ``any_redacting()`` itself (calls from two threads may arrive in either order).  It runs on the
-    thread applying the change, before that change is acknowledged, so it must be quick and must not
-    wait on a Guard; an adapter uses it to put a redaction seam into a framework only while needed."""
-    with _redacting_lock:
-        if callback not in _redacting_watchers:
-            _redacting_watchers.append(callback)
-
-
-def unwatch_redacting(callback: Callable[[], None]) -> None:
-    with _redacting_lock:
-        if callback in _redacting_watchers:
-            _redacting_watchers.remove(callback)
-
-
-def _set_redacting(guard: Guard, on: bool) -> None:
-    key = id(guard)
-    with _redacting_lock:
-        was = bool(_redacting)
-        if not on:
-            _redacting.pop(key, None)
-        elif key not in _redacting:
-            _redacting[key] = weakref.ref(guard, _forget_redacting(key))
-        watchers = tuple(_redacting_watchers) if bool(_redacting) != was else ()
-    for watcher in watchers:
-        try:
-            watcher()
-        except Exception:  # a watcher never stops enforcement
-            logger.exception("m99: redaction watcher %r failed", watcher)
-
-
-def _forget_redacting(key: int) -> Callable[[weakref.ref[Guard]], None]:
-    # Called by the garbage collector, at any point of any thread: no lock (the watchers are told at
-    # the next change; meanwhile a seam left in place only costs its pass-through).
-    def forget(ref: weakref.ref[Guard]) -> None:
-        if _redacting.get(key) is ref:  # not a newer Guard that took the same id
-            _redacting.pop(key, None)
-
-    return forget
 
 
 def _explained(why: str, reason: str) -> str:
@@ -134,25 +84,7 @@ def log_change(agent: str, old: int, new: int, reason: str) -> None:
     logger.warning("m99: agent %s L%d -> L%d%s", agent, old, new, f" ({reason})" if reason else "")
 
 
-def terminate_process(grace_seconds: float) -> None:
-    """The default L5 terminator: SIGTERM to this process, then SIGKILL after ``grace_seconds``.
-
-    The SIGKILL timer is a daemon thread started *before* SIGTERM, so it fires even when the host
-    ignores or mishandles SIGTERM, or hangs joining its own threads during shutdown.
-    """
-    pid = os.getpid()
-    sigkill = getattr(signal, "SIGKILL", None)
-    if sigkill is not None:
-
-        def kill_after_grace() -> None:
-            time.sleep(max(0.0, grace_seconds))
-            os.kill(pid, sigkill)
-
-        threading.Thread(target=kill_after_grace, name="m99-sigkill", daemon=True).start()
-    os.kill(pid, signal.SIGTERM)
-
-
-class Guard:
+class Guard(GuardRecords):
     """The in-process kill switch of one agent (see the module docstring for the level semantics)."""
 
     __slots__ = (
@@ -571,7 +503,7 @@ class Guard:
         self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease or model_rule
         if quiet:
             self.quiet = True  # last, once every gate is clear
-        _set_redacting(self, self._redact_gate)  # after the gates: a watcher must not delay a freeze
+        set_redacting(self, self._redact_gate)  # after the gates: a watcher must not delay a freeze
 
     def set_lease_lost(self, reason: str) -> bool:
         """The control plane is out of reach past the lease: freeze (L3 behaviour) unless ``fail_open``."""
@@ -632,154 +564,13 @@ class Guard:
             logger.exception("m99: custom terminator failed; using SIGTERM/SIGKILL")
             terminate_process(self.grace_seconds)
 
-    # -- L1 credentials -------------------------------------------------------------------------------
-
-    def protect_env(self, name: str, *, label: str = "") -> None:
-        """At L1+ the variable leaves ``os.environ`` (kept in memory) and comes back exactly on restore."""
-        with self._lock:
-            self._creds.add_env(name, label)
-
-    def protect_secret(self, value: str | bytes, *, label: str = "secret") -> None:
-        """At L1+ ``value`` is redacted wherever ``redact`` is applied (tool inputs and outputs)."""
-        with self._lock:
-            self._creds.add_secret(value, label)
-
-    def protect_attribute(self, obj: object, name: str, *, label: str = "", revoked: Any = _MISSING) -> None:
-        """At L1+ ``obj.name`` is replaced by a value that fails locally; restore puts the original back.
-
-        Strings become an empty ``RevokedCredential`` (the openai SDK then refuses before sending),
-        callables a function raising ``M99KillSwitchTriggered``; pass ``revoked`` to choose yourself.
-        """
-        with self._lock:
-            self._creds.add_attribute(obj, name, label, revoked)
-
-    def protect_item(
-        self, mapping: MutableMapping[Any, Any], key: Any, *, label: str = "", revoked: Any = _MISSING
-    ) -> None:
-        """``protect_attribute`` for a mapping entry, e.g. AutoGen's ``_raw_config["api_key"]``."""
-        with self._lock:
-            self._creds.add_item(mapping, key, label, revoked)
-
-    def credential_fingerprints(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return self._creds.fingerprints()
-
-    def redact_always(self, value: Any) -> Any:
-        """``value`` with protected secrets redacted at any level (what leaves the process as evidence)."""
-        return self._creds.redact(value)
-
-    def enforcement_failures(self) -> list[str]:
-        return self._failures + self._creds.failures()
-
-    def redact(self, value: Any) -> Any:
-        """At L1+ ``value`` with protected secrets replaced by ``[REDACTED:m99]``; below, ``value`` itself."""
-        if not self._redact_gate:
-            return value
-        return self._creds.redact(value)
-
-    # -- usage and evidence ---------------------------------------------------------------------------
-
     def declare_read_only(self, *tools: str) -> None:
         """Add tools that may still run under L4 (adapters learn them from tool metadata)."""
         with self._lock:
             self._read_only = self._read_only | frozenset(tools)
 
     def set_task(self, text: str | None) -> None:
-        self._task = None if text is None else str(text)[:_TASK_LIMIT]
-
-    def record_tool_call(self, tool: str, *, ok: bool = True, handle: int | None = None, result: Any = None) -> None:
-        """A tool call ended (``ok`` False: with an error; ``handle`` from ``effects.started``).  Cheap:
-        it runs after every tool call."""
-        self.effects.finished(handle, tool, ok=ok, result=result)
-        noted = self._noted
-        noted.append((tool, _now(), ok, 0, 0.0))
-        if len(noted) > _FOLD_AT:
-            self._fold()
-        if self._policy is not None:
-            self._policy.record_tool(tool, ok)
-
-    def record_model_call(
-        self, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True, model: str | None = None
-    ) -> None:
-        noted = self._noted
-        noted.append((None, _now(), ok, int(tokens), float(cost_usd)))
-        if len(noted) > _FOLD_AT:
-            self._fold()
-        if self._policy is not None:
-            self._policy.settle(tokens, cost_usd, ok, model)
-
-    def _fold(self) -> None:
-        """Move the noted calls into the counters, in the order they were noted."""
-        noted = self._noted
-        with self._usage_lock:
-            usage, recent = self._usage, self._recent
-            tools = tool_errors = models = model_errors = tokens = 0
-            cost = 0.0
-            failures = usage["consecutive_failures"]
-            while noted:
-                tool, ts, ok, used, spent = noted.popleft()  # atomic: appends from other threads go on
-                if tool is None:
-                    models += 1
-                    tokens += used
-                    cost += spent
-                    model_errors += not ok
-                else:
-                    tools += 1
-                    tool_errors += not ok
-                    recent.append((tool, ts, ok))
-                failures = 0 if ok else failures + 1
-            usage["tool_calls"] += tools
-            usage["tool_errors"] += tool_errors
-            usage["model_calls"] += models
-            usage["model_errors"] += model_errors
-            usage["tokens"] += tokens
-            usage["cost_usd"] += cost
-            usage["consecutive_failures"] = failures
-
-    @property
-    def usage(self) -> dict[str, Any]:
-        self._fold()
-        with self._usage_lock:
-            usage = dict(self._usage)
-        usage["errors"] = usage["tool_errors"] + usage["model_errors"]
-        usage["runtime_seconds"] = round(time.time() - self.started_at, 3)
-        return usage
-
-    def snapshot(self) -> dict[str, Any]:
-        """Evidence of what this agent was doing; every protected secret is redacted, at any level."""
-        self._fold()
-        with self._usage_lock:
-            recent = [{"tool": t, "ts": ts, "ok": ok} for t, ts, ok in self._recent]
-        with self._lock:
-            data: dict[str, Any] = {
-                "agent": self.name,
-                "kind": self.kind,
-                "frameworks": list(self.frameworks),
-                "pid": os.getpid(),
-                "host": self.host,
-                "python": sys.version.split()[0],
-                "level": self._level,
-                "reason": self._reason,
-                "version": self._version,
-                "frozen": self._tool_gate,
-                "allows_messages": not self._msg_gate,
-                "lease": {
-                    "lost": self._lease_lost,
-                    "reason": self._lease_reason,
-                    "fail_open": self._fail_open,
-                },
-                "read_only_tools": sorted(self._read_only),
-                "usage": self.usage,
-                "recent_tool_calls": recent,
-                "task": self._task,
-                "credentials": self._creds.fingerprints(),
-                "enforcement_failures": self._failures + self._creds.failures(),
-                "network": network.state(),
-                "taken_at": time.time(),
-            }
-            # Unconditional: the snapshot leaves the process, so redact even at level 0.
-            redacted: dict[str, Any] = self._creds.redact(data)
-        return redacted
+        self._task = None if text is None else str(text)[:TASK_LIMIT]
 
     @contextmanager
     def activate(self) -> Iterator[Guard]:
