@@ -96,6 +96,7 @@ class PolicyEngine:
         )
         self.notices = self.spend.notices  # said at start (and once per unpriced model), for the Guard to log
         t = policy.triggers
+        self._limits = t.configured()  # asked after every call: computed once
         self._ceiling = WindowCeiling(t.tokens_per_minute) if t.tokens_per_minute else None
         self._triggers = t
         # rules
@@ -122,6 +123,7 @@ class PolicyEngine:
         self._ladder = Ladder(policy.escalation, now)
         self.tool_gate = False
         self.model_gate = False
+        self.tools_clear = False
         self._update_gates()
 
     # -- hooks --------------------------------------------------------------------------------------
@@ -140,6 +142,8 @@ class PolicyEngine:
 
     def _update_gates(self) -> None:
         stage = self._ladder.stage
+        # Nothing in force and no FORBIDDEN rule: a tool call only has to not name a protected file.
+        self.tools_clear = stage == Stage.NONE and not self.actions and not self.paths.has_rules
         self.tool_gate = stage != Stage.NONE or bool(self.paths) or bool(self.actions)
         self.model_gate = stage != Stage.NONE or bool(self.spend.active or self._ceiling)
 
@@ -162,9 +166,9 @@ class PolicyEngine:
 
     def admit_tool(self, name: str, args: Any = None, *, read_only: bool = False) -> Decision:
         """May tool ``name`` run with ``args`` now?  ``read_only`` tools may name the protected files."""
+        if self.tools_clear and self.paths.clear_fast(args):
+            return ALLOW  # nothing in force and no argument names a protected file: no lock needed
         try:
-            if self._ladder.stage == Stage.NONE and not self.actions and self.paths.clear(args):
-                return ALLOW  # nothing in force and no argument names a protected file: no lock needed
             with self._lock:
                 return self._admit_tool(name, args, read_only)
         except Exception as exc:
@@ -235,6 +239,8 @@ class PolicyEngine:
             refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
             if refused is not None:
                 return self._refuse_cost(ticket, *refused)
+        if self._ladder.stage is not Stage.THROTTLE:
+            return Decision("allow", stage=self._ladder.stage, ticket=ticket)
         with self._lock:
             decision = self._ladder.pace(self._clock())
         return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
@@ -296,14 +302,15 @@ class PolicyEngine:
 
     # -- what happened after a call -----------------------------------------------------------------
 
-    def record_tool(self, name: str, *, ok: bool = True) -> None:
+    def record_tool(self, name: str, ok: bool = True) -> None:
         """A tool call ended (``ok`` False: with an error)."""
         try:
             with self._lock:
                 now = self._clock()
-                self._meter.note(now, ok)
-                if ok and self._ladder.stage == Stage.NONE and not self._meter.success_may_breach(now, self._triggers):
-                    return  # a success far from every limit: nothing to evaluate
+                meter = self._meter
+                meter.note(now, ok)
+                if ok and self._ladder.stage is Stage.NONE and not meter.success_may_breach(now, self._triggers):
+                    return  # a success far from every limit: nothing to evaluate, nothing to flush
                 self._evaluate(now)
         except Exception:
             logger.exception("m99: policy engine failed to record tool %r", name)
@@ -400,7 +407,7 @@ class PolicyEngine:
         return out
 
     def _breached(self, measured: dict[str, float]) -> list[tuple[Stage, str, float, float]]:
-        limits = self.policy.triggers.configured()
+        limits = self._limits
         out = []
         for key, value in measured.items():
             limit = limits[key]
@@ -450,7 +457,7 @@ class PolicyEngine:
         self._update_gates()
         self._changed.notify_all()
         action = action or (level.action if level is not None else "resume")
-        rule = f"TRIGGERS.{trigger}" if trigger in self.policy.triggers.configured() else trigger
+        rule = f"TRIGGERS.{trigger}" if trigger in self._limits else trigger
         self._emit("transition", now, target, old, trigger, value, limit, action, reason, rule, by, measured)
         logger.warning("m99: policy %s -> %s: %s", old.key, target.key, reason)
 

@@ -77,6 +77,8 @@ class PolicyGate:
         self._timer: threading.Thread | None = None
         self.tool_gate = engine.tool_gate
         self.model_gate = engine.model_gate
+        # A tool call ended: straight to the engine (the Guard calls it after every tool call).
+        self.record_tool: Callable[[str, bool], None] = engine.record_tool
         self.stopped = False
         self.evidence: dict[str, dict[str, Any]] = {}  # the Guards' snapshots at a save_state stop
         engine.on_event(self._on_event)
@@ -169,8 +171,11 @@ class PolicyGate:
 
     def admit_tool(self, guard: Guard, tool: str, args: Any) -> None:
         """Return when ``tool`` may run (after a throttle's delay or a pause), raise when refused."""
+        engine = self.engine
+        if engine.tools_clear and engine.paths.clear_fast(args):
+            return  # the allowed call of a policy with nothing in force: no lock, no decision object
         read_only = tool in guard.read_only_tools
-        decision = self.engine.admit_tool(tool, args, read_only=read_only)
+        decision = engine.admit_tool(tool, args, read_only=read_only)
         decision = self._wait(decision, lambda: self.engine.admit_tool(tool, args, read_only=read_only))
         if decision.verdict != "allow":
             guard._count_refusal()
@@ -180,12 +185,11 @@ class PolicyGate:
 
     def admit_model(self, guard: Guard, model: str | None, max_tokens: int | None) -> None:
         """Reserve the call's worst case (held until it reports back) or raise the refusal."""
-        self._expire_tickets()
-
-        def ask() -> Any:
-            return self.engine.admit_model(model, max_tokens=max_tokens)
-
-        decision = self._wait(ask(), ask)
+        now = time.monotonic()
+        self._expire_tickets(now)
+        decision = self.engine.admit_model(model, max_tokens=max_tokens)
+        if decision.verdict == "wait":
+            decision = self._wait(decision, lambda: self.engine.admit_model(model, max_tokens=max_tokens))
         if decision.verdict != "allow":
             guard._count_refusal()
             raise decision.error(agent=guard.name)
@@ -193,7 +197,7 @@ class PolicyGate:
         if ticket is not None:
             _ticket.set(ticket)
             with self._lock:
-                self._tickets.append((time.monotonic(), ticket))
+                self._tickets.append((now, ticket))
         if decision.delay > 0:
             time.sleep(decision.delay)
 
@@ -218,9 +222,6 @@ class PolicyGate:
 
     # -- after a call -------------------------------------------------------------------------------
 
-    def record_tool(self, tool: str, ok: bool) -> None:
-        self.engine.record_tool(tool, ok=ok)
-
     def settle(self, tokens: int, cost_usd: float | None, ok: bool, model: str | None = None) -> None:
         ticket = _ticket.get()
         with self._lock:
@@ -241,8 +242,14 @@ class PolicyGate:
         cost = cost_usd if cost_usd else None
         self.engine.settle_model(ticket, model=model, tokens=max(0, int(tokens)), cost_usd=cost, ok=ok)
 
-    def _expire_tickets(self) -> None:
-        edge = time.monotonic() - _TICKET_TTL
+    def _expire_tickets(self, now: float | None = None) -> None:
+        edge = (time.monotonic() if now is None else now) - _TICKET_TTL
+        tickets = self._tickets
+        try:
+            if not tickets or tickets[0][0] >= edge:
+                return  # the usual case, seen without the lock: nothing held past its time
+        except IndexError:  # emptied by another thread meanwhile
+            return
         stale: list[ModelTicket] = []
         with self._lock:
             while self._tickets and self._tickets[0][0] < edge:
