@@ -540,3 +540,20 @@ def test_the_price_table_remembers_its_lookups_within_a_bound() -> None:
     assert len(table._found) <= 1024
     assert table.price("exact-model") == table.price("EXACT-MODEL ") != table.price("gpt-1")
     assert table.price("other") is None and table.price("other") is None
+
+
+def test_an_override_suspends_a_budget_until_its_expiry_then_it_is_enforced_again() -> None:
+    prices = PriceTable({"m": {"input": 1e6, "output": 1e6}})  # $1 a token
+    engine, clock, events = make("cost_limit_usd: 10\n", prices=prices)
+    assert not engine.override("tokens_per_minute", clock() + 60, "boss@example.com")  # not set by the file
+    assert not engine.override("cost_limit_usd", clock() - 1, "boss@example.com")  # already past
+    assert engine.override("cost_limit_usd", clock() + 60, "boss@example.com", "month end")
+    assert engine.next_deadline() == clock() + 60
+    d = engine.admit_model("m", max_tokens=20)  # worst case $20 > $10: allowed while overridden
+    assert d.allowed
+    engine.settle_model(d.ticket, input_tokens=0, output_tokens=12)  # $12 spent, over the limit
+    assert engine.stage == Stage.NONE and engine.overrides() == {"cost_limit_usd": clock() + 60}
+    clock.advance(60)
+    engine.tick()  # the expiry: measured again, and $12 is past $10
+    assert engine.overrides() == {} and engine.stage == Stage.SHUTDOWN
+    assert transitions(events) == [("none", "level_3_shutdown", "cost_limit_usd")]

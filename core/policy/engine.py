@@ -121,6 +121,8 @@ class PolicyEngine:
         self._meter = Meter(now, error_window=error_window, error_min_calls=error_min_calls)
         self._run_started = now
         self._ladder = Ladder(policy.escalation, now)
+        # OVERRIDE: triggers an authority suspended, until when (on the clock); see ``override``.
+        self._overrides: dict[str, float] = {}
         self.tool_gate = False
         self.model_gate = False
         self.tools_clear = False
@@ -230,14 +232,14 @@ class PolicyEngine:
             held = self._ladder.held(now)
             if held is not None:
                 return held
-            if self._ceiling is not None:
+            if self._ceiling is not None and not (self._overrides and self._overridden("tokens_per_minute")):
                 held = self._hold_for_tokens(now, ticket)
                 if held is not None:
                     return held
             self.spend.rollover(now)
         if self.spend.active:
             refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
-            if refused is not None:
+            if refused is not None and not (refused[1] is not None and self._overridden(refused[1].name)):
                 return self._refuse_cost(ticket, *refused)
         if self._ladder.stage is not Stage.THROTTLE:
             return Decision("allow", stage=self._ladder.stage, ticket=ticket)
@@ -377,6 +379,7 @@ class PolicyEngine:
         try:
             with self._lock:
                 now = self._clock()
+                self._expire_overrides(now)
                 self._due(now)
                 self.spend.rollover(now)
                 self._evaluate(now)
@@ -388,6 +391,7 @@ class PolicyEngine:
         """When ``tick`` has something to do next (a level timeout, the runtime limit), on the clock."""
         limit = self.policy.triggers.runtime_limit_minutes
         times = [t for t in (self._ladder.deadline, self._run_started + limit * 60 if limit else None) if t is not None]
+        times.extend(self._overrides.values())  # at an override's expiry its trigger is measured again
         return min(times) if times else None
 
     # -- measuring ----------------------------------------------------------------------------------
@@ -409,7 +413,10 @@ class PolicyEngine:
     def _breached(self, measured: dict[str, float]) -> list[tuple[Stage, str, float, float]]:
         limits = self._limits
         out = []
+        overrides = self._overrides
         for key, value in measured.items():
+            if overrides and self._overridden(key):
+                continue
             limit = limits[key]
             if key in ("tokens_per_minute", "api_calls_per_minute"):
                 hit = value > limit  # a ceiling: reaching it is allowed
@@ -509,6 +516,48 @@ class PolicyEngine:
         self._flush()
         return True
 
+    def override(self, trigger: str, until: float, by: str, reason: str = "") -> bool:
+        """OVERRIDE: an authority suspends ``trigger`` until ``until`` (on the engine's clock): it is
+        neither measured against its limit nor, for a budget or the token ceiling, refuses a call.  At
+        ``until`` it is enforced again (the timer measures it then).  False for a trigger the policy does
+        not set or an expiry already past.  The control plane authorised and audited it; the local log
+        records it too."""
+        if trigger not in self._limits:
+            return False
+        with self._lock:
+            now = self._clock()
+            if until <= now:
+                return False
+            self._overrides[trigger] = until
+            self._update_gates()
+            self._changed.notify_all()  # a call held by the ceiling asks again
+        logger.warning("m99: policy override of %s by %s until %.0f: %s", trigger, by, until, reason)
+        if self.audit is not None:
+            self.audit.write(
+                {
+                    "timestamp": now, "event": "override", "trigger": trigger, "action": "override",
+                    "approval": by, "reason": reason, "until": until,
+                    "agent_id": self.agent_id, "session_id": self.session_id,
+                }
+            )  # fmt: skip
+        return True
+
+    def overrides(self) -> dict[str, float]:
+        """The triggers suspended now, with when they are enforced again."""
+        with self._lock:
+            self._expire_overrides(self._clock())
+            return dict(self._overrides)
+
+    def _overridden(self, trigger: str) -> bool:
+        until = self._overrides.get(trigger)
+        return until is not None and self._clock() < until
+
+    def _expire_overrides(self, now: float) -> None:
+        for trigger, until in list(self._overrides.items()):
+            if now >= until:
+                del self._overrides[trigger]
+                logger.warning("m99: policy override of %s expired: enforced again", trigger)
+
     def status(self) -> dict[str, Any]:
         """The engine's state, for the Guard's snapshot and the control plane."""
         with self._lock:
@@ -521,4 +570,5 @@ class PolicyEngine:
                 **self.spend.status(),
                 "notices": list(self.notices),
                 "audit_failures": self.audit.failures if self.audit else 0,
+                "overrides": dict(self._overrides),
             }

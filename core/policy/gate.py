@@ -39,6 +39,8 @@ logger = logging.getLogger("m99.policy")
 ENV_VAR = "M99_POLICY"  # the policy file ``m99 run --policy`` hands to the command
 _TICKET_TTL = 600.0  # seconds after which a model call that never reported back gives its reservation up
 _MAX_WAIT = 24 * 3600.0  # a paused call waits at most this long before it is refused (fail closed)
+_COMMAND_MAX_AGE = 300.0  # an operator's pushed act older (or newer) than this is not applied: a replay
+_COMMANDS_KEPT = 256  # ids of the acts applied, so that one pushed twice is applied once
 
 # The reservation of the model call running in this context (a thread, an asyncio task).
 _ticket: contextvars.ContextVar[ModelTicket | None] = contextvars.ContextVar("m99_policy_ticket", default=None)
@@ -81,6 +83,7 @@ class PolicyGate:
         self.record_tool: Callable[[str, bool], None] = engine.record_tool
         self.stopped = False
         self.evidence: dict[str, dict[str, Any]] = {}  # the Guards' snapshots at a save_state stop
+        self._commands: collections.OrderedDict[str, None] = collections.OrderedDict()
         engine.on_event(self._on_event)
         net = self.policy.forbidden.network
         self._egress = net.block_public_egress
@@ -212,6 +215,53 @@ class PolicyGate:
             logger.warning("m99: the policy's stop stays: %s", exc.message)
         except Exception:
             logger.exception("m99: could not resume the policy")
+
+    def command(self, event: Mapping[str, Any], *, agent_id: str) -> bool:
+        """An operator's act on this policy, authorised and audited by the control plane and pushed
+        signed (the session checked the signature): ``resume`` a throttle or a pause, ``escalate`` one
+        level now, ``override`` one trigger until an expiry.  Applied once, only when it names this
+        agent and is fresh; the transition it makes is reported like any other.  Observation: never
+        raises; False when not applied (logged)."""
+        try:
+            return self._command(event, agent_id)
+        except NotAuthorised as exc:
+            logger.warning("m99: policy %s not applied: %s", event.get("op"), exc.message)
+        except Exception:
+            logger.exception("m99: could not apply a policy command")
+        return False
+
+    def _command(self, event: Mapping[str, Any], agent_id: str) -> bool:
+        op, command_id, issued = event.get("op"), event.get("id"), event.get("issued_at")
+        if event.get("agent_id") != agent_id or not isinstance(command_id, str) or not command_id:
+            return False
+        if not isinstance(issued, int | float) or abs(time.time() - float(issued)) > _COMMAND_MAX_AGE:
+            logger.warning("m99: a policy %s issued at %r is stale: not applied", op, issued)
+            return False
+        with self._lock:
+            if command_id in self._commands:
+                return False  # pushed again (a reconnect): applied once
+            self._commands[command_id] = None
+            while len(self._commands) > _COMMANDS_KEPT:
+                self._commands.popitem(last=False)
+        by = str(event.get("by") or "operator")[:320]
+        reason = str(event.get("reason") or "")[:2000]
+        engine = self.engine
+        if op == "resume":
+            if engine.stage == Stage.SHUTDOWN:
+                logger.warning("m99: the policy's stop is lifted with `m99 restore`, not `m99 policy resume`")
+                return False
+            return engine.resume(by, reason)
+        if op == "escalate":
+            return engine.escalate(by, reason)
+        if op == "override":
+            until = event.get("until")
+            trigger = event.get("trigger")
+            if not isinstance(until, int | float) or not isinstance(trigger, str):
+                return False
+            # The expiry is wall-clock time on the server; the engine's clock may be another.
+            return engine.override(trigger, engine._clock() + (float(until) - time.time()), by, reason)
+        logger.warning("m99: unknown policy command %r: not applied", op)
+        return False
 
     def check_status(self, guard: Guard) -> None:
         if self.engine.stage == Stage.SHUTDOWN:
