@@ -270,3 +270,12 @@ def test_durations() -> None:
     for bad in ("", "m", "-1m", "0", "1w", "nan", "abc"):
         with pytest.raises(Exception, match="bad duration"):
             parse_duration(bad)
+
+
+def test_policy_check_says_how_a_pause_is_resolved_and_how_to_override(tmp_path: Path) -> None:
+    path = tmp_path / "KILLSWITCH.md"
+    path.write_text(PAUSING)
+    out = " ".join(CliRunner().invoke(main, ["policy", "check", str(path)], catch_exceptions=False).output.split())
+    assert "m99 policy resume AGENT" in out and "m99 policy escalate AGENT" in out
+    assert "m99 policy override AGENT --trigger KEY" in out
+    assert "cannot resume it yet" not in out
