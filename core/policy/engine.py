@@ -41,6 +41,7 @@ from .forbidden import ActionMap, PathGuard
 from .ladder import Ladder
 from .meter import Meter
 from .model import Policy, Stage
+from .overrides import Overrides
 from .prices import PriceTable
 from .spend import Spend
 
@@ -122,7 +123,7 @@ class PolicyEngine:
         self._run_started = now
         self._ladder = Ladder(policy.escalation, now)
         # OVERRIDE: triggers an authority suspended, until when (on the clock); see ``override``.
-        self._overrides: dict[str, float] = {}
+        self._overrides = Overrides(clock)
         self.tool_gate = False
         self.model_gate = False
         self.tools_clear = False
@@ -232,14 +233,14 @@ class PolicyEngine:
             held = self._ladder.held(now)
             if held is not None:
                 return held
-            if self._ceiling is not None and not (self._overrides and self._overridden("tokens_per_minute")):
+            if self._ceiling is not None and not (self._overrides and self._overrides.active("tokens_per_minute")):
                 held = self._hold_for_tokens(now, ticket)
                 if held is not None:
                     return held
             self.spend.rollover(now)
         if self.spend.active:
             refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
-            if refused is not None and not (refused[1] is not None and self._overridden(refused[1].name)):
+            if refused is not None and not (refused[1] is not None and self._overrides.active(refused[1].name)):
                 return self._refuse_cost(ticket, *refused)
         if self._ladder.stage is not Stage.THROTTLE:
             return Decision("allow", stage=self._ladder.stage, ticket=ticket)
@@ -379,7 +380,7 @@ class PolicyEngine:
         try:
             with self._lock:
                 now = self._clock()
-                self._expire_overrides(now)
+                self._overrides.expire(now)
                 self._due(now)
                 self.spend.rollover(now)
                 self._evaluate(now)
@@ -391,7 +392,7 @@ class PolicyEngine:
         """When ``tick`` has something to do next (a level timeout, the runtime limit), on the clock."""
         limit = self.policy.triggers.runtime_limit_minutes
         times = [t for t in (self._ladder.deadline, self._run_started + limit * 60 if limit else None) if t is not None]
-        times.extend(self._overrides.values())  # at an override's expiry its trigger is measured again
+        times.extend(self._overrides.deadlines())  # at an override's expiry its trigger is measured again
         return min(times) if times else None
 
     # -- measuring ----------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ class PolicyEngine:
         out = []
         overrides = self._overrides
         for key, value in measured.items():
-            if overrides and self._overridden(key):
+            if overrides and overrides.active(key):
                 continue
             limit = limits[key]
             if key in ("tokens_per_minute", "api_calls_per_minute"):
@@ -528,7 +529,7 @@ class PolicyEngine:
             now = self._clock()
             if until <= now:
                 return False
-            self._overrides[trigger] = until
+            self._overrides.set(trigger, until)
             self._update_gates()
             self._changed.notify_all()  # a call held by the ceiling asks again
         logger.warning("m99: policy override of %s by %s until %.0f: %s", trigger, by, until, reason)
@@ -545,18 +546,8 @@ class PolicyEngine:
     def overrides(self) -> dict[str, float]:
         """The triggers suspended now, with when they are enforced again."""
         with self._lock:
-            self._expire_overrides(self._clock())
-            return dict(self._overrides)
-
-    def _overridden(self, trigger: str) -> bool:
-        until = self._overrides.get(trigger)
-        return until is not None and self._clock() < until
-
-    def _expire_overrides(self, now: float) -> None:
-        for trigger, until in list(self._overrides.items()):
-            if now >= until:
-                del self._overrides[trigger]
-                logger.warning("m99: policy override of %s expired: enforced again", trigger)
+            self._overrides.expire(self._clock())
+            return self._overrides.as_dict()
 
     def status(self) -> dict[str, Any]:
         """The engine's state, for the Guard's snapshot and the control plane."""
@@ -570,5 +561,5 @@ class PolicyEngine:
                 **self.spend.status(),
                 "notices": list(self.notices),
                 "audit_failures": self.audit.failures if self.audit else 0,
-                "overrides": dict(self._overrides),
+                "overrides": self._overrides.as_dict(),
             }
