@@ -227,6 +227,8 @@ def test_a_stale_replayed_or_foreign_push_is_not_applied(agent: Any) -> None:
     assert not gate.command({**fresh, "issued_at": time.time() - 3600}, agent_id=agent_id)  # stale
     assert not gate.command({**fresh, "agent_id": "someone-else"}, agent_id=agent_id)  # not this agent
     assert not gate.command({**fresh, "op": "delete", "id": "pol_0"}, agent_id=agent_id)
+    nan = {**fresh, "op": "override", "id": "pol_n", "trigger": "consecutive_failures", "until": float("nan")}
+    assert not gate.command(nan, agent_id=agent_id) and gate.engine.overrides() == {}
     assert gate.engine.stage == Stage.PAUSE
     assert gate.command(fresh, agent_id=agent_id)
     with pytest.raises(ValueError):

@@ -14,6 +14,7 @@ import collections
 import contextvars
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -256,7 +257,7 @@ class PolicyGate:
         if op == "override":
             until = event.get("until")
             trigger = event.get("trigger")
-            if not isinstance(until, int | float) or not isinstance(trigger, str):
+            if not isinstance(until, int | float) or not math.isfinite(until) or not isinstance(trigger, str):
                 return False
             # The expiry is wall-clock time on the server; the engine's clock may be another.
             return engine.override(trigger, engine._clock() + (float(until) - time.time()), by, reason)
