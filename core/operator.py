@@ -122,6 +122,11 @@ class OperatorClient:
         result: dict[str, Any] = self._call("POST", "/api/restore", json={"scope": scope, "by": by, "reason": reason})
         return result
 
+    def policy(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``m99 policy resume|escalate|override``: an act on an agent's KILLSWITCH.md."""
+        result: dict[str, Any] = self._call("POST", f"/api/policy/{op}", json=body)
+        return result
+
     def lift(self, scope: str, *, by: str, reason: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/api/lift", json={"scope": scope, "by": by, "reason": reason})
         return result

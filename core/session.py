@@ -346,6 +346,10 @@ class Session:
         self._apply_level(int(doc["version"]), ack, fresh=set(self._directives) != before)
 
     def _apply_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "policy":  # an operator's act on the agent's KILLSWITCH.md (m99 policy)
+            if self.guard.policy is not None:
+                self.guard.policy.command(event, agent_id=self.link.agent_id)
+            return
         directive = event.get("directive") or {}
         if event.get("type") != "directive" or not self._matches(directive):
             return

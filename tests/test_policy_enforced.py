@@ -312,6 +312,58 @@ def test_the_policy_file_cannot_be_written_by_a_tool(govern: Govern, guard: Guar
     assert effects == [f"read:{tmp_path / 'KILLSWITCH.md'}"]
 
 
+def test_the_fast_allowed_path_still_refuses_every_way_of_naming_the_policy_file_and_its_log(
+    govern: Govern,
+    guard: Guard,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only protected files (no FORBIDDEN paths, nothing in force): the Guard takes the lock-free path
+    # for a call that names none of them; every other spelling must still reach the scan and be refused.
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = "## TRIGGERS\nconsecutive_failures: 3\n---\n## OVERRIDE\nallow_agent_modification: false\n"
+    gate = govern(text + "---\n## AUDIT\nlog_file: ./m99-audit.jsonl\n")
+    assert gate.engine.tools_clear and not gate.engine.paths.has_rules
+    named_ = (
+        {"path": "../KILLSWITCH.md"},  # relative to the working directory
+        {"path": "./../sub/../KILLSWITCH.md"},
+        {"path": "~/KILLSWITCH.md"},  # ~ expanded
+        {"path": "file://" + str(tmp_path / "KILLSWITCH.md")},
+        {"cmd": "sed -i s/3/300/ ../killswitch.md ../KILLSWITCH.md"},
+        {"opts": {"targets": [{"p": "x"}, {"p": str(tmp_path / "KILLSWITCH.md")}]}},  # nested dict/list
+        {"opts": [("a", "../KILLSWITCH.md")]},
+        {str(tmp_path / "KILLSWITCH.md"): "a path as a key"},
+        {"data": b"rm ../KILLSWITCH.md"},
+        {"path": "../m99-audit.jsonl"},  # the policy's own log
+        {"path": "~/link.md/../KILLSWITCH.md"},
+    )
+    for args in named_:
+        with pytest.raises(ToolCallRefused, match=r"\(protected: "):
+            guard.check_tool("write_file", args)
+    # The allowed path: nothing named, nothing refused; and a tool call's end is counted as before.
+    for args in (None, {"q": "weather in paris", "n": 3}, "plain text", {"nested": {"list": [1, "two"]}}):
+        guard.check_tool("search", args)
+    effects: list[str] = []
+    t = named(effects)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="flaky failed"):
+            t["flaky"].invoke({"x": "plain"})
+    assert gate.engine.measured()["consecutive_failures"] == 2
+    assert gate.engine.stage == Stage.NONE
+
+
+def test_a_symlink_to_the_policy_file_made_by_the_agent_names_it(
+    govern: Govern,
+    guard: Guard,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    govern("## TRIGGERS\nconsecutive_failures: 3\n---\n## OVERRIDE\nallow_agent_modification: false\n")
+    with pytest.raises(ToolCallRefused, match=r"\(protected: "):
+        guard.check_tool("shell", {"cmd": f"ln -s {tmp_path / 'KILLSWITCH.md'} /tmp/innocent.md"})
+
+
 # -- escalation ---------------------------------------------------------------------------------------------
 
 LADDER = """## TRIGGERS

@@ -287,15 +287,19 @@ def test_gates_are_precomputed_flags() -> None:
     assert engine.tool_gate is True and engine.model_gate is True
 
 
-def test_a_decision_error_fails_closed_and_observation_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, _, _ = make("consecutive_failures: 2\n")
+def test_a_decision_error_fails_closed_and_observation_never_raises(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A state file is a protected file: every call's arguments are looked at for it.
+    engine, _, _ = make("consecutive_failures: 2\n", state_file=tmp_path / "daily.json")
+    assert engine.tools_clear and engine.admit_tool("t", {"q": "x"}).verdict == "allow"
 
     def broken(*a: object, **k: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine.paths, "clear", broken)  # the lock-free path of an ordinary call
-    assert engine.admit_tool("t").verdict == "refuse"
-    monkeypatch.setattr(engine.paths, "clear", lambda args: False)
+    monkeypatch.setattr(engine.paths, "_mentions", broken)  # the lock-free path of an ordinary call
+    assert engine.admit_tool("t", {"q": "x"}).verdict == "refuse"
+    monkeypatch.setattr(engine.paths, "_mentions", lambda args: True)
     monkeypatch.setattr(engine._ladder, "pace", broken)
     assert engine.admit_tool("t").verdict == "refuse"
     monkeypatch.setattr(engine._meter, "note", broken)
@@ -526,3 +530,30 @@ def test_a_listener_may_act_on_the_engine() -> None:
     engine.on_event(lambda e: engine.resume("bot") if e.stage == Stage.PAUSE else None)
     engine.record_tool("t", ok=False)
     assert engine.stage == Stage.NONE and [e.action for e in events] == ["pause_and_notify", "resume"]
+
+
+def test_the_price_table_remembers_its_lookups_within_a_bound() -> None:
+    table = PriceTable({"gpt-*": {"input": 1.0, "output": 2.0}, "exact-model": {"input": 3.0, "output": 4.0}})
+    for i in range(3000):  # model names come from the agent: the memo of them is bounded
+        price = table.price(f"gpt-{i}")
+        assert price is not None and price.output_per_million == 2.0
+    assert len(table._found) <= 1024
+    assert table.price("exact-model") == table.price("EXACT-MODEL ") != table.price("gpt-1")
+    assert table.price("other") is None and table.price("other") is None
+
+
+def test_an_override_suspends_a_budget_until_its_expiry_then_it_is_enforced_again() -> None:
+    prices = PriceTable({"m": {"input": 1e6, "output": 1e6}})  # $1 a token
+    engine, clock, events = make("cost_limit_usd: 10\n", prices=prices)
+    assert not engine.override("tokens_per_minute", clock() + 60, "boss@example.com")  # not set by the file
+    assert not engine.override("cost_limit_usd", clock() - 1, "boss@example.com")  # already past
+    assert engine.override("cost_limit_usd", clock() + 60, "boss@example.com", "month end")
+    assert engine.next_deadline() == clock() + 60
+    d = engine.admit_model("m", max_tokens=20)  # worst case $20 > $10: allowed while overridden
+    assert d.allowed
+    engine.settle_model(d.ticket, input_tokens=0, output_tokens=12)  # $12 spent, over the limit
+    assert engine.stage == Stage.NONE and engine.overrides() == {"cost_limit_usd": clock() + 60}
+    clock.advance(60)
+    engine.tick()  # the expiry: measured again, and $12 is past $10
+    assert engine.overrides() == {} and engine.stage == Stage.SHUTDOWN
+    assert transitions(events) == [("none", "level_3_shutdown", "cost_limit_usd")]

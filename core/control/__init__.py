@@ -46,7 +46,7 @@ from .executions import Executions
 from .feed import OperatorFeed, kinds_of
 from .ledger import SYSTEM_ACTOR, Ledger
 from .liveness import Liveness
-from .policies import PolicyReports
+from .policies import PolicyCommands, PolicyReports
 from .refusals import Refusals
 from .settings import Settings
 from .state import State
@@ -110,6 +110,7 @@ class ControlPlane:
         self.drills = Drills(store, self.ledger, self.authorizations, self.executions)
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.policies = PolicyReports(self.ledger, self.liveness, self.executions)
+        self.policy_commands = PolicyCommands(self.ledger, self.tokens, self.state)
         if self.settings.webhook:
             from .notify import WebhookSink
 

@@ -6,6 +6,11 @@ on the agent's own scope (``agent:NAME``), so the control plane holds the stop t
 it with a signed receipt (time-to-halt) and only an operator's restore lifts it there.  The other
 levels are executions with no level fired and nothing to confirm.  An agent can report only about
 itself, signed with its key, in sequence; it cannot fire anything but the L3 of its own scope.
+
+The other way, ``PolicyCommands``: an operator resumes or escalates an agent's policy, an authority
+overrides one of its triggers until an expiry (``m99 policy resume|escalate|override``).  Each act is
+checked, audited, and once committed pushed to the agent as a signed event; the agent applies it to
+its engine and reports the transition it makes like any other.
 """
 
 from __future__ import annotations
@@ -15,23 +20,29 @@ import logging
 import time
 from typing import Any
 
-from ..errors import BadRequest
-from ..levels import Level, Scope
+from ..errors import BadRequest, Conflict, NotFound
+from ..levels import Level, Role, Scope
+from ..policy.model import TRIGGER_KEYS
 from ..store.records import ExecutionRecord
 from .agents import Agent
 from .executions import Executions
 from .ledger import Ledger, Unit
 from .liveness import Liveness
 from .notify import WebhookSink
-from .tokens import new_id
+from .state import State
+from .tokens import Principal, Tokens, checked_by_reason, new_id
 
-__all__ = ["MAX_EVIDENCE_BYTES", "PolicyReports"]
+__all__ = ["COMMAND_ROLES", "MAX_EVIDENCE_BYTES", "MAX_OVERRIDE_SECONDS", "PolicyCommands", "PolicyReports"]
 
 log = logging.getLogger("m99.control")
 
 MAX_EVIDENCE_BYTES = 64 * 1024  # an evidence snapshot sent with a shutdown, as JSON
 
 _STAGE_KEYS = ("none", "level_1_throttle", "level_2_pause", "level_3_shutdown")
+
+# Who may do what to an agent's policy: resolve a level as an operator, suspend a trigger as an authority.
+COMMAND_ROLES = {"resume": Role.OPERATOR, "escalate": Role.OPERATOR, "override": Role.AUTHORITY}
+MAX_OVERRIDE_SECONDS = 7 * 24 * 3600.0  # an override always ends; a week at most
 
 
 class PolicyReports:
@@ -124,3 +135,57 @@ class PolicyReports:
             return
         sink = self.sink
         unit.after(lambda: sink.deliver(payload))  # once committed, on a thread of its own
+
+
+class PolicyCommands:
+    def __init__(self, ledger: Ledger, tokens: Tokens, state: State) -> None:
+        self.ledger = ledger
+        self.tokens = tokens
+        self.state = state
+
+    def command(self, who: Principal, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``resume`` / ``escalate`` (operator role) or ``override`` (authority role) the policy of the
+        agent ``body["agent"]``; audited, then pushed signed to it.  ``override`` takes ``trigger`` (a
+        TRIGGERS key) and ``seconds`` (how long, at most a week)."""
+        role = COMMAND_ROLES.get(op)
+        if role is None:
+            raise NotFound(f"no policy command {op!r}: resume, escalate or override")
+        by, reason = checked_by_reason(body.get("by"), body.get("reason"), who)
+        self.tokens.require(who, role, f"policy {op}", by)
+        name = body.get("agent")
+        self.state.sync()
+        agent = self.state.registry.get(name) if isinstance(name, str) else None
+        if agent is None:
+            raise NotFound(f"no agent {name!r}")
+        if not agent.policy:
+            raise Conflict(f"agent {agent.name!r} runs under no KILLSWITCH.md", code="no_policy")
+        now = time.time()
+        event: dict[str, Any] = {
+            "type": "policy",
+            "op": op,
+            "id": new_id("pol"),
+            "agent": agent.name,
+            "agent_id": agent.agent_id,
+            "by": by,
+            "reason": reason,
+            "issued_at": now,
+        }
+        if op == "override":
+            trigger, seconds = body.get("trigger"), body.get("seconds")
+            if trigger not in TRIGGER_KEYS:
+                raise BadRequest(f"unknown trigger {trigger!r}: one of {', '.join(TRIGGER_KEYS)}")
+            if (
+                not isinstance(seconds, int | float)
+                or isinstance(seconds, bool)
+                or not 0 < seconds <= MAX_OVERRIDE_SECONDS
+            ):
+                raise BadRequest(f"an override needs a duration of more than 0 and at most {MAX_OVERRIDE_SECONDS:g} s")
+            event["trigger"], event["until"] = trigger, now + float(seconds)
+        details = {k: v for k, v in event.items() if k != "type"} | {"policy": agent.policy}
+        with self.ledger.unit() as unit:
+            unit.audit(f"policy.{op}", who.actor(by), details)
+            unit.after(lambda: self.state.publish(event, [agent.name]))
+        answer = {"ok": True, "id": event["id"], "op": op, "agent": agent.name, "connected": agent.live}
+        if op == "override":
+            answer |= {"trigger": event["trigger"], "until": event["until"]}
+        return answer

@@ -180,3 +180,80 @@ def init(path: Path, force: bool) -> None:
         _fail(exc)
         return
     click.echo(f"wrote {path}: review the limits, then run `m99 policy check {path}`")
+
+
+# -- an operator's acts on a running agent's policy (through the control plane) ----------------------
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` → seconds; ConfigError for anything else."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:], None) if raw else None
+    number = raw[:-1] if unit is not None else raw
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ConfigError(f"bad duration {text!r}: a number with s, m, h or d (15m, 2h)") from None
+    if not seconds > 0 or seconds != seconds:
+        raise ConfigError(f"bad duration {text!r}: it must be more than 0")
+    return seconds
+
+
+def _act(fn: Any) -> Any:
+    fn = click.option("--reason", required=True, help="Why — recorded in the audit chain.")(fn)
+    fn = click.option("--by", required=True, help="The named human (e-mail).")(fn)
+    return click.argument("agent")(fn)
+
+
+def _send(ctx: click.Context, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    from ..cli._common import operator
+
+    with operator(ctx) as op_client:
+        answer: dict[str, Any] = op_client.policy(op, body)
+    return answer
+
+
+def _sent(answer: dict[str, Any], what: str) -> None:
+    reach = "" if answer.get("connected") else " (the agent is not connected now: it applies it only if it hears it)"
+    click.echo(f"{what}: sent to {answer['agent']} as {answer['id']}{reach}; the agent reports the transition")
+
+
+@policy.command("resume")
+@_act
+@click.pass_context
+def resume(ctx: click.Context, agent: str, by: str, reason: str) -> None:
+    """Resume AGENT's policy from a throttle or a pause (operator role).
+
+    Audited on the server, pushed signed to the agent, enforced there; the agent reports the
+    transition (see `m99 executions`).  A policy's full stop is lifted with `m99 restore`."""
+    _sent(_send(ctx, "resume", {"agent": agent, "by": by, "reason": reason}), "resume")
+
+
+@policy.command("escalate")
+@_act
+@click.pass_context
+def escalate(ctx: click.Context, agent: str, by: str, reason: str) -> None:
+    """Move AGENT's policy one escalation level up now (operator role): a throttle pauses, a pause
+    shuts down.  Audited on the server, pushed signed to the agent, reported back by it."""
+    _sent(_send(ctx, "escalate", {"agent": agent, "by": by, "reason": reason}), "escalate")
+
+
+@policy.command("override")
+@_act
+@click.option("--trigger", required=True, help="The TRIGGERS key to suspend (cost_limit_usd, consecutive_failures…).")
+@click.option("--until", "until", required=True, help="How long: 90s, 15m, 2h, 1d (at most 7d).")
+@click.pass_context
+def override(ctx: click.Context, agent: str, by: str, reason: str, trigger: str, until: str) -> None:
+    """Suspend one trigger of AGENT's policy until the expiry (authority role): it is neither
+    measured nor, for a budget, refuses a call; at the expiry it is enforced again.  Audited on
+    the server and pushed signed to the agent."""
+    try:
+        seconds = parse_duration(until)
+    except M99Error as exc:
+        _fail(exc)
+        return
+    body = {"agent": agent, "by": by, "reason": reason, "trigger": trigger, "seconds": seconds}
+    answer = _send(ctx, "override", body)
+    _sent(answer, f"override of {trigger} for {until}")

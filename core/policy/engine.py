@@ -41,6 +41,7 @@ from .forbidden import ActionMap, PathGuard
 from .ladder import Ladder
 from .meter import Meter
 from .model import Policy, Stage
+from .overrides import Overrides
 from .prices import PriceTable
 from .spend import Spend
 
@@ -96,6 +97,7 @@ class PolicyEngine:
         )
         self.notices = self.spend.notices  # said at start (and once per unpriced model), for the Guard to log
         t = policy.triggers
+        self._limits = t.configured()  # asked after every call: computed once
         self._ceiling = WindowCeiling(t.tokens_per_minute) if t.tokens_per_minute else None
         self._triggers = t
         # rules
@@ -120,8 +122,11 @@ class PolicyEngine:
         self._meter = Meter(now, error_window=error_window, error_min_calls=error_min_calls)
         self._run_started = now
         self._ladder = Ladder(policy.escalation, now)
+        # OVERRIDE: triggers an authority suspended, until when (on the clock); see ``override``.
+        self._overrides = Overrides(clock)
         self.tool_gate = False
         self.model_gate = False
+        self.tools_clear = False
         self._update_gates()
 
     # -- hooks --------------------------------------------------------------------------------------
@@ -140,6 +145,8 @@ class PolicyEngine:
 
     def _update_gates(self) -> None:
         stage = self._ladder.stage
+        # Nothing in force and no FORBIDDEN rule: a tool call only has to not name a protected file.
+        self.tools_clear = stage == Stage.NONE and not self.actions and not self.paths.has_rules
         self.tool_gate = stage != Stage.NONE or bool(self.paths) or bool(self.actions)
         self.model_gate = stage != Stage.NONE or bool(self.spend.active or self._ceiling)
 
@@ -162,9 +169,9 @@ class PolicyEngine:
 
     def admit_tool(self, name: str, args: Any = None, *, read_only: bool = False) -> Decision:
         """May tool ``name`` run with ``args`` now?  ``read_only`` tools may name the protected files."""
+        if self.tools_clear and self.paths.clear_fast(args):
+            return ALLOW  # nothing in force and no argument names a protected file: no lock needed
         try:
-            if self._ladder.stage == Stage.NONE and not self.actions and self.paths.clear(args):
-                return ALLOW  # nothing in force and no argument names a protected file: no lock needed
             with self._lock:
                 return self._admit_tool(name, args, read_only)
         except Exception as exc:
@@ -226,15 +233,17 @@ class PolicyEngine:
             held = self._ladder.held(now)
             if held is not None:
                 return held
-            if self._ceiling is not None:
+            if self._ceiling is not None and not (self._overrides and self._overrides.active("tokens_per_minute")):
                 held = self._hold_for_tokens(now, ticket)
                 if held is not None:
                     return held
             self.spend.rollover(now)
         if self.spend.active:
             refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
-            if refused is not None:
+            if refused is not None and not (refused[1] is not None and self._overrides.active(refused[1].name)):
                 return self._refuse_cost(ticket, *refused)
+        if self._ladder.stage is not Stage.THROTTLE:
+            return Decision("allow", stage=self._ladder.stage, ticket=ticket)
         with self._lock:
             decision = self._ladder.pace(self._clock())
         return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
@@ -296,14 +305,15 @@ class PolicyEngine:
 
     # -- what happened after a call -----------------------------------------------------------------
 
-    def record_tool(self, name: str, *, ok: bool = True) -> None:
+    def record_tool(self, name: str, ok: bool = True) -> None:
         """A tool call ended (``ok`` False: with an error)."""
         try:
             with self._lock:
                 now = self._clock()
-                self._meter.note(now, ok)
-                if ok and self._ladder.stage == Stage.NONE and not self._meter.success_may_breach(now, self._triggers):
-                    return  # a success far from every limit: nothing to evaluate
+                meter = self._meter
+                meter.note(now, ok)
+                if ok and self._ladder.stage is Stage.NONE and not meter.success_may_breach(now, self._triggers):
+                    return  # a success far from every limit: nothing to evaluate, nothing to flush
                 self._evaluate(now)
         except Exception:
             logger.exception("m99: policy engine failed to record tool %r", name)
@@ -370,6 +380,7 @@ class PolicyEngine:
         try:
             with self._lock:
                 now = self._clock()
+                self._overrides.expire(now)
                 self._due(now)
                 self.spend.rollover(now)
                 self._evaluate(now)
@@ -381,6 +392,7 @@ class PolicyEngine:
         """When ``tick`` has something to do next (a level timeout, the runtime limit), on the clock."""
         limit = self.policy.triggers.runtime_limit_minutes
         times = [t for t in (self._ladder.deadline, self._run_started + limit * 60 if limit else None) if t is not None]
+        times.extend(self._overrides.deadlines())  # at an override's expiry its trigger is measured again
         return min(times) if times else None
 
     # -- measuring ----------------------------------------------------------------------------------
@@ -400,9 +412,12 @@ class PolicyEngine:
         return out
 
     def _breached(self, measured: dict[str, float]) -> list[tuple[Stage, str, float, float]]:
-        limits = self.policy.triggers.configured()
+        limits = self._limits
         out = []
+        overrides = self._overrides
         for key, value in measured.items():
+            if overrides and overrides.active(key):
+                continue
             limit = limits[key]
             if key in ("tokens_per_minute", "api_calls_per_minute"):
                 hit = value > limit  # a ceiling: reaching it is allowed
@@ -450,7 +465,7 @@ class PolicyEngine:
         self._update_gates()
         self._changed.notify_all()
         action = action or (level.action if level is not None else "resume")
-        rule = f"TRIGGERS.{trigger}" if trigger in self.policy.triggers.configured() else trigger
+        rule = f"TRIGGERS.{trigger}" if trigger in self._limits else trigger
         self._emit("transition", now, target, old, trigger, value, limit, action, reason, rule, by, measured)
         logger.warning("m99: policy %s -> %s: %s", old.key, target.key, reason)
 
@@ -502,6 +517,38 @@ class PolicyEngine:
         self._flush()
         return True
 
+    def override(self, trigger: str, until: float, by: str, reason: str = "") -> bool:
+        """OVERRIDE: an authority suspends ``trigger`` until ``until`` (on the engine's clock): it is
+        neither measured against its limit nor, for a budget or the token ceiling, refuses a call.  At
+        ``until`` it is enforced again (the timer measures it then).  False for a trigger the policy does
+        not set or an expiry already past.  The control plane authorised and audited it; the local log
+        records it too."""
+        if trigger not in self._limits:
+            return False
+        with self._lock:
+            now = self._clock()
+            if until <= now:
+                return False
+            self._overrides.set(trigger, until)
+            self._update_gates()
+            self._changed.notify_all()  # a call held by the ceiling asks again
+        logger.warning("m99: policy override of %s by %s until %.0f: %s", trigger, by, until, reason)
+        if self.audit is not None:
+            self.audit.write(
+                {
+                    "timestamp": now, "event": "override", "trigger": trigger, "action": "override",
+                    "approval": by, "reason": reason, "until": until,
+                    "agent_id": self.agent_id, "session_id": self.session_id,
+                }
+            )  # fmt: skip
+        return True
+
+    def overrides(self) -> dict[str, float]:
+        """The triggers suspended now, with when they are enforced again."""
+        with self._lock:
+            self._overrides.expire(self._clock())
+            return self._overrides.as_dict()
+
     def status(self) -> dict[str, Any]:
         """The engine's state, for the Guard's snapshot and the control plane."""
         with self._lock:
@@ -514,4 +561,5 @@ class PolicyEngine:
                 **self.spend.status(),
                 "notices": list(self.notices),
                 "audit_failures": self.audit.failures if self.audit else 0,
+                "overrides": self._overrides.as_dict(),
             }

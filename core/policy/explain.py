@@ -210,7 +210,7 @@ def _escalation(policy: Policy) -> list[Entry]:
         Stage.THROTTLE: "tool and model calls are spaced to half the call rate of the minute before.",
         Stage.PAUSE: (
             "new tool and model calls wait (those in flight finish) until the level's timeout escalates it or "
-            "it is resumed in the process (the gate's engine.resume); the CLI cannot resume it yet."
+            "an operator resumes it (`m99 policy resume AGENT`) or escalates it (`m99 policy escalate AGENT`)."
         ),
         Stage.SHUTDOWN: (
             "every tool and model call is refused and check_status() raises, in the process (with the "
@@ -345,7 +345,16 @@ def _override(policy: Policy) -> list[Entry]:
     )
     if not o.present:
         modify = "no OVERRIDE section: defaults to false. " + modify
+    human = _entry(
+        policy,
+        "OVERRIDE (a human override)",
+        None,
+        "enforced",
+        "an authority suspends one trigger until an expiry: `m99 policy override AGENT --trigger KEY --until "
+        "15m`, authorised and audited on the server, pushed signed to the agent; enforced again at the expiry.",
+    )
     return [
+        human,
         _entry(
             policy,
             "OVERRIDE.allow_agent_modification",

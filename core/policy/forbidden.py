@@ -216,8 +216,10 @@ class PathGuard:
         # contain one of their names (as given, or as their real path ends) cannot name one, so the
         # scan (realpath on every word) is skipped for it.  What this misses: a symlink of another name
         # made before the agent started (the agent's own ``ln -s`` names the file and is refused).
+        # Case-blind, whatever the platform: the pre-filter errs on the scan's side.
         names = {Path(p).name.lower() for p in protected} | {Path(os.path.realpath(p)).name.lower() for p in protected}
-        self._names = tuple(n for n in names if n)
+        self._names = tuple(sorted(n for n in names if n))
+        self.has_rules = bool(self._rules)  # FORBIDDEN files or directories, not only protected files
 
     def __bool__(self) -> bool:
         return bool(self._rules or self._protected)
@@ -299,31 +301,44 @@ class PathGuard:
         and no string mentions one.  False means: ``scan`` them."""
         return not self._rules and not self._mentions(args)
 
+    def clear_fast(self, args: Any) -> bool:
+        """``clear`` for a caller that already knows there are no FORBIDDEN rules; never raises
+        (False, so the caller scans and fails closed there)."""
+        try:
+            return not self._mentions(args)
+        except Exception:
+            return False
+
+    def _named(self, text: str) -> bool:
+        """Whether ``text`` contains a protected file's name."""
+        text = text.lower()
+        for name in self._names:
+            if name in text:
+                return True
+        return False
+
     def _mentions(self, args: Any) -> bool:
-        """Whether any string of ``args`` contains a protected file's name (or is too much to look at)."""
-        names = self._names
+        """Whether any string of ``args`` contains a protected file's name (or is too much to look at).
+        The usual tool input, a string or a flat mapping of scalars, is looked at without a generator."""
         if type(args) is str:
-            low = args.lower()
-            return any(name in low for name in names)
-        if type(args) is dict and len(args) <= 64:  # the usual tool input: a flat mapping of scalars
-            flat = True
+            return self._named(args)
+        if args is None:
+            return False
+        if type(args) is dict and len(args) <= 64:
             for key, value in args.items():
                 if type(value) is str:
-                    low = value.lower()
-                    if any(name in low for name in names):
+                    if self._named(value):
                         return True
                 elif not isinstance(value, _SCALARS):
-                    flat = False
-                    break
-                if type(key) is str and _pathlike(key) and any(name in key.lower() for name in names):
+                    break  # nested: every string below, keys included, by the general walk
+                if type(key) is str and self._named(key):
                     return True
-            if flat:
+            else:
                 return False
         for count, text in enumerate(_strings(args, 0)):
             if text is None or count >= _MAX_STRINGS:
                 return True
-            low = text.lower()
-            if any(name in low for name in names):
+            if self._named(text):
                 return True
         return False
 

@@ -14,6 +14,7 @@ import collections
 import contextvars
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ logger = logging.getLogger("m99.policy")
 ENV_VAR = "M99_POLICY"  # the policy file ``m99 run --policy`` hands to the command
 _TICKET_TTL = 600.0  # seconds after which a model call that never reported back gives its reservation up
 _MAX_WAIT = 24 * 3600.0  # a paused call waits at most this long before it is refused (fail closed)
+_COMMAND_MAX_AGE = 300.0  # an operator's pushed act older (or newer) than this is not applied: a replay
+_COMMANDS_KEPT = 256  # ids of the acts applied, so that one pushed twice is applied once
 
 # The reservation of the model call running in this context (a thread, an asyncio task).
 _ticket: contextvars.ContextVar[ModelTicket | None] = contextvars.ContextVar("m99_policy_ticket", default=None)
@@ -77,8 +80,11 @@ class PolicyGate:
         self._timer: threading.Thread | None = None
         self.tool_gate = engine.tool_gate
         self.model_gate = engine.model_gate
+        # A tool call ended: straight to the engine (the Guard calls it after every tool call).
+        self.record_tool: Callable[[str, bool], None] = engine.record_tool
         self.stopped = False
         self.evidence: dict[str, dict[str, Any]] = {}  # the Guards' snapshots at a save_state stop
+        self._commands: collections.OrderedDict[str, None] = collections.OrderedDict()
         engine.on_event(self._on_event)
         net = self.policy.forbidden.network
         self._egress = net.block_public_egress
@@ -169,8 +175,11 @@ class PolicyGate:
 
     def admit_tool(self, guard: Guard, tool: str, args: Any) -> None:
         """Return when ``tool`` may run (after a throttle's delay or a pause), raise when refused."""
+        engine = self.engine
+        if engine.tools_clear and engine.paths.clear_fast(args):
+            return  # the allowed call of a policy with nothing in force: no lock, no decision object
         read_only = tool in guard.read_only_tools
-        decision = self.engine.admit_tool(tool, args, read_only=read_only)
+        decision = engine.admit_tool(tool, args, read_only=read_only)
         decision = self._wait(decision, lambda: self.engine.admit_tool(tool, args, read_only=read_only))
         if decision.verdict != "allow":
             guard._count_refusal()
@@ -180,12 +189,11 @@ class PolicyGate:
 
     def admit_model(self, guard: Guard, model: str | None, max_tokens: int | None) -> None:
         """Reserve the call's worst case (held until it reports back) or raise the refusal."""
-        self._expire_tickets()
-
-        def ask() -> Any:
-            return self.engine.admit_model(model, max_tokens=max_tokens)
-
-        decision = self._wait(ask(), ask)
+        now = time.monotonic()
+        self._expire_tickets(now)
+        decision = self.engine.admit_model(model, max_tokens=max_tokens)
+        if decision.verdict == "wait":
+            decision = self._wait(decision, lambda: self.engine.admit_model(model, max_tokens=max_tokens))
         if decision.verdict != "allow":
             guard._count_refusal()
             raise decision.error(agent=guard.name)
@@ -193,7 +201,7 @@ class PolicyGate:
         if ticket is not None:
             _ticket.set(ticket)
             with self._lock:
-                self._tickets.append((time.monotonic(), ticket))
+                self._tickets.append((now, ticket))
         if decision.delay > 0:
             time.sleep(decision.delay)
 
@@ -209,6 +217,53 @@ class PolicyGate:
         except Exception:
             logger.exception("m99: could not resume the policy")
 
+    def command(self, event: Mapping[str, Any], *, agent_id: str) -> bool:
+        """An operator's act on this policy, authorised and audited by the control plane and pushed
+        signed (the session checked the signature): ``resume`` a throttle or a pause, ``escalate`` one
+        level now, ``override`` one trigger until an expiry.  Applied once, only when it names this
+        agent and is fresh; the transition it makes is reported like any other.  Observation: never
+        raises; False when not applied (logged)."""
+        try:
+            return self._command(event, agent_id)
+        except NotAuthorised as exc:
+            logger.warning("m99: policy %s not applied: %s", event.get("op"), exc.message)
+        except Exception:
+            logger.exception("m99: could not apply a policy command")
+        return False
+
+    def _command(self, event: Mapping[str, Any], agent_id: str) -> bool:
+        op, command_id, issued = event.get("op"), event.get("id"), event.get("issued_at")
+        if event.get("agent_id") != agent_id or not isinstance(command_id, str) or not command_id:
+            return False
+        if not isinstance(issued, int | float) or abs(time.time() - float(issued)) > _COMMAND_MAX_AGE:
+            logger.warning("m99: a policy %s issued at %r is stale: not applied", op, issued)
+            return False
+        with self._lock:
+            if command_id in self._commands:
+                return False  # pushed again (a reconnect): applied once
+            self._commands[command_id] = None
+            while len(self._commands) > _COMMANDS_KEPT:
+                self._commands.popitem(last=False)
+        by = str(event.get("by") or "operator")[:320]
+        reason = str(event.get("reason") or "")[:2000]
+        engine = self.engine
+        if op == "resume":
+            if engine.stage == Stage.SHUTDOWN:
+                logger.warning("m99: the policy's stop is lifted with `m99 restore`, not `m99 policy resume`")
+                return False
+            return engine.resume(by, reason)
+        if op == "escalate":
+            return engine.escalate(by, reason)
+        if op == "override":
+            until = event.get("until")
+            trigger = event.get("trigger")
+            if not isinstance(until, int | float) or not math.isfinite(until) or not isinstance(trigger, str):
+                return False
+            # The expiry is wall-clock time on the server; the engine's clock may be another.
+            return engine.override(trigger, engine._clock() + (float(until) - time.time()), by, reason)
+        logger.warning("m99: unknown policy command %r: not applied", op)
+        return False
+
     def check_status(self, guard: Guard) -> None:
         if self.engine.stage == Stage.SHUTDOWN:
             decision = self.engine.admit_tool("(status)")
@@ -217,9 +272,6 @@ class PolicyGate:
             )
 
     # -- after a call -------------------------------------------------------------------------------
-
-    def record_tool(self, tool: str, ok: bool) -> None:
-        self.engine.record_tool(tool, ok=ok)
 
     def settle(self, tokens: int, cost_usd: float | None, ok: bool, model: str | None = None) -> None:
         ticket = _ticket.get()
@@ -241,8 +293,14 @@ class PolicyGate:
         cost = cost_usd if cost_usd else None
         self.engine.settle_model(ticket, model=model, tokens=max(0, int(tokens)), cost_usd=cost, ok=ok)
 
-    def _expire_tickets(self) -> None:
-        edge = time.monotonic() - _TICKET_TTL
+    def _expire_tickets(self, now: float | None = None) -> None:
+        edge = (time.monotonic() if now is None else now) - _TICKET_TTL
+        tickets = self._tickets
+        try:
+            if not tickets or tickets[0][0] >= edge:
+                return  # the usual case, seen without the lock: nothing held past its time
+        except IndexError:  # emptied by another thread meanwhile
+            return
         stale: list[ModelTicket] = []
         with self._lock:
             while self._tickets and self._tickets[0][0] < edge:

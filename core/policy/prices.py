@@ -28,6 +28,8 @@ __all__ = ["ENV_VAR", "Price", "PriceTable", "resolve_prices"]
 
 ENV_VAR = "M99_PRICES"
 _MAX_BYTES = 1 << 20
+_MAX_FOUND = 1024  # model names whose price is remembered
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class PriceTable:
             else:
                 self._exact[key] = price
         self._globs.sort(key=lambda item: -len(item[0]))
+        self._found: dict[str, Price | None] = {}  # model name -> price, asked on every model call
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._globs)
@@ -93,6 +96,16 @@ class PriceTable:
     def price(self, model: str | None) -> Price | None:
         if not model:
             return None
+        found = self._found.get(model, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
+        price = self._lookup(model)
+        if len(self._found) >= _MAX_FOUND:  # model names come from the agent: bounded
+            self._found.clear()
+        self._found[model] = price
+        return price
+
+    def _lookup(self, model: str) -> Price | None:
         name = model.strip().lower()
         for candidate in (name, name.rsplit("/", 1)[-1]):
             if candidate in self._exact:

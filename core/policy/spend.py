@@ -132,8 +132,10 @@ class Spend:
     def rollover(self, now: float) -> None:
         """A new calendar day: the daily budget starts again from that day's ledger (zero, or what other
         processes sharing the state file already spent)."""
+        if self.daily is None:
+            return
         day = self._day(now)
-        if day != self.today and self.daily is not None:
+        if day != self.today:
             self.today = day
             self.daily.set_spent(self.ledger.read(day).cost_usd if self.ledger else 0.0)
 

@@ -186,6 +186,14 @@ class ScopeActIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class PolicyCommandIn(Strict):
+    agent: str = Field(min_length=1, max_length=200)
+    by: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=2000)
+    trigger: str | None = Field(default=None, max_length=64)  # override: the TRIGGERS key
+    seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)  # override: how long
+
+
 class ForgetIn(Strict):
     by: str = Field(min_length=1, max_length=320)
     reason: str = Field(min_length=1, max_length=2000)

@@ -10,7 +10,7 @@ Large answers are serialised once, straight to JSON.
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...control import ControlPlane, Principal
@@ -26,6 +26,7 @@ from ..schemas import (
     DrillScheduleIn,
     ExecuteIn,
     ForgetIn,
+    PolicyCommandIn,
     ScopeActIn,
     TokenIn,
 )
@@ -119,6 +120,12 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     @router.post("/lift")
     def lift(body: ScopeActIn, who: Who) -> JSONResponse:
         return JSONResponse(cp.lift(who, body.model_dump()))
+
+    @router.post("/policy/{op}")
+    def policy_command(op: Annotated[str, Path(max_length=20)], body: PolicyCommandIn, who: Who) -> JSONResponse:
+        """An agent's KILLSWITCH.md: ``resume`` or ``escalate`` (operator role), ``override`` one
+        trigger for ``seconds`` (authority role); audited, then pushed signed to the agent."""
+        return JSONResponse(cp.policy_commands.command(who, op, body.model_dump(exclude_none=True)))
 
     @router.get("/authorizations")
     def authorizations(who: Who, status: Annotated[str | None, Query(max_length=20)] = None) -> JSONResponse:
