@@ -20,10 +20,27 @@ HERE = Path(__file__).resolve().parent.parent / "examples" / "notebooks"
 CELL_TIMEOUT = 120  # seconds a cell may take; each notebook runs in 5-15 s here
 EXPECTED = {
     # LangChain's run ends at the next tool call or model call, whichever comes first after the freeze.
-    "langchain": [r"invoke raised (ToolCallRefused|ModelCallRefused): M99: ", "1 of 1 agent acknowledged"],
-    "crewai": ["kickoff_async raised M99RunStopped", r"1 of 1 agent acknowledged \(halt confirmed\)"],
-    "autogen": ["team.run ended: Stopped by the M99 kill switch.", r"1 of 1 agent acknowledged \(halt confirmed\)"],
+    "langchain": [
+        r"case pack valid: execution exe_\w+",
+        r"audit entries linked to a signed checkpoint",
+        r"invoke raised (ToolCallRefused|ModelCallRefused): M99: ",
+        "1 of 1 agent acknowledged",
+    ],
+    "crewai": [
+        r"case pack valid: execution exe_\w+",
+        r"audit entries linked to a signed checkpoint",
+        "kickoff_async raised M99RunStopped",
+        r"1 of 1 agent acknowledged \(halt confirmed\)",
+    ],
+    "autogen": [
+        r"case pack valid: execution exe_\w+",
+        r"audit entries linked to a signed checkpoint",
+        "team.run ended: Stopped by the M99 kill switch.",
+        r"1 of 1 agent acknowledged \(halt confirmed\)",
+    ],
     "mixed_fleet": [
+        r"case pack valid: execution exe_\w+",
+        r"audit entries linked to a signed checkpoint",
         "crew-analyst: M99RunStopped",
         r"lc-researcher: (ToolCallRefused|ModelCallRefused): M99: ",
         "ag-team: ended: Stopped by the M99 kill switch.",

@@ -203,6 +203,27 @@ checks the whole chain."""
 VERIFY = """\
 m99_cli("audit", "verify")"""
 
+CASEPACK_MD = """\
+## The proof: a case pack
+
+`m99 casepack get` writes the execution as one signed file: the authorisation, the server's snapshot,
+each agent's signed receipt and evidence (the tool calls it had made), the audit-chain slice with its
+signed checkpoint, and every public key. `m99 casepack verify` checks it offline, with nothing but the
+file and the server's public key."""
+
+CASEPACK = """\
+import tempfile
+
+newest = ops.get("/api/executions").json()[0]["id"]
+deadline = time.monotonic() + 5  # each agent's signed evidence follows its acknowledgement
+while time.monotonic() < deadline:
+    if any(e["kind"] == "agent" for e in ops.get(f"/api/executions/{newest}/evidence").json()):
+        break
+    time.sleep(0.1)
+pack = os.path.join(tempfile.mkdtemp(), f"{newest}.zip")
+m99_cli("casepack", "get", newest, "-o", pack)
+m99_cli("casepack", "verify", pack, "--public-key", cp.server_key)"""
+
 
 def langchain() -> list[tuple[str, str]]:
     return [
@@ -294,6 +315,8 @@ m99_cli("executions", execution)""",
         ("md", AUDIT_MD),
         ("code", "audit_since(audit_start)"),
         ("code", VERIFY),
+        ("md", CASEPACK_MD),
+        ("code", CASEPACK),
         ("md", "## Clean up\n\n`m99.shutdown()` uninstalls the adapters and deregisters the agent."),
         ("code", "m99.shutdown()\nops.close()\ncp.stop()"),
     ]
@@ -367,6 +390,8 @@ m99_cli("executions", execution)""",
         ("md", AUDIT_MD),
         ("code", "audit_since(audit_start)"),
         ("code", VERIFY),
+        ("md", CASEPACK_MD),
+        ("code", CASEPACK),
         ("md", "## Clean up"),
         ("code", "m99.shutdown()\nops.close()\ncp.stop()"),
     ]
@@ -499,6 +524,8 @@ m99_cli("executions", execution)""",
         ("md", AUDIT_MD),
         ("code", "audit_since(audit_start)"),
         ("code", VERIFY),
+        ("md", CASEPACK_MD),
+        ("code", CASEPACK),
         ("md", "## Clean up"),
         ("code", "m99.shutdown()\nops.close()\ncp.stop()"),
     ]
@@ -614,6 +641,8 @@ m99_cli("executions", fleet)""",
         ("md", AUDIT_MD),
         ("code", "audit_since(audit_start)"),
         ("code", VERIFY),
+        ("md", CASEPACK_MD),
+        ("code", CASEPACK),
         (
             "md",
             "## Restore\n\nL1–L3 are reversible: an audited restore lifts every directive on the scope.",
