@@ -414,3 +414,24 @@ def test_api_docs_render_offline(plane: EmbeddedControlPlane, tab: Tab) -> None:
     assert not tab.blocked
     elsewhere = [(r.url, r.failure) for r in seen if not r.url.startswith(plane.url)]
     assert all(failure == "csp" for _, failure in elsewhere), elsewhere
+
+
+def test_drills_show_their_schedule_and_each_drill_its_time_to_halt(plane: EmbeddedControlPlane, tab: Tab) -> None:
+    with M99Client(plane.url) as client, api(plane) as admin:
+        client.register("drilled-1", "autonomous")
+        scheduled = admin.post("/api/drills/schedule", json={"every_seconds": 86400, "by": "ops@example.com"})
+        assert scheduled.status_code == 200, scheduled.text
+        page = tab.login(plane.url, plane.token)
+        drills = page.locator("#drills")
+        expect(drills).to_contain_text("every 1 d")
+        expect(drills).to_contain_text("OVERDUE")  # scheduled, never drilled
+        report = admin.post(
+            "/api/drill", json={"scope": "agent:drilled-1", "level": 3, "by": "ops@example.com", "reason": "drill"}
+        )
+        assert report.status_code == 200, report.text
+        # The drill arrives live: its execution with the agent's confirmed time-to-halt, the schedule met.
+        row = page.locator("#executions tbody tr", has_text="drill").first
+        expect(row).to_contain_text("drilled-1")
+        expect(row).to_contain_text("ms")
+        expect(drills).to_contain_text("last drill")
+        expect(drills).not_to_contain_text("OVERDUE")

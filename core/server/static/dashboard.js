@@ -129,6 +129,7 @@
     agents: [],
     agentsAt: 0,
     executions: [],
+    drills: null,
     audit: [],
     chainDirty: true,
     verifiedAt: 0,
@@ -294,6 +295,7 @@
   }
 
   async function loadExecutions() {
+    view.drills = await api("GET", "/api/drills").catch(() => null);
     const list = await api("GET", `/api/executions?limit=${EXECUTIONS_SHOWN}`);
     view.executions = await Promise.all(
       list.map((e) => api("GET", `/api/executions/${encodeURIComponent(e.id)}`).catch(() => e)),
@@ -512,6 +514,25 @@
       ),
     );
     fillTable("executions", rows, 9, "no execution yet");
+    renderDrills(view.drills);
+  }
+
+  // The drill schedule (m99 drill --every): when the last drill ran, when the next is due, overdue in red.
+  function renderDrills(drills) {
+    const node = $("drills");
+    node.replaceChildren();
+    node.classList.remove("bad");
+    if (!drills) return;
+    const last = drills.last ? `last drill ${localTime(drills.last)}` : "no drill yet";
+    if (!drills.every_seconds) {
+      node.append(`drills: ${last}; no schedule (m99 drill --every 7d sets one)`);
+      return;
+    }
+    node.append(`drills: every ${human(drills.every_seconds)}; ${last}; next due ${drills.last ? localTime(drills.due) : drills.due}`);
+    if (drills.overdue) {
+      node.append(" — ", el("strong", {}, "OVERDUE"));
+      node.classList.add("bad");
+    }
   }
 
   function short(value, limit) {
