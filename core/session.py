@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import json
 import logging
 import os
@@ -23,10 +22,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,8 +35,9 @@ from .fleet import acks as _acks
 from .fleet import changes as _changes
 from .guard import Guard
 from .http import raise_for_answer, tls_context, verify_for
-from .levels import Level, Scope
+from .levels import Level
 from .link import ControlLink, ServerKeyMismatch, agent_key_path
+from .session_shared import _events, _Loop, _proxied, _scope, stop_reason
 
 log = logging.getLogger("m99.session")
 
@@ -46,91 +45,6 @@ T = TypeVar("T")
 
 REGISTER_PATIENCE = 30.0  # seconds a rate-limited registration keeps retrying
 CLOSE_TIMEOUT = 3.0  # seconds closing a session may take before it gives up waiting
-
-
-class _Loop:
-    """The process-wide event loop thread shared by every session."""
-
-    _lock = threading.Lock()
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        with cls._lock:
-            if cls._loop is None or cls._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="m99-sessions", daemon=True)
-                thread.start()
-                cls._loop, cls._thread = loop, thread
-            return cls._loop
-
-    @classmethod
-    def on_loop(cls) -> bool:
-        return threading.current_thread() is cls._thread
-
-    @classmethod
-    def run(cls, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, cls.get())
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-
-class _VerifiedEvents:
-    """The server sends the same signed bytes to every agent an event concerns: check each distinct
-    payload once per process (an Ed25519 check costs ~0.1 ms)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self._seen: dict[bytes, dict[str, Any] | None] = {}
-        self._size = size
-
-    def verify(self, link: ControlLink, raw: bytes) -> dict[str, Any] | None:
-        if raw in self._seen:
-            return self._seen[raw]
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            return None
-        event = link.verify_event(payload) if isinstance(payload, dict) else None
-        if len(self._seen) >= self._size:
-            self._seen.pop(next(iter(self._seen)))
-        self._seen[raw] = event
-        return event
-
-
-_events = _VerifiedEvents()
-
-
-@functools.lru_cache(maxsize=256)
-def _scope(text: str) -> Scope:
-    """A directive's scope, parsed once per process: every session in it reads the same event."""
-    return Scope.parse(text)
-
-
-def _proxied(url: str) -> bool:
-    """Whether the environment sends requests to ``url`` through an HTTP proxy (httpx honours it)."""
-    import urllib.request
-
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(parts.hostname or "")
-
-
-def stop_reason(directives: Sequence[dict[str, Any]]) -> str:
-    """Who stopped the agent and why, from the directive that holds it highest:
-    ``stopped by ops@example.com: "Runaway loop" (L3, execution exe_…)``."""
-    if not directives:
-        return ""
-    top = max(directives, key=lambda d: (int(d.get("level", 0)), int(d.get("version", 0))))
-    by, why = top.get("by") or "an operator", top.get("reason") or ""
-    execution = top.get("execution_id")
-    where = f"L{top.get('level')}" + (f", execution {execution}" if execution else "")
-    return f'stopped by {by}: "{why}" ({where})' if why else f"stopped by {by} ({where})"
 
 
 # -- the end of a process ---------------------------------------------------------------------------------
