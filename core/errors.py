@@ -167,3 +167,12 @@ def error_for_status(status_code: int, message: str, code: str = "", detail: Any
     else:
         cls = ControlPlaneError
     return cls(message, code=code, detail=detail, http_status=status_code)
+
+
+def error_of_answer(status_code: int, data: Any, where: str) -> ControlPlaneError:
+    """The error a non-2xx answer stands for: its JSON ``{"error": {...}}`` if it has one, else the
+    status alone (``where``: the URL asked, for the message)."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return error_for_status(status_code, str(err.get("message")), str(err.get("code") or ""), err)
+    return error_for_status(status_code, f"HTTP {status_code} from {where}")

@@ -16,7 +16,7 @@ if "httpx" not in sys.modules:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 import httpx
 
-from .errors import ControlPlaneUnreachable, error_for_status
+from .errors import ControlPlaneUnreachable, error_of_answer
 
 __all__ = ["httpx", "raise_for_answer", "request", "tls_context", "verify_for"]
 
@@ -51,10 +51,7 @@ def raise_for_answer(response: httpx.Response) -> Any:
         data = None
     if response.is_success:
         return data
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        raise error_for_status(response.status_code, str(err.get("message")), str(err.get("code") or ""), err)
-    raise error_for_status(response.status_code, f"HTTP {response.status_code} from {response.request.url}")
+    raise error_of_answer(response.status_code, data, str(response.request.url))
 
 
 def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:

@@ -4,7 +4,7 @@ An operator's command is one or two requests from a process that lives a fractio
 ``m99 execute`` is what someone types in an emergency: its start-up is on the clock.  httpx (what the
 agent side uses, for its async streams and connection pools) costs some 25 ms to import; the standard
 library's client is most of the way there already, so the operator's side speaks through it.
-Answers map to M99's errors exactly as the agent side's do (``m99.errors.error_for_status``).
+Answers map to M99's errors exactly as the agent side's do (``m99.errors.error_of_answer``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,18 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from .errors import ConfigError, ControlPlaneUnreachable, error_for_status
+from .errors import ConfigError, ControlPlaneUnreachable, error_of_answer
 
 __all__ = ["JsonClient"]
 
 MAX_ANSWER = 64 * 1024 * 1024  # an answer larger than this is refused, not held in memory
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 class JsonClient:
@@ -81,7 +88,15 @@ class JsonClient:
         )
 
     def call(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
-        response = self._send(method, path, json, params)
+        """The JSON of a 2xx answer, or the matching ``ControlPlaneError``."""
+        return _json(self._body(self._send(method, path, json, params), path))
+
+    def raw(self, method: str, path: str) -> bytes:
+        """The body of a 2xx answer as bytes (a file the server serves), or the matching error."""
+        return self._body(self._send(method, path), path)
+
+    def _body(self, response: http.client.HTTPResponse, path: str) -> bytes:
+        """The whole body of a 2xx answer (bounded), or the server's error raised."""
         try:
             raw = response.read(MAX_ANSWER + 1)
         except (OSError, http.client.HTTPException) as exc:
@@ -90,36 +105,15 @@ class JsonClient:
         if len(raw) > MAX_ANSWER:
             self.close()
             raise ControlPlaneUnreachable(f"the answer from {self.url}{path} is larger than {MAX_ANSWER} bytes")
-        return self._answer(response.status, raw, path)
-
-    def _answer(self, status: int, raw: bytes, path: str) -> Any:
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = None
-        if 200 <= status < 300:
-            return data
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict):
-            raise error_for_status(status, str(err.get("message")), str(err.get("code") or ""), err)
-        raise error_for_status(status, f"HTTP {status} from {self.url}{path}")
-
-    def raw(self, method: str, path: str) -> bytes:
-        """The body of a 2xx answer as bytes (a file the server serves), or the matching error."""
-        response = self._send(method, path)
-        raw = response.read(MAX_ANSWER + 1)
-        if len(raw) > MAX_ANSWER:
-            self.close()
-            raise ControlPlaneUnreachable(f"the answer from {self.url}{path} is larger than {MAX_ANSWER} bytes")
         if not 200 <= response.status < 300:
-            self._answer(response.status, raw, path)  # raises the server's error
+            raise error_of_answer(response.status, _json(raw), self.url + path)
         return raw
 
     def lines(self, path: str) -> Iterator[str]:
         """The lines of a streamed 2xx answer (e.g. the audit export), or the matching error."""
         response = self._send("GET", path)
         if not 200 <= response.status < 300:
-            self._answer(response.status, response.read(MAX_ANSWER), path)
+            self._body(response, path)  # raises the server's error
         try:
             for line in response:
                 yield line.decode().rstrip("\r\n")

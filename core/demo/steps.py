@@ -218,7 +218,7 @@ def case_pack(demo: Demo) -> str:
     except StepFailed:
         pass  # packed without it; the report below says how many arrived
     data = demo.operator.casepack(execution_id)
-    path = Path(tempfile.gettempdir()) / f"m99-demo-{execution_id}.zip"
+    path = Path(tempfile.mkdtemp(prefix="m99-demo-")) / f"{execution_id}.zip"  # a directory of its own
     path.write_bytes(data)
     demo.view.note(f"$ m99 casepack get {execution_id} -o {path}   -> {len(data):,} bytes")
     try:
@@ -235,7 +235,7 @@ def case_pack(demo: Demo) -> str:
     if len(report.evidence) < frozen:
         raise StepFailed(f"the case pack holds {len(report.evidence)} agents' evidence of {frozen}")
     return (
-        f"{path.name}: signatures, hashes and audit slice valid offline; {len(report.confirmed)} of "
+        f"{path}: signatures, hashes and audit slice valid offline; {len(report.confirmed)} of "
         f"{report.in_scope} confirmed; evidence of the {len(report.evidence)} agents it froze"
         + (f" ({', '.join(sorted(held_before))} held already)" if held_before else "")
     )
