@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,7 +48,7 @@ class EffectLedger:
     """Bounded record of an agent's tool calls: ``started`` when a call begins (returns a handle),
     ``finished`` when it ends.  Both are observation: they never raise into the host."""
 
-    __slots__ = ("_completed", "_ids", "_in_flight", "_lock")
+    __slots__ = ("_completed", "_ids", "_in_flight")
 
     def __init__(self) -> None:
         # (tool, arguments, started, ended, result size, ok)
@@ -58,30 +57,28 @@ class EffectLedger:
         )
         self._in_flight: dict[int, tuple[str, Any, float]] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
 
     def started(self, tool: str, arguments: Any = None) -> int:
+        # On every admitted tool call: no lock.  ``next`` of a count, a dict store and a dict pop are
+        # each one step under the interpreter lock; ``entries`` copies in one step too.
         handle = next(self._ids)
-        with self._lock:
-            if len(self._in_flight) >= MAX_IN_FLIGHT:  # a call that never ended: the oldest goes
-                self._in_flight.pop(next(iter(self._in_flight)))
-            self._in_flight[handle] = (str(tool), arguments, time.time())
+        flying = self._in_flight
+        if len(flying) >= MAX_IN_FLIGHT:  # a call that never ended: the oldest goes
+            flying.pop(next(iter(flying), 0), None)
+        flying[handle] = (str(tool), arguments, time.time())
         return handle
 
     def finished(self, handle: int | None, tool: str, *, ok: bool = True, result: Any = None) -> None:
         """A call ended; ``handle`` from ``started`` (None: a call whose start was not seen)."""
-        with self._lock:
-            begun = self._in_flight.pop(handle, None) if handle is not None else None
-            arguments, started = (begun[1], begun[2]) if begun else (None, None)
-            self._completed.append((str(tool), arguments, started, time.time(), _size(result), bool(ok)))
+        begun = self._in_flight.pop(handle, None) if handle is not None else None
+        arguments, started = (begun[1], begun[2]) if begun else (None, None)
+        self._completed.append((str(tool), arguments, started, time.time(), _size(result), bool(ok)))
 
     def entries(self, now: float | None = None) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """(completed in the last ``KEEP_SECONDS``, in flight): raw copies, cheap."""
         cutoff = (time.time() if now is None else now) - KEEP_SECONDS
-        with self._lock:
-            completed = [e for e in self._completed if e[3] >= cutoff]
-            flying = list(self._in_flight.values())
-        return completed, flying
+        completed = [e for e in list(self._completed) if e[3] >= cutoff]
+        return completed, list(self._in_flight.values())
 
 
 @dataclass(slots=True)
