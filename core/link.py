@@ -266,11 +266,14 @@ class ControlLink:
             body: dict[str, Any] = {"seq": self._seq, "ts": time.time(), **(extra or {})}
             return sign_request(self.key, kind, agent_id, body)
 
-    def send_signed(self, kind: str, path: str, extra: dict[str, Any] | None = None) -> Any:
+    def send_signed(
+        self, kind: str, path: str, extra: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         # One signed request at a time, so sequence numbers reach the server in order.
         with self._send_lock:
             body = self._signed(kind, extra)
-            return self._call("POST", f"/api/agents/{self.agent_id}/{path}", json=body)
+            more = {} if timeout is None else {"timeout": timeout}
+            return self._call("POST", f"/api/agents/{self.agent_id}/{path}", json=body, **more)
 
     def heartbeat(self, frameworks: Sequence[str] | None = None) -> dict[str, Any]:
         extra = {"frameworks": sorted(set(frameworks))} if frameworks is not None else None

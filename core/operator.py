@@ -127,6 +127,11 @@ class OperatorClient:
         result: dict[str, Any] = self._call("POST", f"/api/policy/{op}", json=body)
         return result
 
+    def budgets(self, days: int = 2) -> dict[str, Any]:
+        """``m99 policy budgets``: the fleet budgets of the last ``days`` UTC days."""
+        result: dict[str, Any] = self._call("GET", "/api/policy/budgets", params={"days": days})
+        return result
+
     def lift(self, scope: str, *, by: str, reason: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/api/lift", json={"scope": scope, "by": by, "reason": reason})
         return result

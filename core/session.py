@@ -130,6 +130,7 @@ class Session:
         guard.on_change(self._acknowledge_termination)
         guard.on_frameworks(self._frameworks_changed)
         self.policy_reports: Any = None
+        self._fleet: Any = None  # the fleet budget this session leases for (m99.policy.lease)
         self._policy_held = False  # a policy's L3 is among the directives that hold this agent
         if guard.policy is not None:  # its KILLSWITCH.md transitions, reported once enforced
             from .policy.report import PolicyReporter
@@ -148,10 +149,29 @@ class Session:
         self.lease_seconds = self._lease_override or float(answer["lease_seconds"])
         self._apply_document(self.link.verify_state(answer["state"]), ack=False)
         self._contact()
+        self._bind_fleet()
         _Loop.run(self._start_tasks(), timeout=10)
         _open.add(self)
         _hook_exit()
         return self
+
+    def _bind_fleet(self) -> None:
+        """A fleet-wide daily budget (cost_limit_daily_scope) leases its chunks through this session's
+        signed requests; the first session of the process to start does it for every one of them."""
+        gate = self.guard.policy
+        spend = gate.engine.spend if gate is not None else None
+        fleet = getattr(spend, "fleet", None)
+        if spend is None or fleet is None or fleet.bound:
+            return
+        link = self.link
+
+        def send(fields: dict[str, Any], timeout: float) -> dict[str, Any]:
+            return link.verify_state(link.send_signed("budget", "budget", fields, timeout=timeout))
+
+        fleet.bind(send)
+        self._fleet = fleet
+        fleet.sync()  # a restart takes up this agent's grant and spend of the day
+        spend.synced()
 
     async def _start_tasks(self) -> None:
         if _proxied(self.link.url):
@@ -175,6 +195,10 @@ class Session:
             _Loop.run(self._stop_tasks(), timeout=CLOSE_TIMEOUT + 1)
         except Exception as exc:
             log.warning("m99 session close: %s", exc or type(exc).__name__)
+        if self._fleet is not None:
+            if deregister and not self.guard.terminating:
+                self._fleet.give_back()  # the unspent grant goes back to the fleet (never raises)
+            self._fleet.bind(None)
         if deregister and self.link.agent_id is not None and not self.guard.terminating:
             try:
                 self.link.deregister(timeout=CLOSE_TIMEOUT)

@@ -20,6 +20,7 @@ from m99.store.records import (
     AgentRecord,
     AuditRow,
     AuthorizationRecord,
+    BudgetRecord,
     CredentialRecord,
     DirectiveRecord,
     EvidenceRecord,
@@ -312,7 +313,7 @@ def test_a_database_of_the_previous_schema_is_brought_forward(tmp_path: Path) ->
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     for statement in statements(SQLITE_TABLES):
-        if "CREATE TABLE evidence" not in statement:
+        if "CREATE TABLE evidence" not in statement and "budget_" not in statement:
             conn.execute(statement)
     conn.execute("PRAGMA user_version=3")
     conn.commit()
@@ -321,9 +322,11 @@ def test_a_database_of_the_previous_schema_is_brought_forward(tmp_path: Path) ->
     try:
         with store.transaction() as tx:
             assert tx.insert_evidence(EvidenceRecord("exe_1", "server", "", "", 1.0, {"ok": True}))
+            tx.put_budget_share(BudgetRecord("global", "2026-03-10", "a", "agt_a", 5.0, 0.25, 0.0, 1.0))
+            assert [b.agent for b in tx.budget_shares("global", "2026-03-10", lock=True)] == ["a"]
     finally:
         store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
@@ -332,8 +335,9 @@ def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
     from m99.store.postgres import MIGRATIONS, SCHEMA_VERSION
     from m99.store.sql import statements
 
-    assert len(MIGRATIONS) == SCHEMA_VERSION == 3
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 4
     assert "CREATE TABLE evidence" not in MIGRATIONS[0] and "evidence" in MIGRATIONS[2]
+    assert "budget_leases" not in MIGRATIONS[0] and "budget_leases" in MIGRATIONS[3]
     with fresh_database() as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:  # a database m99 made before evidence was kept
             for statement in statements(MIGRATIONS[0]):
@@ -344,7 +348,58 @@ def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
         try:
             with store.transaction() as tx:
                 assert tx.insert_evidence(EvidenceRecord("exe_1", "server", "", "", 1.0, {"ok": True}))
+                tx.put_budget_share(BudgetRecord("global", "2026-03-10", "a", "agt_a", 5.0, 0.25, 0.0, 1.0))
+                assert [b.agent for b in tx.budget_shares("global", "2026-03-10", lock=True)] == ["a"]
         finally:
             store.close()
         with psycopg.connect(dsn) as conn:
-            assert conn.execute("SELECT version FROM m99_schema").fetchone() == (3,)
+            assert conn.execute("SELECT version FROM m99_schema").fetchone() == (4,)
+
+
+def test_budget_shares_are_one_row_per_agent_and_day_and_replaced_in_place(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_budget_share(BudgetRecord("class:w", "2026-03-10", "b", "agt_b1", 5.0, 0.5, 0.1, 1.0))
+        tx.put_budget_share(BudgetRecord("class:w", "2026-03-10", "a", "agt_a", 5.0, 0.25, 0.0, 2.0))
+        tx.put_budget_share(BudgetRecord("class:w", "2026-03-11", "a", "agt_a", 5.0, 1.0, 0.0, 3.0))
+        tx.put_budget_share(BudgetRecord("global", "2026-03-10", "a", "agt_a", 9.0, 2.0, 0.0, 4.0))
+    with store.transaction() as tx:  # a restart of b (a new registration) replaces its row
+        tx.put_budget_share(BudgetRecord("class:w", "2026-03-10", "b", "agt_b2", 5.0, 0.75, 0.3, 5.0, refused=2))
+    with store.snapshot() as tx:
+        shares = tx.budget_shares("class:w", "2026-03-10")
+        assert [(b.agent, b.agent_id, b.granted_usd, b.spent_usd, b.refused) for b in shares] == [
+            ("a", "agt_a", 0.25, 0.0, 0),
+            ("b", "agt_b2", 0.75, 0.3, 2),
+        ]
+        assert [(b.day, b.scope) for b in tx.list_budget_shares("2026-03-11")] == [("2026-03-11", "class:w")]
+        assert len(tx.list_budget_shares("2026-03-01")) == 4
+
+
+def test_two_replicas_leasing_at_once_never_grant_past_the_limit(url: str) -> None:
+    """The lease's read-decide-write, from two stores (replicas) on many threads: the lock serialises it."""
+    import threading
+
+    stores = [open_store(url), open_store(url)]
+    limit, chunk = 1.0, 0.1
+
+    def lease(store: Store, name: str) -> None:
+        for _ in range(10):
+            with store.transaction() as tx:
+                shares = tx.budget_shares("global", "2026-03-10", lock=True)
+                used = sum(max(b.granted_usd, b.spent_usd) for b in shares)
+                mine = next((b for b in shares if b.agent == name), None)
+                mine = mine or BudgetRecord("global", "2026-03-10", name, "agt_" + name, limit, 0.0, 0.0, 0.0)
+                mine.granted_usd += max(0.0, min(chunk, limit - used))
+                tx.put_budget_share(mine)
+
+    try:
+        threads = [threading.Thread(target=lease, args=(stores[i % 2], f"agent{i}")) for i in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        with stores[0].snapshot() as tx:
+            granted = sum(b.granted_usd for b in tx.budget_shares("global", "2026-03-10"))
+        assert granted == pytest.approx(limit)
+    finally:
+        for s in stores:
+            s.close()

@@ -38,6 +38,7 @@ from ..store import Store
 from .agents import Agent, Registrations, Registry
 from .authorizations import Authorizations
 from .breakglass import BreakGlass
+from .budgets import Budgets
 from .deadman import DeadMan
 from .directives import DirectiveIndex, Restores, directive_view
 from .drills import Canary, Drills
@@ -111,6 +112,7 @@ class ControlPlane:
         self.restores = Restores(self.ledger, self.registry, self.index, self.tokens)
         self.policies = PolicyReports(self.ledger, self.liveness, self.executions)
         self.policy_commands = PolicyCommands(self.ledger, self.tokens, self.state)
+        self.budgets = Budgets(store, self.ledger, self.liveness, self.key)
         if self.settings.webhook:
             from .notify import WebhookSink
 
@@ -250,6 +252,10 @@ class ControlPlane:
         result = self.policies.report(self.known(agent_id), body, source)
         self.feed.changed({"executions"})
         return result
+
+    def budget_lease(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
+        """A chunk of a fleet-wide daily budget (``cost_limit_daily_scope``), signed by the server."""
+        return self.budgets.lease(self.known(agent_id), body, source)
 
     def acknowledge(self, agent_id: str, body: dict[str, Any], source: str = "") -> dict[str, Any]:
         """An agent applied state ``version``: its confirmed halts, with their time-to-halt."""

@@ -3,8 +3,8 @@
 A ``Budget`` admits a reservation only while what is spent, plus what is reserved by calls in flight,
 plus the new worst case fits its allowance; so concurrent callers overshoot only by what their calls
 cost beyond their reservations (nothing, when the worst cases hold).  The allowance comes from an
-``AllowanceSource``: a fixed limit today, chunks leased from the control plane for a fleet-wide
-budget later (the same two methods).  ``DailyLedger`` keeps a calendar day's totals in a small JSON
+``AllowanceSource``: a fixed limit, or chunks leased from the control plane for a fleet-wide budget
+(``m99.policy.lease``; the same two methods).  ``DailyLedger`` keeps a calendar day's totals in a small JSON
 file, written atomically, so a restart does not reset the day.
 """
 
@@ -158,10 +158,21 @@ class Budget:
             self._spent += actual
             return self._spent
 
-    def set_spent(self, spent: float) -> None:
-        """Start again from a total kept elsewhere (a new day's ledger)."""
+    def refresh(self) -> None:
+        """Adopt the source's allowance now (a lease learnt outside ``reserve``), if larger."""
+        total = float(self._source.allowance())
+        with self._lock:
+            if math.isfinite(total) and total > self._allowance:
+                self._allowance = total
+
+    def restart(self, spent: float) -> None:
+        """A new period: start from ``spent`` and the source's allowance for it (a fleet's new day
+        grants nothing until leased)."""
+        total = float(self._source.allowance())
         with self._lock:
             self._spent = float(spent)
+            if math.isfinite(total):
+                self._allowance = total
 
     def raise_spent(self, total: float) -> None:
         """Adopt a larger total kept elsewhere (the day's ledger, with other processes' spend)."""

@@ -257,3 +257,32 @@ def override(ctx: click.Context, agent: str, by: str, reason: str, trigger: str,
     body = {"agent": agent, "by": by, "reason": reason, "trigger": trigger, "seconds": seconds}
     answer = _send(ctx, "override", body)
     _sent(answer, f"override of {trigger} for {until}")
+
+
+@policy.command("budgets")
+@click.option("--days", default=2, show_default=True, type=click.IntRange(1, 31), help="How many UTC days back.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.pass_context
+def budgets(ctx: click.Context, days: int, as_json: bool) -> None:
+    """Show the fleet budgets (TRIGGERS.cost_limit_daily_scope: class or global): for each scope and
+    UTC day what the control plane granted, what the agents reported spent, and each agent's share."""
+    from ..cli._common import operator, print_json, safe
+
+    with operator(ctx) as op_client:
+        data = op_client.budgets(days)
+    if as_json:
+        print_json(data)
+        return
+    if not data["budgets"]:
+        click.echo("no fleet budgets in use (no agent's policy sets cost_limit_daily_scope: class or global)")
+    for group in data["budgets"]:
+        click.echo(
+            f"{group['day']}  {group['scope']}: granted {group['granted_usd']:.4f} USD, spent "
+            f"{group['spent_usd']:.4f} USD (used {group['used_usd']:.4f})"
+        )
+        for share in group["agents"]:
+            refused = f", {share['refused']} leases refused" if share["refused"] else ""
+            click.echo(
+                f"  {safe(share['agent'])}: granted {share['granted_usd']:.4f}, spent {share['spent_usd']:.4f} "
+                f"of its limit {share['limit_usd']:g}{refused}"
+            )

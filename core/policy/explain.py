@@ -79,7 +79,7 @@ _TRIGGER_HOW = {
     "cost_limit_daily_usd": (
         "the same hard budget per calendar day (local time), kept in a state file across restarts and "
         "shared by the processes that use the same file (m99.init keeps one per agent name in the data "
-        "directory); not yet one budget for a whole fleet. Reaching it enters {enters}."
+        "directory); for a class or every agent, see cost_limit_daily_scope. Reaching it enters {enters}."
     ),
     "tokens_per_minute": (
         "ceiling on tokens (prompt + completion) in any sliding minute, reserved at each call's worst "
@@ -120,9 +120,48 @@ def _triggers(policy: Policy) -> list[Entry]:
             out.append(_entry(policy, full, None, "off", "not set: no limit."))
             continue
         how = _TRIGGER_HOW[key].format(enters=_level_name(paths[key].enters, policy))
+        if key == "cost_limit_daily_usd" and policy.triggers.fleet:
+            how = (
+                f"the same hard budget per UTC day, one for the whole {policy.triggers.daily_scope} scope: see "
+                f"cost_limit_daily_scope. Reaching it enters {_level_name(paths[key].enters, policy)}."
+            )
         if key.startswith("cost_"):
             how += _COST_NOTE
         out.append(_entry(policy, full, value, "enforced", how))
+    if policy.triggers.cost_limit_daily_usd is not None or "TRIGGERS.cost_limit_daily_scope" in policy.lines:
+        out.extend(_fleet(policy))
+    return out
+
+
+def _fleet(policy: Policy) -> list[Entry]:
+    t = policy.triggers
+    scope_key, chunk_key = "TRIGGERS.cost_limit_daily_scope", "TRIGGERS.cost_limit_daily_chunk_usd"
+    if not t.fleet:
+        how = (
+            "M99's extension; agent (the default): cost_limit_daily_usd is this agent's own day."
+            if t.cost_limit_daily_usd is not None
+            else "no effect without cost_limit_daily_usd."
+        )
+        return [_entry(policy, scope_key, t.daily_scope, "enforced" if t.cost_limit_daily_usd else "off", how)]
+    whose = "every agent of the agent's class (its registered kind)" if t.daily_scope == "class" else "every agent"
+    how = (
+        f"M99's extension: cost_limit_daily_usd is one budget per UTC day for {whose} that declares the same "
+        "scope, kept by the control plane: each process leases it in chunks (signed requests) and spends only "
+        "within its grants, so the fleet's granted total never passes the limit; its spend passes it only by "
+        "what calls cost beyond the worst case they reserved (nothing with a price for every model; an "
+        "unpriced call reserves 0), and a process never holds more than one chunk plus one call unspent. "
+        "A process that "
+        "cannot reach the control plane gets no new chunk (it spends what it holds, then refuses). A closing "
+        "process returns what it did not spend; a dead one's unspent chunk stays granted for the day (its "
+        "restart under the same name takes it up again). See `m99 policy budgets`."
+    )
+    out = [_entry(policy, scope_key, t.daily_scope, "enforced", how)]
+    chunk_how = (
+        f"each lease asks for {number(t.chunk_usd)} USD (the bound on one process's overshoot)"
+        + ("" if t.daily_chunk_usd else ": not set, 1/20 of the limit")
+        + "; a chunk larger than a call's worst case is asked for when that call needs it."
+    )
+    out.append(_entry(policy, chunk_key, t.daily_chunk_usd, "enforced", chunk_how))
     return out
 
 

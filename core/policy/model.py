@@ -66,6 +66,11 @@ TRIGGER_KEYS = (
     "runtime_limit_minutes",
     "consecutive_failures",
 )
+# M99's extensions in TRIGGERS: whose day ``cost_limit_daily_usd`` counts (this agent's, by default; a
+# class's or every agent's, leased in chunks from the control plane) and the size of those chunks.
+DAILY_SCOPES = ("agent", "class", "global")
+TRIGGER_EXTENSIONS = ("cost_limit_daily_scope", "cost_limit_daily_chunk_usd")
+DEFAULT_CHUNK_SHARE = 0.05  # a fleet budget's chunk when the file gives none: 1/20 of the limit
 
 # Which level a trigger enters when the file does not say (ESCALATION.trigger_levels): rates
 # throttle, failures pause, spend and runtime stop at once (throttling cannot undo a breach).
@@ -116,6 +121,19 @@ class Triggers:
     error_rate_threshold: float | None = None
     runtime_limit_minutes: float | None = None
     consecutive_failures: int | None = None
+    daily_scope: str = "agent"  # TRIGGERS.cost_limit_daily_scope
+    daily_chunk_usd: float | None = None  # TRIGGERS.cost_limit_daily_chunk_usd
+
+    @property
+    def fleet(self) -> bool:
+        """The daily limit is one budget for a class or all agents, kept by the control plane."""
+        return self.cost_limit_daily_usd is not None and self.daily_scope != "agent"
+
+    @property
+    def chunk_usd(self) -> float:
+        """What one lease of a fleet budget asks for (never more than the limit)."""
+        limit = self.cost_limit_daily_usd or 0.0
+        return min(limit, self.daily_chunk_usd) if self.daily_chunk_usd else limit * DEFAULT_CHUNK_SHARE
 
     def configured(self) -> dict[str, float]:
         """The triggers the file sets, in the spec's order, with their limits."""

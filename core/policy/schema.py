@@ -11,9 +11,11 @@ from typing import Any
 
 from .forbidden import compile_glob, normal_tool_name, parse_host_rule
 from .model import (
+    DAILY_SCOPES,
     DEFAULT_LOG_FIELDS,
     LEVEL_ACTIONS,
     LEVEL_KEYS,
+    TRIGGER_EXTENSIONS,
     TRIGGER_KEYS,
     Audit,
     Channel,
@@ -33,7 +35,7 @@ __all__ = ["AUDIT_FIELDS", "BUILDERS", "KNOWN_KEYS", "LEVEL_FIELDS", "NETWORK_FI
 # The keys M99 knows in each section (the spec's, and M99's extensions ``trigger_levels`` and
 # ``action_tools``); ``m99.policy.explain`` says for each how it is enforced.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "TRIGGERS": TRIGGER_KEYS,
+    "TRIGGERS": (*TRIGGER_KEYS, *TRIGGER_EXTENSIONS),
     "FORBIDDEN": ("files", "directories", "network", "actions", "action_tools"),
     "ESCALATION": (*LEVEL_KEYS.values(), "trigger_levels"),
     "AUDIT": ("log_file", "log_format", "log_fields", "retain_logs_days"),
@@ -188,7 +190,7 @@ def _closest(key: str, known: tuple[str, ...]) -> str | None:
 
 
 def _triggers(c: Checker, data: dict[str, Any]) -> Triggers:
-    c.unknown("TRIGGERS", data, TRIGGER_KEYS)
+    c.unknown("TRIGGERS", data, KNOWN_KEYS["TRIGGERS"])
     values: dict[str, Any] = {}
     for key in TRIGGER_KEYS:
         if key not in data:
@@ -202,7 +204,30 @@ def _triggers(c: Checker, data: dict[str, Any]) -> Triggers:
             values[key] = c.number(k, data[key], low=0.0, low_open=True, high=1.0, what=" (a fraction: 0.25 is 25%)")
         else:
             values[key] = c.number(k, data[key], low=0.0, low_open=True, what=" minutes")
+    _fleet(c, data, values)
     return Triggers(**values)
+
+
+def _fleet(c: Checker, data: dict[str, Any], values: dict[str, Any]) -> None:
+    """M99's extensions: ``cost_limit_daily_scope`` (agent, class, global) and its chunk size."""
+    limit = values.get("cost_limit_daily_usd")
+    if "cost_limit_daily_scope" in data:
+        k, scope = "TRIGGERS.cost_limit_daily_scope", data["cost_limit_daily_scope"]
+        if not isinstance(scope, str) or scope.strip().lower() not in DAILY_SCOPES:
+            c.error(k, f"must be one of {', '.join(DAILY_SCOPES)}, not {_kind(scope)} {scope!r}")
+        else:
+            values["daily_scope"] = scope.strip().lower()
+            if "cost_limit_daily_usd" not in data:
+                c.warn(k, "has no effect without cost_limit_daily_usd")
+    if "cost_limit_daily_chunk_usd" in data:
+        k = "TRIGGERS.cost_limit_daily_chunk_usd"
+        chunk = c.number(k, data["cost_limit_daily_chunk_usd"], low=0.0, low_open=True, what=" (US dollars)")
+        if chunk is not None and limit is not None and chunk < limit / 1000:
+            c.error(k, f"must be at least 1/1000 of cost_limit_daily_usd ({_fmt(limit / 1000)}), not {_fmt(chunk)}")
+        elif chunk is not None:
+            values["daily_chunk_usd"] = chunk
+            if values.get("daily_scope", "agent") == "agent":
+                c.warn(k, "has no effect unless cost_limit_daily_scope is class or global")
 
 
 def _network(c: Checker, value: Any) -> Network:

@@ -2,8 +2,8 @@
 
 A model call's worst case (its prompt and ``max_tokens`` at the model's price) is reserved in both
 budgets before it is sent and settled with the actual cost (the provider's, else the price table's).
-Thread-safe through the budgets' own locks; the engine calls it outside its lock, so an allowance
-source that leases from the network later does not stall the other callers.
+Thread-safe through the budgets' own locks; the engine calls it outside its lock, so a fleet budget's
+lease from the control plane (``m99.policy.lease``) does not stall the other callers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .budget import AllowanceSource, Budget, DailyLedger
-from .decision import ModelTicket
+from .decision import ModelTicket, local_day
+from .lease import FleetAllowance, utc_day
 from .model import Triggers
 from .prices import PriceTable
 
@@ -37,18 +38,27 @@ class Spend:
         unpriced: Literal["allow", "refuse"],
         day: Callable[[float], str],
     ) -> None:
+        daily = triggers.cost_limit_daily_usd
+        self.fleet: FleetAllowance | None = None
+        if triggers.fleet and daily is not None:
+            if day is local_day:  # a fleet's day is the control plane's: the UTC calendar day
+                day = utc_day
+            if daily_allowance is None:
+                self.fleet = FleetAllowance(triggers.daily_scope, daily, triggers.chunk_usd)
+                daily_allowance = self.fleet
         self.prices, self.unpriced, self._day = prices, unpriced, day
         self.notices: list[str] = []
         self._unpriced: set[str] = set()
         limit = triggers.cost_limit_usd
         self.session = Budget("cost_limit_usd", session_allowance or limit) if limit is not None else None
-        daily = triggers.cost_limit_daily_usd
         self.ledger = DailyLedger(state_file) if state_file is not None and daily is not None else None
         self.today = day(now)
         self.daily: Budget | None = None
         if daily is not None:
             spent = self.ledger.read(self.today).cost_usd if self.ledger else 0.0
             self.daily = Budget("cost_limit_daily_usd", daily_allowance or daily, spent=spent)
+            if self.fleet is not None:
+                self.fleet.spent_of = lambda: self.daily.spent if self.daily is not None else 0.0
             if self.ledger is None:
                 self.notices.append(
                     "cost_limit_daily_usd: no state file given; the day's spend starts from 0 with each process"
@@ -137,7 +147,16 @@ class Spend:
         day = self._day(now)
         if day != self.today:
             self.today = day
-            self.daily.set_spent(self.ledger.read(day).cost_usd if self.ledger else 0.0)
+            if self.fleet is not None:
+                self.fleet.new_day(day)
+            self.daily.restart(self.ledger.read(day).cost_usd if self.ledger else 0.0)
+
+    def synced(self) -> None:
+        """The fleet budget learnt this agent's share of today from the control plane (a restart):
+        adopt its grant, and its spend if larger than the local ledger's."""
+        if self.fleet is not None and self.daily is not None:
+            self.daily.raise_spent(self.fleet.server_spent)
+            self.daily.refresh()
 
     def measure(self, out: dict[str, float]) -> None:
         if self.session is not None:
@@ -147,6 +166,7 @@ class Spend:
 
     def status(self) -> dict[str, Any]:
         return {
+            **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
             "budgets": {
                 b.name: {"limit": b.allowance, "spent": b.spent, "in_flight": b.reserved} for b in self.budgets()
             },

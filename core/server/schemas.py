@@ -89,6 +89,18 @@ class PolicyReportIn(SignedIn):
     evidence: dict[str, Any] | None = None  # the Guard's snapshot at a save_state stop (bounded server-side)
 
 
+class BudgetLeaseIn(SignedIn):
+    """A lease of a fleet budget's chunk: the agent says which scope its policy names and its limit; the
+    control plane decides which class that is (the agent's registered kind)."""
+
+    scope: Literal["class", "global"]
+    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    limit_usd: float = Field(gt=0, le=1e9)
+    want_usd: float = Field(ge=0, le=1e9)
+    spent_usd: float = Field(ge=0, le=1e12)
+    final: bool = False
+
+
 class ReceiptIn(Strict):
     """The positive checks an agent ran after applying a change (``m99.effects.receipt``)."""
 

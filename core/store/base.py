@@ -42,6 +42,7 @@ from .records import (
     AgentRecord,
     AuditRow,
     AuthorizationRecord,
+    BudgetRecord,
     CredentialRecord,
     DirectiveRecord,
     EvidenceRecord,
@@ -233,6 +234,19 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def list_evidence(self, execution_id: str) -> list[EvidenceRecord]: ...
+
+    # -- fleet budgets (m99.control.budgets) ---------------------------------------------------------
+    @abc.abstractmethod
+    def budget_shares(self, scope: str, day: str, *, lock: bool = False) -> list[BudgetRecord]:
+        """Every agent's share of ``scope``'s budget on ``day``; ``lock`` serialises leases (replicas)."""
+
+    @abc.abstractmethod
+    def put_budget_share(self, share: BudgetRecord) -> None:
+        """Insert or replace one agent's share."""
+
+    @abc.abstractmethod
+    def list_budget_shares(self, since_day: str, limit: int = 1000) -> list[BudgetRecord]:
+        """The shares of ``since_day`` and later, newest day first."""
 
     # -- directives ---------------------------------------------------------------------------------
     @abc.abstractmethod

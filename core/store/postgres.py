@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import ChangeBus, Store, StoreError
-from .sql import POSTGRES, TABLES, SqlTx, statements
+from .sql import BUDGET_TABLE, POSTGRES, TABLES, SqlTx, statements
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("m99.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANNEL = "m99_changes"
 _MIGRATION_LOCK = 990_001  # pg_advisory_xact_lock key: one replica migrates at a time
 _EVIDENCE_TABLE = """CREATE TABLE evidence (
@@ -41,6 +41,8 @@ MIGRATIONS = [
     "ALTER TABLE agents ADD COLUMN IF NOT EXISTS policy TEXT NOT NULL DEFAULT '';",
     # 2 -> 3: evidence snapshots
     _EVIDENCE_TABLE.replace("CREATE TABLE evidence", "CREATE TABLE IF NOT EXISTS evidence"),
+    # 3 -> 4: fleet budgets (cost_limit_daily_scope)
+    BUDGET_TABLE.format(int="BIGINT", real="DOUBLE PRECISION"),
 ]
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "AgentStatus",
     "AuditRow",
     "AuthorizationRecord",
+    "BudgetRecord",
     "CredentialRecord",
     "DirectiveRecord",
     "EvidenceRecord",
@@ -152,6 +153,23 @@ class EvidenceRecord:
     agent_id: str
     received_at: float
     document: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BudgetRecord:
+    """One agent's share of a fleet-wide daily budget (``cost_limit_daily_scope``): what the control
+    plane granted it on ``day`` (UTC) and what it last reported spent.  ``limit_usd`` is the limit the
+    agent's own policy declares; ``scope`` is ``class:KIND`` or ``global``."""
+
+    scope: str
+    day: str
+    agent: str  # the agent's name: a restart under the same name (and key) takes its share up again
+    agent_id: str  # the registration that last leased
+    limit_usd: float
+    granted_usd: float
+    spent_usd: float
+    updated_at: float
+    refused: int = 0  # leases refused because the budget was used up (audited at the first)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from .records import (
     AgentRecord,
     AuditRow,
     AuthorizationRecord,
+    BudgetRecord,
     CredentialRecord,
     DirectiveRecord,
     EvidenceRecord,
@@ -339,6 +340,28 @@ class SqlTx(Tx):
         where = "WHERE execution_id = ? ORDER BY kind DESC, agent"
         return self._select(EvidenceRecord, where, (execution_id,), "evidence")
 
+    # -- fleet budgets --------------------------------------------------------------------------------
+    def budget_shares(self, scope: str, day: str, *, lock: bool = False) -> list[BudgetRecord]:
+        if lock and self.dialect.for_update:
+            # One row every lease locks first: leases from every replica are then one after another.
+            self._one("SELECT value FROM meta WHERE key = 'budget_lock'" + self.dialect.for_update)
+        where = "WHERE scope = ? AND day = ? ORDER BY agent"
+        return self._select(BudgetRecord, where, (scope, day), "budget_leases")
+
+    def put_budget_share(self, share: BudgetRecord) -> None:
+        self._insert(
+            "budget_leases",
+            share,
+            " ON CONFLICT (scope, day, agent) DO UPDATE SET agent_id = excluded.agent_id, "
+            "limit_usd = excluded.limit_usd, "
+            "granted_usd = excluded.granted_usd, spent_usd = excluded.spent_usd, updated_at = excluded.updated_at, "
+            "refused = excluded.refused",
+        )
+
+    def list_budget_shares(self, since_day: str, limit: int = 1000) -> list[BudgetRecord]:
+        where = "WHERE day >= ? ORDER BY day DESC, scope, agent LIMIT ?"
+        return self._select(BudgetRecord, where, (since_day, limit), "budget_leases")
+
     # -- directives ---------------------------------------------------------------------------------
     def insert_directive(self, directive: DirectiveRecord) -> None:
         self._insert("directives", directive)
@@ -475,6 +498,16 @@ CREATE TABLE audit_checkpoints (
 INSERT INTO meta (key, value) VALUES ('state_version', '0');
 INSERT INTO meta (key, value) VALUES ('registry_seq', '0');
 INSERT INTO meta (key, value) VALUES ('audit_lock', '0');
+"""
+
+# Fleet budgets (schema 5 in SQLite, 4 in PostgreSQL): made by the upgrade on every database, new or old.
+BUDGET_TABLE = """
+CREATE TABLE IF NOT EXISTS budget_leases (
+    scope TEXT NOT NULL, day TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
+    limit_usd {real} NOT NULL, granted_usd {real} NOT NULL, spent_usd {real} NOT NULL,
+    updated_at {real} NOT NULL, refused {int} NOT NULL DEFAULT 0, PRIMARY KEY (scope, day, agent)
+);
+INSERT INTO meta (key, value) SELECT 'budget_lock', '0' WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'budget_lock');
 """
 
 

@@ -18,14 +18,14 @@ from typing import Any
 from .. import audit
 from ..audit import Checkpoint, VerifyResult
 from .base import ChangeBus, Store, StoreError
-from .sql import SQLITE, TABLES, SqlTx, statements
+from .sql import BUDGET_TABLE, SQLITE, TABLES, SqlTx, statements
 
 __all__ = ["SQLiteStore", "verify_sqlite"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # How to bring a database of each earlier schema version forward (1: the first released one; 2: before
-# agents' policies were recorded; 3: before evidence was kept).
+# agents' policies were recorded; 3: before evidence was kept; 4: before fleet budgets).
 UPGRADES: dict[int, str] = {
     1: """
     ALTER TABLE agents ADD COLUMN frameworks TEXT NOT NULL DEFAULT '["custom"]';
@@ -64,9 +64,10 @@ UPGRADES: dict[int, str] = {
         received_at REAL NOT NULL, document TEXT NOT NULL, PRIMARY KEY (execution_id, kind, agent)
     );
     """,
+    4: BUDGET_TABLE.format(int="INTEGER", real="REAL"),
 }
 
-SQLITE_TABLES = TABLES.format(int="INTEGER", real="REAL", blob="BLOB")
+SQLITE_TABLES = TABLES.format(int="INTEGER", real="REAL", blob="BLOB") + UPGRADES[4]
 
 
 class SQLiteStore(Store):

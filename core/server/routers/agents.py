@@ -16,7 +16,17 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...control import ControlPlane, Principal
-from ..schemas import AckBatchIn, AckIn, EvidenceIn, HeartbeatIn, PolicyReportIn, RegisterIn, SignedIn, Timestamp
+from ..schemas import (
+    AckBatchIn,
+    AckIn,
+    BudgetLeaseIn,
+    EvidenceIn,
+    HeartbeatIn,
+    PolicyReportIn,
+    RegisterIn,
+    SignedIn,
+    Timestamp,
+)
 from ..stream import EventStream, PushHub
 from .operators import bearer, source_of
 
@@ -74,6 +84,13 @@ def agent_router(cp: ControlPlane, hub: PushHub, counters: dict[str, int]) -> AP
         execution of origin ``policy`` and audited; a shutdown also fires L3 on ``agent:NAME``."""
         signed = await raw_json(request)
         return JSONResponse(await run_in_threadpool(cp.policy_report, agent_id, signed, source_of(request)))
+
+    @router.post("/agents/{agent_id}/budget")
+    async def budget_lease(agent_id: str, body: BudgetLeaseIn, request: Request) -> JSONResponse:
+        """A chunk of the fleet-wide daily budget the agent's KILLSWITCH.md shares with its class or with
+        every agent (``cost_limit_daily_scope``): granted only within the limit, signed by the server."""
+        signed = await raw_json(request)
+        return JSONResponse(await run_in_threadpool(cp.budget_lease, agent_id, signed, source_of(request)))
 
     @router.post("/agents/{agent_id}/ack")
     async def ack(agent_id: str, body: AckIn, request: Request) -> JSONResponse:

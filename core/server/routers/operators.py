@@ -135,6 +135,11 @@ def operator_router(cp: ControlPlane, operators: OperatorHub) -> APIRouter:
     def authorization(auth_id: str, who: Who) -> JSONResponse:
         return JSONResponse(cp.authorizations.get(auth_id))
 
+    @router.get("/policy/budgets")
+    def policy_budgets(who: Who, days: Annotated[int, Query(ge=1, le=31)] = 2) -> JSONResponse:
+        """The fleet budgets of the last ``days`` UTC days: each scope's grants and spend, per agent."""
+        return JSONResponse(cp.budgets.view(days))
+
     @router.get("/executions")
     def executions(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
         return JSONResponse(cp.executions.list(limit))

@@ -1,0 +1,141 @@
+"""Fleet budgets: one ``cost_limit_daily_usd`` for a class of agents, or for all of them, leased in chunks.
+
+An agent whose KILLSWITCH.md sets ``cost_limit_daily_scope: class`` (or ``global``) asks here, signed with
+its key, for a chunk of the day's budget before a model call that does not fit what it already holds.
+The scope is the agent's registered class (``class:KIND``) or ``global``, decided here from the
+registration, never taken from the request; the day is the UTC day, the server's.  Each agent's share
+(keyed by the agent's name, so a restart under the same name takes it up again) records what it was
+granted and the most it reported spent; the fleet has used, per agent, the larger of
+the two.  A lease grants ``min(what is asked, limit − used)`` where the limit is the one the asking
+agent's own policy declares, so the fleet's granted total never passes any agent's limit.  A reported
+spend only grows within a day (an agent cannot free budget by reporting less); a closing agent gives
+back what it did not spend.  Leases are serialised (a row lock on PostgreSQL, the write lock on
+SQLite), so two replicas cannot grant the same dollars twice.  Every grant, the first refusal of an
+agent's day and every give-back are audited; the answer is signed with the server's key.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import BadRequest, Conflict
+from ..protocol import sign_document
+from ..store import Store
+from ..store.records import BudgetRecord
+from .agents import Agent
+from .ledger import Ledger
+from .liveness import Liveness
+
+__all__ = ["MIN_LEASE_SHARE", "Budgets", "utc_day"]
+
+# The smallest lease granted is this share of the limit (unless less is left), so an agent asking for
+# crumbs cannot fill the audit chain: at most about a thousand grants per agent and day.
+MIN_LEASE_SHARE = 0.001
+
+
+def utc_day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).date().isoformat()
+
+
+def _used(share: BudgetRecord) -> float:
+    return max(share.granted_usd, share.spent_usd)
+
+
+class Budgets:
+    def __init__(self, store: Store, ledger: Ledger, liveness: Liveness, key: Any) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.liveness = liveness
+        self.key = key
+
+    def lease(self, agent: Agent, body: dict[str, Any], source: str = "") -> dict[str, Any]:
+        """A signed lease request: ``scope`` (class|global), ``day``, ``limit_usd``, ``want_usd`` (0 to
+        learn the share only), ``spent_usd`` (the agent's spend of the day), ``final`` (give back)."""
+        self.liveness.check_signed(agent, "budget", body, source=source)
+        agent.last_seq = body["seq"]
+        if agent.status in ("stopped", "tombstoned"):
+            raise Conflict(f"agent {agent.name} is {agent.status}: no budget for it", code="not_active")
+        now = time.time()
+        day = str(body["day"])
+        skew = self.liveness.settings.clock_skew
+        if day not in {utc_day(now - skew), utc_day(now), utc_day(now + skew)}:
+            raise BadRequest(f"day {day!r} is not today (UTC) at the control plane ({utc_day(now)})", code="bad_day")
+        scope = f"class:{agent.kind}" if body["scope"] == "class" else "global"
+        limit = float(body["limit_usd"])
+        want, spent, final = float(body["want_usd"]), float(body["spent_usd"]), bool(body.get("final"))
+        if not all(math.isfinite(v) for v in (limit, want, spent)):
+            raise BadRequest("amounts must be finite numbers")
+        actor = {"agent": agent.name, "policy": agent.policy or None}
+        with self.ledger.unit() as unit:
+            shares = unit.tx.budget_shares(scope, day, lock=True)
+            mine = next((s for s in shares if s.agent == agent.name), None)
+            if mine is None:
+                mine = BudgetRecord(scope, day, agent.name, agent.agent_id, limit, 0.0, 0.0, now)
+            others = sum(_used(s) for s in shares if s.agent != agent.name)
+            mine.spent_usd = max(mine.spent_usd, spent)
+            mine.limit_usd, mine.updated_at, mine.agent_id = limit, now, agent.agent_id
+            granted = 0.0
+            details: dict[str, Any] = {"agent_id": agent.agent_id, "scope": scope, "day": day, "limit_usd": limit}
+            if final:
+                returned = max(0.0, mine.granted_usd - mine.spent_usd)
+                mine.granted_usd = min(mine.granted_usd, mine.spent_usd)
+                if returned > 0:
+                    unit.audit("budget.returned", actor, {**details, "returned_usd": returned, "spent_usd": spent})
+            elif want > 0:
+                room = limit - others - _used(mine)
+                granted = max(0.0, min(max(want, limit * MIN_LEASE_SHARE), room))
+                if granted > 0:
+                    mine.granted_usd = _used(mine) + granted
+                    unit.audit(
+                        "budget.leased",
+                        actor,
+                        {**details, "granted_usd": granted, "total_usd": mine.granted_usd, "fleet_used_usd": others},
+                    )
+                else:
+                    mine.refused += 1
+                    if mine.refused == 1:
+                        unit.audit("budget.exhausted", actor, {**details, "wanted_usd": want, "fleet_used_usd": others})
+            unit.tx.put_budget_share(mine)
+        document = {
+            "type": "budget.lease",
+            "agent_id": agent.agent_id,
+            "seq": body["seq"],
+            "scope": scope,
+            "day": day,
+            "granted_usd": mine.granted_usd,
+            "spent_usd": mine.spent_usd,
+            "leased_usd": granted,
+            "fleet_used_usd": others + _used(mine),
+            "limit_usd": limit,
+        }
+        return sign_document(self.key, document)
+
+    def view(self, days: int = 2) -> dict[str, Any]:
+        """The shares of the last ``days`` UTC days, grouped by scope and day, with their totals."""
+        since = utc_day(time.time() - max(0, days - 1) * 86400.0)
+        with self.store.snapshot() as tx:
+            shares = tx.list_budget_shares(since)
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for s in shares:
+            group = groups.setdefault(
+                (s.day, s.scope),
+                {"day": s.day, "scope": s.scope, "granted_usd": 0.0, "spent_usd": 0.0, "used_usd": 0.0, "agents": []},
+            )
+            group["granted_usd"] += s.granted_usd
+            group["spent_usd"] += s.spent_usd
+            group["used_usd"] += _used(s)
+            group["agents"].append(
+                {
+                    "agent": s.agent,
+                    "agent_id": s.agent_id,
+                    "limit_usd": s.limit_usd,
+                    "granted_usd": s.granted_usd,
+                    "spent_usd": s.spent_usd,
+                    "refused": s.refused,
+                    "updated_at": s.updated_at,
+                }
+            )
+        return {"budgets": list(groups.values())}
