@@ -19,6 +19,8 @@ STARTER = """\
 
 cost_limit_usd: 10.00          # Spend per session (process), hard: a call that would pass it is refused
 cost_limit_daily_usd: 50.00    # Spend per calendar day, kept across restarts
+# cost_limit_daily_scope: class  # M99: one daily budget for the agent's class (or global), leased
+# cost_limit_daily_chunk_usd: 2.50  #   from the control plane in chunks (default 1/20 of the limit)
 tokens_per_minute: 100000      # Token ceiling in any sliding minute
 api_calls_per_minute: 60       # Tool and model calls per sliding minute
 error_rate_threshold: 0.5      # Share of failed calls (among the last 20) that pauses the agent
