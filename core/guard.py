@@ -264,9 +264,11 @@ class Guard(GuardRecords):
         """Raises ``ModelCallRefused`` at L3, L5, L6, while frozen by a lost lease, or when the policy
         refuses the call (its worst case, ``max_tokens`` of ``model``, is then reserved until it reports)."""
         if self._halt_gate:
-            self._refuse(ModelCallRefused, "model call refused for agent")
-            if self._policy is not None and self._policy.model_gate:
-                self._policy.admit_model(self, model, max_tokens)
+            if self._level or self._lease_lost:  # else only a policy's rule set the gate
+                self._refuse(ModelCallRefused, "model call refused for agent")
+            policy = self._policy
+            if policy is not None and policy.model_gate:
+                policy.admit_model(self, model, max_tokens)
 
     def check_status(self) -> None:
         """Raises ``M99KillSwitchTriggered`` at L3, L5, L6, or ``LeaseExpired`` while frozen by the lease."""

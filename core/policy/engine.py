@@ -51,6 +51,19 @@ logger = logging.getLogger("m99.policy")
 
 Clock = Callable[[], float]
 
+# The triggers ``PolicyEngine._clear_of_limits`` bounds (the meter's, the budgets', the runtime).
+_CLEAR_CHECKS = frozenset(
+    {
+        "cost_limit_usd",
+        "cost_limit_daily_usd",
+        "tokens_per_minute",
+        "api_calls_per_minute",
+        "error_rate_threshold",
+        "consecutive_failures",
+        "runtime_limit_minutes",
+    }
+)
+
 
 class PolicyEngine(OperatorActs):
     """Enforces one ``Policy`` for one process (every framework and framework agent in it)."""
@@ -98,6 +111,8 @@ class PolicyEngine(OperatorActs):
         self.notices = self.spend.notices  # said at start (and once per unpriced model), for the Guard to log
         t = policy.triggers
         self._limits = t.configured()  # asked after every call: computed once
+        # Every trigger set is one ``_clear_of_limits`` knows: a model call's end may then skip evaluating.
+        self._limits_known = set(self._limits) <= _CLEAR_CHECKS
         self._ceiling = WindowCeiling(t.tokens_per_minute) if t.tokens_per_minute else None
         self._triggers = t
         # rules
@@ -215,35 +230,56 @@ class PolicyEngine(OperatorActs):
     ) -> Decision:
         """May a model call run now?  ``max_tokens`` (else ``default_max_tokens``) and the prompt's
         estimated tokens make its worst case, reserved against the budgets until it is settled."""
+        admitted = self.reserve_model(model, max_tokens, prompt_tokens)
+        if isinstance(admitted, ModelTicket):
+            return Decision("allow", stage=self._ladder.stage, ticket=admitted)
+        return admitted
+
+    def reserve_model(
+        self, model: str | None = None, max_tokens: int | None = None, prompt_tokens: int = 0
+    ) -> ModelTicket | Decision:
+        """``admit_model`` for the Guard's hot path: the call's ticket itself when it may run at once
+        (no Decision is built for the usual answer), else the Decision (a throttle's delay, a wait, a
+        refusal).  Never raises: an error inside refuses (fail closed)."""
         try:
             return self._admit_model(model, max_tokens, prompt_tokens)
         except Exception as exc:
             logger.exception("m99: policy engine error on a model call")
             return Decision("refuse", reason=f"policy engine error ({type(exc).__name__}): refused", rule="engine")
         finally:
-            self._flush()
+            if self._pending:
+                self._flush()
 
-    def _admit_model(self, model: str | None, max_tokens: int | None, prompt_tokens: int) -> Decision:
+    def _admit_model(self, model: str | None, max_tokens: int | None, prompt_tokens: int) -> ModelTicket | Decision:
         out_tokens = int(max_tokens) if max_tokens and max_tokens > 0 else self.default_max_tokens
-        worst_tokens = max(0, int(prompt_tokens)) + out_tokens
+        prompt_tokens = max(0, int(prompt_tokens))
+        worst_tokens = prompt_tokens + out_tokens
         ticket = ModelTicket(model, None, worst_tokens)
+        ladder = self._ladder
         with self._lock:
             now = self._clock()
-            self._due(now)
-            held = self._ladder.held(now)
-            if held is not None:
-                return held
-            if self._ceiling is not None and not (self._overrides and self._overrides.active("tokens_per_minute")):
-                held = self._hold_for_tokens(now, ticket)
+            if ladder.deadline is not None:
+                self._due(now)
+            if ladder.stage >= Stage.PAUSE:
+                held = ladder.held(now)
                 if held is not None:
                     return held
+            ceiling = self._ceiling
+            if ceiling is not None and not (self._overrides and self._overrides.active("tokens_per_minute")):
+                slot = ceiling.reserve(now, worst_tokens) if worst_tokens <= ceiling.limit else None
+                if slot is not None:
+                    ticket.slot = slot  # the usual case: it fits under the ceiling
+                else:
+                    held = self._hold_for_tokens(now, ticket)
+                    if held is not None:
+                        return held
             self.spend.rollover(now)
         if self.spend.active:
-            refused = self.spend.reserve(ticket, max(0, int(prompt_tokens)), out_tokens)
+            refused = self.spend.reserve(ticket, prompt_tokens, out_tokens)
             if refused is not None and not (refused[1] is not None and self._overrides.active(refused[1].name)):
                 return self._refuse_cost(ticket, *refused)
-        if self._ladder.stage is not Stage.THROTTLE:
-            return Decision("allow", stage=self._ladder.stage, ticket=ticket)
+        if ladder.stage is not Stage.THROTTLE:
+            return ticket
         with self._lock:
             decision = self._ladder.pace(self._clock())
         return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
@@ -336,7 +372,8 @@ class PolicyEngine(OperatorActs):
             self._settle(ticket, model, input_tokens, output_tokens, tokens, cost_usd, ok)
         except Exception:
             logger.exception("m99: policy engine failed to settle a model call")
-        self._flush()
+        if self._pending:
+            self._flush()
 
     def _settle(
         self,
@@ -363,7 +400,24 @@ class PolicyEngine(OperatorActs):
                 else:
                     self._ceiling.add(now, used)
             self._meter.note(now, ok, used, breaks_run=False)
-            self._evaluate(now)
+            if not self._clear_of_limits(now):
+                self._evaluate(now)
+
+    def _clear_of_limits(self, now: float) -> bool:
+        """A cheap and conservative ``not self._breached(self._measure(now))``, under the lock: True
+        only when no trigger can be at its limit, so ``_evaluate`` would find nothing to do (overrides
+        only take breaches away, so they need not be asked)."""
+        if not self._limits_known or self._meter.may_breach(self._triggers):
+            return False
+        limits = self._limits
+        spent: dict[str, float] = {}
+        self.spend.measure(spent)
+        for key, value in spent.items():
+            limit = limits.get(key)
+            if limit is None or (value >= limit and value > 0):
+                return False
+        runtime = self._triggers.runtime_limit_minutes
+        return not (runtime and (now - self._run_started) / 60.0 >= runtime)
 
     def release_model(self, ticket: ModelTicket) -> None:
         """The admitted call was never sent: give its reservations back."""

@@ -39,6 +39,7 @@ logger = logging.getLogger("m99.policy")
 
 ENV_VAR = "M99_POLICY"  # the policy file ``m99 run --policy`` hands to the command
 _TICKET_TTL = 600.0  # seconds after which a model call that never reported back gives its reservation up
+_LOOKS = 100  # times the calls in flight are looked through while other threads change them
 _MAX_WAIT = 24 * 3600.0  # a paused call waits at most this long before it is refused (fail closed)
 _COMMAND_MAX_AGE = 300.0  # an operator's pushed act older (or newer) than this is not applied: a replay
 _COMMANDS_KEPT = 256  # ids of the acts applied, so that one pushed twice is applied once
@@ -74,7 +75,10 @@ class PolicyGate:
         self.policy: Policy = engine.policy
         self._guards: list[Guard] = []
         self._lock = threading.Lock()
-        self._tickets: collections.deque[tuple[float, ModelTicket]] = collections.deque()
+        # The model calls admitted and not yet reported back, oldest first: ticket -> when admitted
+        # (monotonic).  Each step on it (a store, a pop, a copy) is one step under the interpreter
+        # lock, so a model call's start and end take no lock of the gate.
+        self._flying: dict[ModelTicket, float] = {}
         self._stop = threading.Event()
         self._tick_seconds = max(0.01, float(tick_seconds))
         self._timer: threading.Thread | None = None
@@ -190,8 +194,15 @@ class PolicyGate:
     def admit_model(self, guard: Guard, model: str | None, max_tokens: int | None) -> None:
         """Reserve the call's worst case (held until it reports back) or raise the refusal."""
         now = time.monotonic()
-        self._expire_tickets(now)
-        decision = self.engine.admit_model(model, max_tokens=max_tokens)
+        flying = self._flying
+        if flying:
+            self._expire_tickets(now)
+        admitted = self.engine.reserve_model(model, max_tokens)
+        if isinstance(admitted, ModelTicket):  # the usual answer: it runs now, no Decision built
+            _ticket.set(admitted)
+            flying[admitted] = now
+            return
+        decision = admitted
         if decision.verdict == "wait":
             decision = self._wait(decision, lambda: self.engine.admit_model(model, max_tokens=max_tokens))
         if decision.verdict != "allow":
@@ -200,8 +211,7 @@ class PolicyGate:
         ticket = decision.ticket
         if ticket is not None:
             _ticket.set(ticket)
-            with self._lock:
-                self._tickets.append((now, ticket))
+            flying[ticket] = now
         if decision.delay > 0:
             time.sleep(decision.delay)
 
@@ -274,39 +284,52 @@ class PolicyGate:
     # -- after a call -------------------------------------------------------------------------------
 
     def settle(self, tokens: int, cost_usd: float | None, ok: bool, model: str | None = None) -> None:
+        # This context's ticket stays in the variable once settled: done, it is not settled again.
         ticket = _ticket.get()
-        with self._lock:
-            if ticket is not None and not ticket.done:
-                _ticket.set(None)
-                for i, (_, held) in enumerate(self._tickets):
-                    if held is ticket:
-                        del self._tickets[i]
-                        break
-            else:
-                # Not this context's (a framework reported from another thread): the oldest in flight.
-                ticket = None
-                while self._tickets:
-                    _, held = self._tickets.popleft()
-                    if not held.done:
-                        ticket = held
-                        break
+        if ticket is not None and not ticket.done:
+            self._flying.pop(ticket, None)
+        else:
+            # Not this context's (a framework reported from another thread): the oldest in flight.
+            ticket = self._oldest_in_flight()
         cost = cost_usd if cost_usd else None
         self.engine.settle_model(ticket, model=model, tokens=max(0, int(tokens)), cost_usd=cost, ok=ok)
 
+    def _oldest_in_flight(self) -> ModelTicket | None:
+        """Take the oldest call in flight out of them, or None; the done ones before it leave too.  A
+        pop claims a call: of two threads after the same one, one gets it."""
+        flying = self._flying
+        for _ in range(_LOOKS):
+            ahead: list[ModelTicket] = []
+            found = None
+            try:
+                for held in flying:
+                    if not held.done:
+                        found = held
+                        break
+                    ahead.append(held)
+            except RuntimeError:  # another thread changed them meanwhile: look again
+                continue
+            for held in ahead:
+                flying.pop(held, None)
+            if found is None or flying.pop(found, None) is not None:
+                return found
+        return None  # settled as a call the gate did not see; its reservation is given up at its expiry
+
     def _expire_tickets(self, now: float | None = None) -> None:
+        """Give up the reservations of the calls in flight past their time (``_TICKET_TTL``)."""
         edge = (time.monotonic() if now is None else now) - _TICKET_TTL
-        tickets = self._tickets
-        try:
-            if not tickets or tickets[0][0] >= edge:
-                return  # the usual case, seen without the lock: nothing held past its time
-        except IndexError:  # emptied by another thread meanwhile
-            return
+        flying = self._flying
         stale: list[ModelTicket] = []
-        with self._lock:
-            while self._tickets and self._tickets[0][0] < edge:
-                stale.append(self._tickets.popleft()[1])
-        for ticket in stale:
-            self.engine.release_model(ticket)
+        try:
+            for held, admitted in flying.items():
+                if admitted >= edge:
+                    break  # the usual case, at the first: nothing held past its time
+                stale.append(held)
+        except RuntimeError:  # changed by another thread meanwhile: the next look sees them
+            return
+        for held in stale:
+            if flying.pop(held, None) is not None:
+                self.engine.release_model(held)  # a no-op for one done meanwhile
 
     def status(self) -> dict[str, Any]:
         return {"file": str(self.policy.source or ""), "sha256": self.digest, **self.engine.status()}

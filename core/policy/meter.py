@@ -69,6 +69,21 @@ class Meter:
         # A success lowers the error rate, or keeps it; only reaching the sample size makes a new one.
         return bool(triggers.error_rate_threshold) and len(self._outcomes) == self.error_min_calls
 
+    def may_breach(self, triggers: Triggers) -> bool:
+        """Whether one of the meter's triggers may be at its limit, as ``measure`` and the engine compare
+        them: an over-estimate without pruning (what left the minute may still count), so False means
+        ``measure`` finds none of them breached.  Cheap: asked after every model call."""
+        if triggers.api_calls_per_minute and len(self._calls) > triggers.api_calls_per_minute:
+            return True
+        if triggers.tokens_per_minute and self._token_sum > triggers.tokens_per_minute:
+            return True
+        if triggers.consecutive_failures and self.failed_run >= triggers.consecutive_failures:
+            return True
+        outcomes = self._outcomes
+        if triggers.error_rate_threshold and len(outcomes) >= self.error_min_calls:
+            return outcomes.count(False) / len(outcomes) >= triggers.error_rate_threshold
+        return False
+
     def rate(self, now: float) -> int:
         """Calls completed in the last minute, across transitions."""
         self._prune(now)
