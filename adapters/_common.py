@@ -191,9 +191,10 @@ def observing(resolve: Resolve, agent: str | None) -> Guards:
 # -- enforcement: raise M99 errors, fail closed ---------------------------------------------------------
 
 
-def check_tool(guards: Iterable[Guard], tool: str, args: Any = None) -> None:
+def check_tool(guards: Iterable[Guard], tool: str, args: Any = None, *, note: bool = True) -> None:
     """Raise ``ToolCallRefused`` unless every Guard lets ``tool`` run now (with ``args``: a policy's
-    FORBIDDEN paths are looked for in them)."""
+    FORBIDDEN paths are looked for in them).  ``note`` False: the caller notes the call's start in the
+    side-effect ledger itself (``started``) and carries its handle to the end."""
     for guard in guards:
         try:
             if guard.quiet:  # nothing set: the common case, one attribute read
@@ -212,7 +213,19 @@ def check_tool(guards: Iterable[Guard], tool: str, args: Any = None) -> None:
     if _streak.active:  # usually no streak at all: skip the per-Guard weakref lookups
         for guard in guards:
             _streak.allowed(guard)
-    note_started(guards, tool, args)
+    if note:
+        note_started(guards, tool, args)
+
+
+def started(guards: Guards, tool: str, args: Any) -> int | None:
+    """The side-effect ledger's handle of ``tool``'s call admitted now, for an adapter that carries it
+    to the call's end itself (``record_tool(..., handle=)``): no context variable to set and read
+    back.  Never raises (None: the end is then recorded without its start)."""
+    try:
+        return guards[0].effects.started(tool, args) if guards else None
+    except Exception:
+        logger.exception("m99: could not note a tool call's start")
+        return None
 
 
 # The tool call admitted last in this context (thread or asyncio task), for the side-effect ledger
@@ -347,11 +360,18 @@ def redact(guards: Iterable[Guard], value: Any) -> Any:
 # -- observation: never raises ----------------------------------------------------------------------------
 
 
-def record_tool(guards: Guards, tool: str, *, ok: bool, result: Any = None) -> None:
+_FROM_CONTEXT = -1  # ``record_tool``'s default: the ledger handle is the one noted in this context
+
+
+def record_tool(guards: Guards, tool: str, *, ok: bool, result: Any = None, handle: int | None = _FROM_CONTEXT) -> None:
+    """A tool call ended; ``handle`` from ``started`` when the adapter carried it, else the one
+    ``check_tool`` noted in this context."""
     if not guards:
         return
     try:
-        guards[0].record_tool_call(tool, ok=ok, handle=_ended(guards[0], tool), result=result)
+        if handle == _FROM_CONTEXT:
+            handle = _ended(guards[0], tool)
+        guards[0].record_tool_call(tool, ok=ok, handle=handle, result=result)
         if len(guards) > 1:  # an agent's own Guard: the process's policy counts the call too
             gate = _outer_policy(guards)
             if gate is not None:

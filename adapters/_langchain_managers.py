@@ -79,6 +79,16 @@ def _tool_gate(
     return admit_tool(install.resolve, serialized, manager.metadata, kwargs.get("name"), inputs)
 
 
+def _not_started(run: Run | None) -> None:
+    """LangChain failed to start an admitted tool run (its own handlers raised): the ledger's entry
+    ends there, unsuccessful (nothing ran; the usage does not count it).  Never raises."""
+    try:
+        if run is not None and run[1] and run[2] is not None:
+            run[1][0].effects.finished(run[2], run[0], ok=False)
+    except Exception:
+        logger.exception("m99: could not end a tool call's ledger entry")
+
+
 def _model_gate(install: Installation, manager: Any, kwargs: dict[str, Any]) -> Run | None:
     if manager.handlers and _explicit(manager.handlers):
         return None
@@ -121,7 +131,11 @@ def _tool_start(install: Installation) -> Factory:
     def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
         def on_tool_start(self: Any, serialized: Any, *args: Any, **kwargs: Any) -> Any:
             gate = _tool_gate(install, self, serialized, args, kwargs) if install.live else None
-            run = previous(self, serialized, *args, **kwargs)
+            try:
+                run = previous(self, serialized, *args, **kwargs)
+            except BaseException:
+                _not_started(gate)
+                raise
             if gate is not None:
                 setattr(run, _RUN, gate)
             return run
@@ -135,7 +149,11 @@ def _atool_start(install: Installation) -> Factory:
     def factory(previous: Callable[..., Any]) -> Callable[..., Any]:
         async def on_tool_start(self: Any, serialized: Any, *args: Any, **kwargs: Any) -> Any:
             gate = _tool_gate(install, self, serialized, args, kwargs) if install.live else None
-            run = await previous(self, serialized, *args, **kwargs)
+            try:
+                run = await previous(self, serialized, *args, **kwargs)
+            except BaseException:
+                _not_started(gate)
+                raise
             if gate is not None:
                 setattr(run, _RUN, gate)
             return run

@@ -30,6 +30,7 @@ from ._common import (
     record_tool,
     reset_streaks,
     scoped,
+    started,
 )
 from ._credentials import ModelKeys, protect_model_client
 
@@ -108,8 +109,10 @@ def _cost(response: LLMResult) -> float:
     return 0.0
 
 
-# What a started tool or model run is, for its end: the tool's name ("" for a model) and its Guards.
-Run: TypeAlias = tuple[str, Guards]
+# What a started tool or model run is, for its end: the tool's name ("" for a model), its Guards and the
+# side-effect ledger's handle of a tool call (carried on the run to its end: LangChain reports every
+# admitted tool run's end, so no context variable has to find it again; a nested tool call keeps its own).
+Run: TypeAlias = tuple[str, Guards, int | None]
 
 
 def admit_tool(resolve: Resolve, serialized: Any, metadata: Any, name: Any, args: Any = None) -> Run:
@@ -117,8 +120,8 @@ def admit_tool(resolve: Resolve, serialized: Any, metadata: Any, name: Any, args
     named = serialized.get("name") if serialized else None
     tool = named if type(named) is str and named else str(named or name or "tool")
     guards = governing(resolve, agent_of(metadata) if metadata else None, tool=tool)
-    check_tool(guards, tool, args)
-    return tool, guards
+    check_tool(guards, tool, args, note=False)
+    return tool, guards, started(guards, tool, args)
 
 
 def admit_model(resolve: Resolve, metadata: Any, params: Any = None) -> Run:
@@ -127,7 +130,7 @@ def admit_model(resolve: Resolve, metadata: Any, params: Any = None) -> Run:
     if name is None and isinstance(params, dict) and isinstance(params.get("_type"), str):
         name = params["_type"]  # a model without a model name: LangChain's type of it, for a price table
     check_model(guards, name, max_tokens)
-    return "", guards
+    return "", guards, None
 
 
 def note_run_start(resolve: Resolve, metadata: Any, inputs: Any) -> None:
@@ -141,9 +144,9 @@ def record_end(run: Run | None, ok: bool, response: Any = None) -> None:
     """Usage of a run admitted at its start; never raises."""
     if run is None:
         return
-    tool, guards = run
+    tool, guards, handle = run
     if tool:
-        record_tool(guards, tool, ok=ok)
+        record_tool(guards, tool, ok=ok, handle=handle)
         return
     tokens, cost = 0, 0.0
     if response is not None:
@@ -254,7 +257,7 @@ class M99CallbackHandler(BaseCallbackHandler):
         if not self.active:
             return
         if run is None and model:  # a model run that started before this handler saw it
-            run = ("", observing(self._resolve, None))
+            run = ("", observing(self._resolve, None), None)
         record_end(run, ok, response)
 
 

@@ -30,13 +30,14 @@ MAX_COMPLETED = 256
 MAX_IN_FLIGHT = 256
 MAX_ARGUMENT_CHARS = 2000  # per call, after redaction
 MAX_FINGERPRINTS = 16  # in a receipt
+_SIZED = (str, bytes, bytearray, list, tuple, dict, set)  # a tuple: ``isinstance`` reads it faster than a union
 
 
 def _size(value: Any) -> int | None:
     """The size of a tool's result: characters of text, bytes of bytes, items of a collection."""
     if value is None:
         return None
-    if isinstance(value, str | bytes | bytearray | list | tuple | dict | set):
+    if isinstance(value, _SIZED):
         return len(value)
     try:
         return len(str(value))
@@ -65,14 +66,25 @@ class EffectLedger:
         flying = self._in_flight
         if len(flying) >= MAX_IN_FLIGHT:  # a call that never ended: the oldest goes
             flying.pop(next(iter(flying), 0), None)
-        flying[handle] = (str(tool), arguments, time.time())
+        flying[handle] = (tool if type(tool) is str else str(tool), arguments, time.time())
         return handle
 
-    def finished(self, handle: int | None, tool: str, *, ok: bool = True, result: Any = None) -> None:
-        """A call ended; ``handle`` from ``started`` (None: a call whose start was not seen)."""
+    def finished(
+        self, handle: int | None, tool: str, *, ok: bool = True, result: Any = None, ended: float | None = None
+    ) -> None:
+        """A call ended (at ``ended``, else now); ``handle`` from ``started`` (None: a call whose start
+        was not seen)."""
         begun = self._in_flight.pop(handle, None) if handle is not None else None
-        arguments, started = (begun[1], begun[2]) if begun else (None, None)
-        self._completed.append((str(tool), arguments, started, time.time(), _size(result), bool(ok)))
+        self._completed.append(
+            (
+                tool if type(tool) is str else str(tool),
+                begun[1] if begun else None,
+                begun[2] if begun else None,
+                time.time() if ended is None else ended,
+                None if result is None else _size(result),
+                ok if ok is True or ok is False else bool(ok),
+            )
+        )
 
     def entries(self, now: float | None = None) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """(completed in the last ``KEEP_SECONDS``, in flight): raw copies, cheap."""

@@ -203,7 +203,10 @@ class Guard(GuardRecords):
             "consecutive_failures": 0,
             "refusals": 0,
         }
-        self._recent: collections.deque[tuple[str, float, bool]] = collections.deque(maxlen=max(1, recent_tool_calls))
+        # The last tool calls, as noted (tool, ts, ok, 0, 0.0): the snapshot's recent_tool_calls.
+        self._recent: collections.deque[tuple[str | None, float, bool, int, float]] = collections.deque(
+            maxlen=max(1, recent_tool_calls)
+        )
         self.effects = EffectLedger()  # the side-effect ledger (m99.effects)
         self.captured: Capture | None = None  # what the last kill found, taken before applying it
         network.register(self)

@@ -44,7 +44,7 @@ class GuardRecords:
     _noted: collections.deque[tuple[str | None, float, bool, int, float]]
     _usage: dict[str, Any]
     _usage_lock: threading.Lock
-    _recent: collections.deque[tuple[str, float, bool]]
+    _recent: collections.deque[tuple[str | None, float, bool, int, float]]  # noted tool calls, as noted
     _policy: Any
     _level: int
     _reason: str
@@ -105,13 +105,15 @@ class GuardRecords:
     def record_tool_call(self, tool: str, *, ok: bool = True, handle: int | None = None, result: Any = None) -> None:
         """A tool call ended (``ok`` False: with an error; ``handle`` from ``effects.started``).  Cheap:
         it runs after every tool call."""
-        self.effects.finished(handle, tool, ok=ok, result=result)
+        now = _now()
+        self.effects.finished(handle, tool, ok=ok, result=result, ended=now)
         noted = self._noted
-        noted.append((tool, _now(), ok, 0, 0.0))
+        noted.append((tool, now, ok, 0, 0.0))
         if len(noted) > _FOLD_AT:
             self._fold()
-        if self._policy is not None:
-            self._policy.record_tool(tool, ok)
+        policy = self._policy
+        if policy is not None:
+            policy.record_tool(tool, ok)
 
     def record_model_call(
         self, *, tokens: int = 0, cost_usd: float = 0.0, ok: bool = True, model: str | None = None
@@ -132,7 +134,8 @@ class GuardRecords:
             cost = 0.0
             failures = usage["consecutive_failures"]
             while noted:
-                tool, ts, ok, used, spent = noted.popleft()  # atomic: appends from other threads go on
+                entry = noted.popleft()  # atomic: appends from other threads go on
+                tool, _, ok, used, spent = entry
                 if tool is None:
                     models += 1
                     tokens += used
@@ -141,7 +144,7 @@ class GuardRecords:
                 else:
                     tools += 1
                     tool_errors += not ok
-                    recent.append((tool, ts, ok))
+                    recent.append(entry)  # as noted: no tuple of its own
                 failures = 0 if ok else failures + 1
             usage["tool_calls"] += tools
             usage["tool_errors"] += tool_errors
@@ -164,7 +167,7 @@ class GuardRecords:
         """Evidence of what this agent was doing; every protected secret is redacted, at any level."""
         self._fold()
         with self._usage_lock:
-            recent = [{"tool": t, "ts": ts, "ok": ok} for t, ts, ok in self._recent]
+            recent = [{"tool": t, "ts": ts, "ok": ok} for t, ts, ok, _, _ in self._recent]
         with self._lock:
             data: dict[str, Any] = {
                 "agent": self.name,
