@@ -266,14 +266,22 @@ class ControlLink:
             body: dict[str, Any] = {"seq": self._seq, "ts": time.time(), **(extra or {})}
             return sign_request(self.key, kind, agent_id, body)
 
-    def send_signed(
-        self, kind: str, path: str, extra: dict[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
+    def send_signed(self, kind: str, path: str, extra: dict[str, Any] | None = None) -> Any:
         # One signed request at a time, so sequence numbers reach the server in order.
         with self._send_lock:
             body = self._signed(kind, extra)
-            more = {} if timeout is None else {"timeout": timeout}
-            return self._call("POST", f"/api/agents/{self.agent_id}/{path}", json=body, **more)
+            return self._call("POST", f"/api/agents/{self.agent_id}/{path}", json=body)
+
+    def send_signed_once(self, kind: str, path: str, extra: dict[str, Any], *, timeout: float) -> Any:
+        """A signed request that is not ordered with the others (not behind ``_send_lock``: a heartbeat
+        never waits on it, nor it on one; the server checks its sequence on its own), sent to the current
+        URL only, so it takes at most ``timeout``; an unreachable URL fails over for the next request."""
+        body = self._signed(kind, extra)
+        try:
+            return request(self.http, "POST", f"/api/agents/{self.agent_id}/{path}", json=body, timeout=timeout)
+        except ControlPlaneUnreachable:
+            self.failover()
+            raise
 
     def heartbeat(self, frameworks: Sequence[str] | None = None) -> dict[str, Any]:
         extra = {"frameworks": sorted(set(frameworks))} if frameworks is not None else None

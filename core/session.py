@@ -130,7 +130,7 @@ class Session:
         guard.on_change(self._acknowledge_termination)
         guard.on_frameworks(self._frameworks_changed)
         self.policy_reports: Any = None
-        self._fleet: Any = None  # the fleet budget this session leases for (m99.policy.lease)
+        self._fleet: Any = None  # the spend whose fleet budget this session leases for (m99.policy.lease)
         self._policy_held = False  # a policy's L3 is among the directives that hold this agent
         if guard.policy is not None:  # its KILLSWITCH.md transitions, reported once enforced
             from .policy.report import PolicyReporter
@@ -166,10 +166,10 @@ class Session:
         link = self.link
 
         def send(fields: dict[str, Any], timeout: float) -> dict[str, Any]:
-            return link.verify_state(link.send_signed("budget", "budget", fields, timeout=timeout))
+            return link.verify_state(link.send_signed_once("budget", "budget", fields, timeout=timeout))
 
         fleet.bind(send)
-        self._fleet = fleet
+        self._fleet = spend
         fleet.sync()  # a restart takes up this agent's grant and spend of the day
         spend.synced()
 
@@ -197,8 +197,8 @@ class Session:
             log.warning("m99 session close: %s", exc or type(exc).__name__)
         if self._fleet is not None:
             if deregister and not self.guard.terminating:
-                self._fleet.give_back()  # the unspent grant goes back to the fleet (never raises)
-            self._fleet.bind(None)
+                self._fleet.give_back(CLOSE_TIMEOUT)  # the unspent grant goes back to the fleet (never raises)
+            self._fleet.fleet.bind(None)
         if deregister and self.link.agent_id is not None and not self.guard.terminating:
             try:
                 self.link.deregister(timeout=CLOSE_TIMEOUT)

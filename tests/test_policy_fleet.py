@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,14 +42,24 @@ cost_limit_daily_chunk_usd: {chunk}
 """
 
 
-def lease(link: ControlLink, want: float, *, spent: float = 0.0, limit: float = 1.0, **more: Any) -> dict[str, Any]:
-    fields = {"scope": "class", "day": utc_day(time.time()), "limit_usd": limit, "want_usd": want, "spent_usd": spent}
-    fields.update(more)
-    return link.verify_state(link.send_signed("budget", "budget", fields))
+def fields(want: float, *, spent: float = 0.0, limit: float = 1.0, **more: Any) -> dict[str, Any]:
+    out = {"scope": "class", "day": utc_day(time.time()), "limit_usd": limit, "want_usd": want, "spent_usd": spent}
+    return {**out, "nonce": secrets.token_hex(16), **more}
 
 
-def registered(url: str, tmp_path: Path, name: str, kind: str = "worker") -> ControlLink:
-    link = ControlLink(url, key_file=tmp_path / f"{name}.key")
+def lease(link: ControlLink, want: float, **more: Any) -> dict[str, Any]:
+    return link.verify_state(link.send_signed_once("budget", "budget", fields(want, **more), timeout=10))
+
+
+@pytest.fixture
+def enrol(admin: httpx.Client) -> str:
+    """An agent-role enrolment token: only agents enrolled with one may lease fleet dollars."""
+    token: str = admin.post("/api/tokens", json={"name": "pool", "role": "agent"}).json()["token"]
+    return token
+
+
+def registered(url: str, tmp_path: Path, name: str, kind: str = "worker", *, token: str | None = None) -> ControlLink:
+    link = ControlLink(url, key_file=tmp_path / f"{name}.key", enrol_token=token)
     link.register(name, kind)
     return link
 
@@ -74,6 +86,8 @@ def test_the_scope_and_chunk_keys_parse_and_bad_values_name_their_line() -> None
     found = {(p.key, p.line) for p in bad.problems if p.severity == "error"}
     assert ("TRIGGERS.cost_limit_daily_scope", 4) in found  # not one of agent, class, global
     assert ("TRIGGERS.cost_limit_daily_chunk_usd", 5) in found  # under 1/1000 of the limit
+    greedy = parse_text(FLEET_POLICY.format(limit=5, scope="class", chunk=2))
+    assert [p.key for p in greedy.problems] == ["TRIGGERS.cost_limit_daily_chunk_usd"]  # over 1/4 of the limit
     lonely = parse_text("## TRIGGERS\ncost_limit_daily_scope: class\n")
     assert any("has no effect without cost_limit_daily_usd" in p.message for p in lonely.problems)
 
@@ -96,44 +110,63 @@ def test_policy_check_says_how_a_fleet_budget_is_enforced_and_its_bound(tmp_path
 
 
 def test_leases_never_grant_past_the_limit_and_a_give_back_returns_the_unspent(
-    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, enrol: str
 ) -> None:
-    a, b = registered(embedded.url, tmp_path, "a"), registered(embedded.url, tmp_path, "b")
-    assert lease(a, 0.4)["granted_usd"] == pytest.approx(0.4)
-    assert lease(b, 0.4)["granted_usd"] == pytest.approx(0.4)
-    third = lease(a, 0.4, spent=0.3)  # only 0.2 is left of 1.0
-    assert third["leased_usd"] == pytest.approx(0.2) and third["granted_usd"] == pytest.approx(0.6)
-    assert lease(b, 0.4)["leased_usd"] == 0.0  # used up: refused
+    a, b = registered(embedded.url, tmp_path, "a", token=enrol), registered(embedded.url, tmp_path, "b", token=enrol)
+    assert lease(a, 0.4)["granted_usd"] == pytest.approx(0.25)  # a quarter of the limit at most per lease
+    assert lease(a, 0.2)["granted_usd"] == pytest.approx(0.45)
+    assert lease(b, 0.25)["granted_usd"] == pytest.approx(0.25)
+    assert lease(b, 0.15)["granted_usd"] == pytest.approx(0.4)
+    third = lease(a, 0.25, spent=0.3)  # only 0.15 is left of 1.0
+    assert third["leased_usd"] == pytest.approx(0.15) and third["granted_usd"] == pytest.approx(0.6)
+    assert lease(b, 0.25)["leased_usd"] == 0.0  # used up: refused
     back = lease(a, 0.0, spent=0.35, final=True)  # a closes having spent 0.35 of its 0.6
     assert back["granted_usd"] == pytest.approx(0.35)
-    assert lease(b, 0.4)["leased_usd"] == pytest.approx(0.25)  # what a gave back
+    assert lease(b, 0.25)["leased_usd"] == pytest.approx(0.25)  # what a gave back
     # a reported spend never goes down: an agent cannot free budget by reporting less
     assert lease(a, 0.0, spent=0.1)["spent_usd"] == pytest.approx(0.35)
     (group,) = budgets(admin)
     assert group["scope"] == "class:worker" and group["used_usd"] == pytest.approx(1.0)
     assert {s["agent"]: s["refused"] for s in group["agents"]} == {"a": 0, "b": 1}
     kinds = [e["kind"] for e in admin.get("/api/audit", params={"limit": 1000}).json()]
-    assert kinds.count("budget.leased") == 4 and kinds.count("budget.exhausted") == 1
+    assert kinds.count("budget.leased") == 6 and kinds.count("budget.exhausted") == 1
     assert kinds.count("budget.returned") == 1
     # another class, and the global scope, are budgets of their own
-    c = registered(embedded.url, tmp_path, "c", kind="reviewer")
-    assert lease(c, 0.5)["scope"] == "class:reviewer" and lease(c, 0.5)["granted_usd"] == pytest.approx(1.0)
-    assert lease(c, 0.5, scope="global")["granted_usd"] == pytest.approx(0.5)
+    c = registered(embedded.url, tmp_path, "c", kind="reviewer", token=enrol)
+    assert lease(c, 0.25)["scope"] == "class:reviewer" and lease(c, 0.25)["granted_usd"] == pytest.approx(0.5)
+    assert lease(c, 0.25, scope="global")["granted_usd"] == pytest.approx(0.25)
 
 
-def test_the_class_is_the_registered_one_and_the_limit_binds_each_asker(
-    embedded: EmbeddedControlPlane, tmp_path: Path
+def test_the_smallest_limit_declared_today_binds_and_a_larger_one_cannot_raise_it(
+    embedded: EmbeddedControlPlane, tmp_path: Path, enrol: str
 ) -> None:
-    big, small = registered(embedded.url, tmp_path, "big"), registered(embedded.url, tmp_path, "small")
-    assert lease(big, 8.0, limit=10.0)["granted_usd"] == pytest.approx(8.0)
-    # an agent whose own file says 5 gets nothing once the fleet used 8, whatever the other file says
-    assert lease(small, 1.0, limit=5.0)["leased_usd"] == 0.0
-    assert lease(big, 8.0, limit=10.0)["leased_usd"] == pytest.approx(2.0)
+    small, big = (registered(embedded.url, tmp_path, n, token=enrol) for n in ("small", "big"))
+    for _ in range(3):
+        lease(small, 1.25, limit=5.0)
+    assert lease(small, 1.25, limit=5.0)["granted_usd"] == pytest.approx(5.0)
+    # a file (or a forger holding an enrolled key) that says a billion takes nothing more
+    answer = lease(big, 1e9, limit=1e9)
+    assert answer["leased_usd"] == 0.0 and answer["limit_usd"] == pytest.approx(5.0)
+    # and spends reported past the limit free nothing
+    assert lease(small, 1.0, limit=5.0, spent=0.5)["leased_usd"] == 0.0
 
 
-def test_crumbs_are_leased_at_least_a_thousandth_of_the_limit(embedded: EmbeddedControlPlane, tmp_path: Path) -> None:
-    a = registered(embedded.url, tmp_path, "a")
+def test_crumbs_are_leased_at_least_a_thousandth_of_the_limit(
+    embedded: EmbeddedControlPlane, tmp_path: Path, enrol: str
+) -> None:
+    a = registered(embedded.url, tmp_path, "a", token=enrol)
     assert lease(a, 1e-9, limit=10.0)["leased_usd"] == pytest.approx(0.01)
+
+
+def test_an_agent_registered_without_an_enrolment_token_may_not_lease(
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path
+) -> None:
+    """Open enrolment lets anyone register a name: such an agent must not be able to drain the fleet."""
+    drifter = registered(embedded.url, tmp_path, "drifter", kind="worker")
+    body = drifter._signed("budget", fields(0.25, limit=1e9, spent=1e12))
+    answer = httpx.post(f"{embedded.url}/api/agents/{drifter.agent_id}/budget", json=body)
+    assert answer.status_code == 403 and "enrolment token" in answer.json()["error"]["message"]
+    assert budgets(admin) == []
 
 
 def _raw(link: ControlLink, fields: dict[str, Any]) -> dict[str, Any]:
@@ -151,36 +184,40 @@ def _raw(link: ControlLink, fields: dict[str, Any]) -> dict[str, Any]:
         ({"scope": "agent:other"}, 422),  # the scope is class or global, the class the registered one
         ({"day": "2026-13-45x"}, 422),
         ({"day": "1999-01-01"}, 400),  # not today at the control plane
+        ({"nonce": "short"}, 422),
         ({"extra": 1}, 422),
     ],
 )
 def test_a_hostile_lease_is_refused_with_no_state_change(
-    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, change: dict[str, Any], status: int
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, change: dict[str, Any], status: int, enrol: str
 ) -> None:
-    a = registered(embedded.url, tmp_path, "a")
-    fields = {"scope": "class", "day": utc_day(time.time()), "limit_usd": 1.0, "want_usd": 0.5, "spent_usd": 0.0}
-    body = _raw(a, {**fields, **change})
+    a = registered(embedded.url, tmp_path, "a", token=enrol)
+    body = _raw(a, {**fields(0.25), **change})
     answer = httpx.post(f"{embedded.url}/api/agents/{a.agent_id}/budget", json=body)
     assert answer.status_code == status, answer.text
     assert budgets(admin) == []
 
 
 def test_a_forged_replayed_or_foreign_lease_is_refused(
-    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, enrol: str
 ) -> None:
-    a, b = registered(embedded.url, tmp_path, "a"), registered(embedded.url, tmp_path, "b")
-    fields = {"scope": "class", "day": utc_day(time.time()), "limit_usd": 1.0, "want_usd": 0.5, "spent_usd": 0.0}
+    a, b = registered(embedded.url, tmp_path, "a", token=enrol), registered(embedded.url, tmp_path, "b", token=enrol)
     url = f"{embedded.url}/api/agents/{{}}/budget"
-    body = _raw(a, fields)
+    body = _raw(a, fields(0.25))
     assert httpx.post(url.format(b.agent_id), json=body).status_code == 401  # a's signature on b's id
-    tampered = {**body, "want_usd": 1.0}
+    tampered = {**body, "want_usd": 0.2}
     assert httpx.post(url.format(a.agent_id), json=tampered).status_code == 401
     assert httpx.post(url.format("agt_nobody"), json=body).status_code == 404
     assert budgets(admin) == []
     assert httpx.post(url.format(a.agent_id), json=body).status_code == 200
     assert httpx.post(url.format(a.agent_id), json=body).status_code == 409  # replayed
+    older = _raw(a, fields(0.25))
+    assert httpx.post(url.format(a.agent_id), json=_raw(a, fields(0.25))).status_code == 200
+    assert httpx.post(url.format(a.agent_id), json=older).status_code == 409  # signed before the last one
     (group,) = budgets(admin)
     assert group["granted_usd"] == pytest.approx(0.5)
+    # a heartbeat signed after a lease is not refused for it: leases have their sequence of their own
+    assert a.heartbeat()["agent_id"] == a.agent_id
 
 
 # -- the agent's side -----------------------------------------------------------------------------------------
@@ -199,11 +236,72 @@ def test_an_unbound_or_unreachable_fleet_budget_grants_nothing() -> None:
     assert fleet.request_more(0.05) == 0.0 and "unreachable" in fleet.last_error
     assert fleet.request_more(0.05) == 0.0 and len(calls) == 1  # no new request before the retry delay
 
-    def wrong_day(fields: dict[str, Any], timeout: float) -> dict[str, Any]:
-        return {"type": "budget.lease", "day": "1999-01-01", "granted_usd": 9.0, "spent_usd": 0.0}
+    answers: list[dict[str, Any]] = []
 
-    fleet.bind(wrong_day)
-    assert fleet.request_more(0.05) == 0.0  # an answer for another day grants nothing
+    def replayed(sent: dict[str, Any], timeout: float) -> dict[str, Any]:
+        # a signed answer captured earlier (another nonce), or one for this request but another scope
+        doc = {"type": "budget.lease", "nonce": sent["nonce"], "day": sent["day"], "scope": "global"}
+        doc.update({"granted_usd": 9.0, "spent_usd": 0.0})
+        doc.update(answers.pop(0))
+        return doc
+
+    fleet = FleetAllowance("class", 1.0, 0.1)
+    fleet.bind(replayed)
+    for wrong in ({"nonce": "0" * 32}, {"scope": "global"}, {"day": "1999-01-01"}, {"granted_usd": float("nan")}):
+        answers.append(wrong)
+        assert fleet.sync() == 0.0 and fleet.granted == 0.0, wrong
+    answers.append({"scope": "class:worker", "granted_usd": 0.1})
+    fleet.sync()
+    assert fleet.granted == pytest.approx(0.1) and fleet.last_error == ""
+
+
+def test_concurrent_calls_that_do_not_fit_lease_one_chunk_not_one_each() -> None:
+    from m99.policy.budget import Budget
+
+    leases: list[float] = []
+
+    def grant(sent: dict[str, Any], timeout: float) -> dict[str, Any]:
+        time.sleep(0.05)  # the others queue meanwhile
+        leases.append(sent["want_usd"])
+        total = sum(leases)
+        return {"type": "budget.lease", "nonce": sent["nonce"], "day": sent["day"], "scope": "global"} | {
+            "granted_usd": total,
+            "spent_usd": 0.0,
+        }
+
+    fleet = FleetAllowance("global", 10.0, 1.0)
+    fleet.bind(grant)
+    budget = Budget("cost_limit_daily_usd", fleet)
+    held: list[Any] = []
+    threads = [threading.Thread(target=lambda: held.append(budget.reserve(0.04))) for _ in range(20)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(r is not None for r in held) and leases == [1.0]  # one chunk covered all twenty
+
+
+def test_a_closing_process_stops_reserving_and_counts_what_is_in_flight_as_spent(
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, enrol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import m99
+
+    policy = tmp_path / "KILLSWITCH.md"
+    policy.write_text(FLEET_POLICY.format(limit=1.0, scope="global", chunk=0.25))
+    monkeypatch.setenv("M99_ENROL_TOKEN", enrol)
+    monkeypatch.setenv("M99_DATA_DIR", str(tmp_path / "data-closing"))
+    runtime = m99.init("closing", url=embedded.url, policy=policy, prices=PRICES, exclude=["crewai", "autogen"])
+    spend = runtime.guard.policy.engine.spend  # type: ignore[union-attr]
+    in_flight = spend.daily.reserve(0.2)  # a call still running as the process closes
+    assert in_flight is not None
+    spend.daily.settle(spend.daily.reserve(0.03), 0.03)
+    runtime.session.close()
+    (group,) = budgets(admin)
+    (share,) = group["agents"]
+    assert share["spent_usd"] == pytest.approx(0.23) and share["granted_usd"] == pytest.approx(0.23)
+    assert spend.daily.reserve(0.01) is None  # closed: nothing new is admitted, no lease is asked for
+    spend.daily.settle(in_flight, 0.2)  # the call in flight still ends
+    m99.shutdown()
 
 
 CHILD = textwrap.dedent(
@@ -248,7 +346,11 @@ def children(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def test_two_processes_share_one_fleet_budget_and_never_spend_past_it(
-    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, children: list[subprocess.Popen[str]]
+    embedded: EmbeddedControlPlane,
+    admin: httpx.Client,
+    tmp_path: Path,
+    children: list[subprocess.Popen[str]],
+    enrol: str,
 ) -> None:
     limit, chunk = 0.3, 0.05
     policy = tmp_path / "KILLSWITCH.md"
@@ -256,6 +358,7 @@ def test_two_processes_share_one_fleet_budget_and_never_spend_past_it(
     go = tmp_path / "go"
     for name in ("left", "right"):
         env = {**os.environ, "M99_DATA_DIR": str(tmp_path / f"data-{name}"), "PYTHONPATH": str(ROOT)}
+        env["M99_ENROL_TOKEN"] = enrol
         env.pop("M99_POLICY", None)
         children.append(
             subprocess.Popen(
@@ -297,7 +400,7 @@ def test_two_processes_share_one_fleet_budget_and_never_spend_past_it(
 
 
 def test_a_restart_under_the_same_name_takes_its_share_up_again(
-    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded: EmbeddedControlPlane, admin: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enrol: str
 ) -> None:
     import m99
     from tests.adapters.lc_fakes import model
@@ -305,6 +408,7 @@ def test_a_restart_under_the_same_name_takes_its_share_up_again(
     policy = tmp_path / "KILLSWITCH.md"
     policy.write_text(FLEET_POLICY.format(limit=1.0, scope="global", chunk=0.1))
     monkeypatch.setenv("M99_DATA_DIR", str(tmp_path / "first"))
+    monkeypatch.setenv("M99_ENROL_TOKEN", enrol)
 
     def start() -> Any:
         runtime = m99.init("bot", url=embedded.url, policy=policy, prices=PRICES, exclude=["crewai", "autogen"])

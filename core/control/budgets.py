@@ -2,16 +2,23 @@
 
 An agent whose KILLSWITCH.md sets ``cost_limit_daily_scope: class`` (or ``global``) asks here, signed with
 its key, for a chunk of the day's budget before a model call that does not fit what it already holds.
+Fleet dollars are shared money, so only an agent enrolled with a token (``M99_ENROL_TOKEN``; an
+enrolment token may be bound to a kind) may lease them: an openly registered one is refused (403).
 The scope is the agent's registered class (``class:KIND``) or ``global``, decided here from the
-registration, never taken from the request; the day is the UTC day, the server's.  Each agent's share
-(keyed by the agent's name, so a restart under the same name takes it up again) records what it was
-granted and the most it reported spent; the fleet has used, per agent, the larger of
-the two.  A lease grants ``min(what is asked, limit − used)`` where the limit is the one the asking
-agent's own policy declares, so the fleet's granted total never passes any agent's limit.  A reported
-spend only grows within a day (an agent cannot free budget by reporting less); a closing agent gives
-back what it did not spend.  Leases are serialised (a row lock on PostgreSQL, the write lock on
-SQLite), so two replicas cannot grant the same dollars twice.  Every grant, the first refusal of an
-agent's day and every give-back are audited; the answer is signed with the server's key.
+registration, never taken from the request; the day is the UTC day, the server's.
+
+Each agent's share (keyed by the agent's name, so a restart under the same name takes it up again)
+records what it was granted and the most it reported spent; the fleet has used, per agent, the larger of
+the two.  The day's limit is the smallest any agent of the scope declared that day: a later, larger
+declaration cannot raise it.  A lease grants ``min(asked, a quarter of the limit, limit − used)``, and
+at least a thousandth of the limit unless less is left, so the fleet's granted total never passes the
+limit and no agent takes the day in one request.  A reported spend only grows within a day (an agent
+cannot free budget by reporting less); a closing agent gives back what it did not spend.  Leases are
+serialised (a row lock on PostgreSQL, the write lock on SQLite), so two replicas cannot grant the same
+dollars twice; each share keeps the sequence number of its newest request, so a captured request
+replayed on any replica is refused.  An agent gets at most ``MAX_LEASES`` answers a share and day.
+Every grant, the first refusal of an agent's day and every give-back are audited; the answer, which
+echoes the request's nonce, is signed with the server's key.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import BadRequest, Conflict
+from ..errors import BadRequest, Conflict, NotAuthorised, RateLimited
 from ..protocol import sign_document
 from ..store import Store
 from ..store.records import BudgetRecord
@@ -29,11 +36,13 @@ from .agents import Agent
 from .ledger import Ledger
 from .liveness import Liveness
 
-__all__ = ["MIN_LEASE_SHARE", "Budgets", "utc_day"]
+__all__ = ["MAX_LEASES", "MAX_LEASE_SHARE", "MIN_LEASE_SHARE", "Budgets", "utc_day"]
 
-# The smallest lease granted is this share of the limit (unless less is left), so an agent asking for
-# crumbs cannot fill the audit chain: at most about a thousand grants per agent and day.
-MIN_LEASE_SHARE = 0.001
+MIN_LEASE_SHARE = 0.001  # the smallest grant, as a share of the limit (unless less is left)
+MAX_LEASE_SHARE = 0.25  # the largest grant of one lease, as a share of the limit
+# Lease requests answered per share and day: a thousand minimal grants, and room for restarts.  Past it
+# the agent is refused (429) with nothing recorded, so it cannot fill the audit chain.
+MAX_LEASES = 1200
 
 
 def utc_day(at: float) -> str:
@@ -53,9 +62,11 @@ class Budgets:
 
     def lease(self, agent: Agent, body: dict[str, Any], source: str = "") -> dict[str, Any]:
         """A signed lease request: ``scope`` (class|global), ``day``, ``limit_usd``, ``want_usd`` (0 to
-        learn the share only), ``spent_usd`` (the agent's spend of the day), ``final`` (give back)."""
-        self.liveness.check_signed(agent, "budget", body, source=source)
-        agent.last_seq = body["seq"]
+        learn the share only), ``spent_usd`` (the agent's spend of the day), ``final`` (give back),
+        ``nonce`` (echoed in the signed answer)."""
+        # The sequence is checked against the share's, in the store, under the lease's lock (below):
+        # leases are not ordered with the agent's other signed requests, and replicas share the store.
+        self.liveness.check_signed(agent, "budget", body, source=source, sequenced=False)
         if agent.status in ("stopped", "tombstoned"):
             raise Conflict(f"agent {agent.name} is {agent.status}: no budget for it", code="not_active")
         now = time.time()
@@ -64,19 +75,32 @@ class Budgets:
         if day not in {utc_day(now - skew), utc_day(now), utc_day(now + skew)}:
             raise BadRequest(f"day {day!r} is not today (UTC) at the control plane ({utc_day(now)})", code="bad_day")
         scope = f"class:{agent.kind}" if body["scope"] == "class" else "global"
-        limit = float(body["limit_usd"])
+        declared = float(body["limit_usd"])
         want, spent, final = float(body["want_usd"]), float(body["spent_usd"]), bool(body.get("final"))
-        if not all(math.isfinite(v) for v in (limit, want, spent)):
+        if not all(math.isfinite(v) for v in (declared, want, spent)):
             raise BadRequest("amounts must be finite numbers")
         actor = {"agent": agent.name, "policy": agent.policy or None}
         with self.ledger.unit() as unit:
+            record = unit.tx.get_agent_by_id(agent.agent_id)
+            if record is None or not record.enrolled_by:
+                raise NotAuthorised(
+                    f"agent {agent.name} was registered without an enrolment token: only an agent enrolled "
+                    "with one (M99_ENROL_TOKEN, `m99 token create --role agent`) may lease a fleet budget",
+                    code="not_enrolled",
+                )
             shares = unit.tx.budget_shares(scope, day, lock=True)
             mine = next((s for s in shares if s.agent == agent.name), None)
             if mine is None:
-                mine = BudgetRecord(scope, day, agent.name, agent.agent_id, limit, 0.0, 0.0, now)
+                mine = BudgetRecord(scope, day, agent.name, agent.agent_id, declared, 0.0, 0.0, now)
+            elif mine.agent_id == agent.agent_id and body["seq"] <= mine.seq:  # (a new registration counts anew)
+                raise Conflict(f"budget rejected: replayed or out-of-order sequence {body['seq']}", code="replayed")
+            if mine.leases >= MAX_LEASES:
+                raise RateLimited(f"agent {agent.name} asked for {scope}'s budget too often today", retry_after=60.0)
+            limit = min([declared, *(s.limit_usd for s in shares)])  # the smallest declared today binds
             others = sum(_used(s) for s in shares if s.agent != agent.name)
+            mine.seq, mine.leases = int(body["seq"]), mine.leases + 1
             mine.spent_usd = max(mine.spent_usd, spent)
-            mine.limit_usd, mine.updated_at, mine.agent_id = limit, now, agent.agent_id
+            mine.limit_usd, mine.updated_at, mine.agent_id = declared, now, agent.agent_id
             granted = 0.0
             details: dict[str, Any] = {"agent_id": agent.agent_id, "scope": scope, "day": day, "limit_usd": limit}
             if final:
@@ -86,7 +110,8 @@ class Budgets:
                     unit.audit("budget.returned", actor, {**details, "returned_usd": returned, "spent_usd": spent})
             elif want > 0:
                 room = limit - others - _used(mine)
-                granted = max(0.0, min(max(want, limit * MIN_LEASE_SHARE), room))
+                asked = min(max(want, limit * MIN_LEASE_SHARE), limit * MAX_LEASE_SHARE)
+                granted = max(0.0, min(asked, room))
                 if granted > 0:
                     mine.granted_usd = _used(mine) + granted
                     unit.audit(
@@ -102,7 +127,7 @@ class Budgets:
         document = {
             "type": "budget.lease",
             "agent_id": agent.agent_id,
-            "seq": body["seq"],
+            "nonce": body["nonce"],
             "scope": scope,
             "day": day,
             "granted_usd": mine.granted_usd,

@@ -84,6 +84,7 @@ class Budget:
         self._allowance = float(self._source.allowance())
         self._spent = float(spent)
         self._reserved = 0.0
+        self._held = False  # ``hold()``: closing, no more allowance
         self._lock = threading.Lock()
         self._more = threading.Lock()  # one request for more allowance at a time, outside ``_lock``
 
@@ -118,15 +119,21 @@ class Budget:
             if self._fits(amount):
                 self._reserved += amount
                 return Reservation(self, amount)
-            shortfall = self._spent + self._reserved + amount - self._allowance
+            if self._held:
+                return None
         with self._more:
+            with self._lock:  # a lease another caller made while this one waited may cover it now
+                if self._fits(amount):
+                    self._reserved += amount
+                    return Reservation(self, amount)
+                shortfall = self._spent + self._reserved + amount - self._allowance
             try:
                 total = float(self._source.request_more(max(shortfall, 0.0)))
             except Exception:  # a source that fails grants nothing (fail closed)
                 logger.exception("m99: budget %s could not get more allowance", self.name)
                 total = self._allowance
         with self._lock:
-            if math.isfinite(total) and total > self._allowance:
+            if math.isfinite(total) and total > self._allowance and not self._held:
                 self._allowance = total
             if self._fits(amount):
                 self._reserved += amount
@@ -157,6 +164,12 @@ class Budget:
         with self._lock:
             self._spent += actual
             return self._spent
+
+    def hold(self) -> None:
+        """Admit nothing more than what is spent and reserved now, and ask the source for no more."""
+        with self._lock:
+            self._allowance = self._spent + self._reserved
+            self._held = True
 
     def refresh(self) -> None:
         """Adopt the source's allowance now (a lease learnt outside ``reserve``), if larger."""

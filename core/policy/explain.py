@@ -146,8 +146,10 @@ def _fleet(policy: Policy) -> list[Entry]:
     whose = "every agent of the agent's class (its registered kind)" if t.daily_scope == "class" else "every agent"
     how = (
         f"M99's extension: cost_limit_daily_usd is one budget per UTC day for {whose} that declares the same "
-        "scope, kept by the control plane: each process leases it in chunks (signed requests) and spends only "
-        "within its grants, so the fleet's granted total never passes the limit; its spend passes it only by "
+        "scope, kept by the control plane (the smallest limit declared that day binds); only an agent enrolled "
+        "with a token (M99_ENROL_TOKEN) may lease it. Each process leases it in chunks (signed requests, at "
+        "most a quarter of the limit each) and spends only within its grants, so the fleet's granted total "
+        "never passes the limit; its spend passes it only by "
         "what calls cost beyond the worst case they reserved (nothing with a price for every model; an "
         "unpriced call reserves 0), and a process never holds more than one chunk plus one call unspent. "
         "A process that "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class FleetAllowance:
         self.server_spent = 0.0  # what the control plane holds as this agent's spend today
         self.fleet_used = 0.0
         self.spent_of: Callable[[], float] = lambda: 0.0  # the daily budget's spend (set by ``Spend``)
+        self.committed_of: Callable[[], float] = lambda: 0.0  # its spend and what calls in flight hold
         self.last_error = ""
         self._send: Send | None = None
         self._lock = threading.Lock()
@@ -84,11 +86,13 @@ class FleetAllowance:
         self._ask(0.0, force=True)
         return self.server_spent
 
-    def give_back(self) -> None:
-        """Closing: report the day's spend and return the unspent grant to the fleet."""
-        self._ask(0.0, final=True, force=True)
+    def give_back(self, timeout: float = LEASE_TIMEOUT) -> None:
+        """Closing: report the day's spend (with what calls in flight hold, counted as spent) and return
+        the rest of the grant to the fleet.  ``Spend.give_back`` first stops new reservations."""
+        self._ask(0.0, final=True, force=True, timeout=timeout)
 
-    def _ask(self, want: float, *, final: bool = False, force: bool = False) -> None:
+    def _ask(self, want: float, *, final: bool = False, force: bool = False, timeout: float = LEASE_TIMEOUT) -> None:
+        # The lock guards the fields, never the network: a day's turn or a status read does not wait on it.
         with self._lock:
             send = self._send
             if send is None:
@@ -98,31 +102,42 @@ class FleetAllowance:
             if not force and now < self._retry_at:
                 return
             day = self.day
+            nonce = secrets.token_hex(16)
             fields = {
                 "scope": self.scope,
                 "day": day,
                 "limit_usd": self.limit,
                 "want_usd": want,
-                "spent_usd": max(0.0, float(self.spent_of())),
+                "spent_usd": max(0.0, float(self.committed_of() if final else self.spent_of())),
                 "final": final,
+                "nonce": nonce,
             }
-            try:
-                doc = send(fields, LEASE_TIMEOUT)
-                granted, spent = float(doc["granted_usd"]), float(doc["spent_usd"])
-                if doc.get("type") != "budget.lease" or doc.get("day") != day:
-                    raise ValueError(f"an answer for another day or kind: {doc.get('type')} {doc.get('day')}")
-                if not (math.isfinite(granted) and math.isfinite(spent)) or granted < 0 or spent < 0:
-                    raise ValueError("a nonsensical grant")
-            except Exception as exc:  # no grant: the process keeps only what it holds (fail closed)
-                self.last_error = str(exc) or type(exc).__name__
-                self._retry_at = now + RETRY_SECONDS
-                logger.warning("m99: fleet budget %s: no lease from the control plane: %s", self.scope, self.last_error)
+        error = ""
+        try:
+            doc = send(fields, timeout)
+            granted, spent = float(doc["granted_usd"]), float(doc["spent_usd"])
+            scope = str(doc.get("scope", ""))
+            if doc.get("type") != "budget.lease" or doc.get("nonce") != nonce or doc.get("day") != day:
+                raise ValueError("an answer to another request (a replay?)")
+            if (scope != "global") if self.scope == "global" else not scope.startswith("class:"):
+                raise ValueError(f"an answer for another scope ({scope})")
+            if not (math.isfinite(granted) and math.isfinite(spent)) or granted < 0 or spent < 0:
+                raise ValueError("a nonsensical grant")
+        except Exception as exc:  # no grant: the process keeps only what it holds (fail closed)
+            error = str(exc) or type(exc).__name__
+        with self._lock:
+            if error:
+                self.last_error = error
+                self._retry_at = self.clock() + RETRY_SECONDS
+                logger.warning("m99: fleet budget %s: no lease from the control plane: %s", self.scope, error)
+                return
+            if self.day != day:  # the day turned while asking: the answer is yesterday's
                 return
             self.last_error = ""
-            # The control plane's grant is the truth, but one never below what we were granted today
-            # (an answer cannot take back dollars a call in flight may be spending), except a give-back.
+            # The control plane's grant is the truth, but never below what it granted us today (an
+            # answer cannot take back dollars a call in flight may be spending), except a give-back.
             self.granted = granted if final else max(self.granted, granted)
-            self.server_spent = spent
+            self.server_spent = max(self.server_spent, spent)
             self.fleet_used = float(doc.get("fleet_used_usd") or 0.0)
 
     def status(self) -> dict[str, Any]:

@@ -224,6 +224,14 @@ def _fleet(c: Checker, data: dict[str, Any], values: dict[str, Any]) -> None:
         chunk = c.number(k, data["cost_limit_daily_chunk_usd"], low=0.0, low_open=True, what=" (US dollars)")
         if chunk is not None and limit is not None and chunk < limit / 1000:
             c.error(k, f"must be at least 1/1000 of cost_limit_daily_usd ({_fmt(limit / 1000)}), not {_fmt(chunk)}")
+            chunk = None
+        elif chunk is not None and limit is not None and chunk > limit / 4:
+            c.error(
+                k,
+                f"must be at most 1/4 of cost_limit_daily_usd ({_fmt(limit / 4)}, the largest lease), "
+                f"not {_fmt(chunk)}",
+            )
+            chunk = None
         elif chunk is not None:
             values["daily_chunk_usd"] = chunk
             if values.get("daily_scope", "agent") == "agent":

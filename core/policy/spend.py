@@ -58,7 +58,9 @@ class Spend:
             spent = self.ledger.read(self.today).cost_usd if self.ledger else 0.0
             self.daily = Budget("cost_limit_daily_usd", daily_allowance or daily, spent=spent)
             if self.fleet is not None:
-                self.fleet.spent_of = lambda: self.daily.spent if self.daily is not None else 0.0
+                budget = self.daily
+                self.fleet.spent_of = lambda: budget.spent
+                self.fleet.committed_of = lambda: budget.spent + budget.reserved
             if self.ledger is None:
                 self.notices.append(
                     "cost_limit_daily_usd: no state file given; the day's spend starts from 0 with each process"
@@ -150,6 +152,13 @@ class Spend:
             if self.fleet is not None:
                 self.fleet.new_day(day)
             self.daily.restart(self.ledger.read(day).cost_usd if self.ledger else 0.0)
+
+    def give_back(self, timeout: float) -> None:
+        """The process closes: no new reservation from now on (calls in flight keep theirs), then the
+        control plane is told the day's spend, what is in flight counted as spent, and gets the rest."""
+        if self.fleet is not None and self.daily is not None:
+            self.daily.hold()
+            self.fleet.give_back(timeout)
 
     def synced(self) -> None:
         """The fleet budget learnt this agent's share of today from the control plane (a restart):

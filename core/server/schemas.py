@@ -99,6 +99,7 @@ class BudgetLeaseIn(SignedIn):
     want_usd: float = Field(ge=0, le=1e9)
     spent_usd: float = Field(ge=0, le=1e12)
     final: bool = False
+    nonce: str = Field(pattern=r"^[0-9a-f]{16,64}$")  # echoed in the signed answer: ties it to this request
 
 
 class ReceiptIn(Strict):

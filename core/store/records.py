@@ -170,6 +170,8 @@ class BudgetRecord:
     spent_usd: float
     updated_at: float
     refused: int = 0  # leases refused because the budget was used up (audited at the first)
+    leases: int = 0  # lease requests answered today (bounded: see m99.control.budgets)
+    seq: int = 0  # the newest signed request's sequence number: an older one is a replay
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,7 +355,7 @@ class SqlTx(Tx):
             " ON CONFLICT (scope, day, agent) DO UPDATE SET agent_id = excluded.agent_id, "
             "limit_usd = excluded.limit_usd, "
             "granted_usd = excluded.granted_usd, spent_usd = excluded.spent_usd, updated_at = excluded.updated_at, "
-            "refused = excluded.refused",
+            "refused = excluded.refused, leases = excluded.leases, seq = excluded.seq",
         )
 
     def list_budget_shares(self, since_day: str, limit: int = 1000) -> list[BudgetRecord]:
@@ -505,7 +505,8 @@ BUDGET_TABLE = """
 CREATE TABLE IF NOT EXISTS budget_leases (
     scope TEXT NOT NULL, day TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
     limit_usd {real} NOT NULL, granted_usd {real} NOT NULL, spent_usd {real} NOT NULL,
-    updated_at {real} NOT NULL, refused {int} NOT NULL DEFAULT 0, PRIMARY KEY (scope, day, agent)
+    updated_at {real} NOT NULL, refused {int} NOT NULL DEFAULT 0, leases {int} NOT NULL DEFAULT 0,
+    seq {int} NOT NULL DEFAULT 0, PRIMARY KEY (scope, day, agent)
 );
 INSERT INTO meta (key, value) SELECT 'budget_lock', '0' WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'budget_lock');
 """
