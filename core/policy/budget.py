@@ -66,7 +66,7 @@ class FixedAllowance:
         return self.limit
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Reservation:
     """What one call holds of a budget until it is settled or released (once; again is a no-op)."""
 
@@ -197,7 +197,7 @@ class Budget:
 # -- a ceiling over a sliding window (tokens per minute) -----------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Slot:
     at: float
     amount: float

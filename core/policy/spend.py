@@ -65,15 +65,13 @@ class Spend:
                 self.notices.append(
                     "cost_limit_daily_usd: no state file given; the day's spend starts from 0 with each process"
                 )
+        self.active = self.session is not None or self.daily is not None  # asked at every call: computed once
         if self.active and prices is None:
             self.notices.append(
                 "cost triggers: no price table (prices= or $M99_PRICES); only calls whose provider reports "
                 "their cost are counted, and a model call's worst case cannot be reserved before it is sent"
             )
 
-    @property
-    def active(self) -> bool:
-        return self.session is not None or self.daily is not None
 
     def budgets(self) -> tuple[Budget, ...]:
         return tuple(b for b in (self.session, self.daily) if b is not None)
@@ -132,14 +130,15 @@ class Spend:
         if cost is None and self.active and ok:
             self.note_unpriced(model)
         spent = cost or 0.0
-        for budget, reservation in (
-            (self.session, ticket.session if ticket else None),
-            (self.daily, ticket.daily if ticket else None),
-        ):
-            if budget is not None:
-                budget.settle(reservation, spent) if reservation is not None else budget.spend(spent)
-        if self.daily is not None and self.ledger is not None:
-            self.daily.raise_spent(self.ledger.add(self.today, spent, used, 1).cost_usd)
+        session, daily = self.session, self.daily
+        if session is not None:
+            reservation = ticket.session if ticket is not None else None
+            session.settle(reservation, spent) if reservation is not None else session.spend(spent)
+        if daily is not None:
+            reservation = ticket.daily if ticket is not None else None
+            daily.settle(reservation, spent) if reservation is not None else daily.spend(spent)
+            if self.ledger is not None:
+                daily.raise_spent(self.ledger.add(self.today, spent, used, 1).cost_usd)
 
     def rollover(self, now: float) -> None:
         """A new calendar day: the daily budget starts again from that day's ledger (zero, or what other
