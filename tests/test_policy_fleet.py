@@ -169,6 +169,24 @@ def test_an_agent_registered_without_an_enrolment_token_may_not_lease(
     assert budgets(admin) == []
 
 
+def test_an_unenrolled_agent_is_told_why_its_model_calls_are_refused(
+    embedded: EmbeddedControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import m99
+    from m99.errors import ModelCallRefused
+    from tests.adapters.lc_fakes import model
+
+    policy = tmp_path / "KILLSWITCH.md"
+    policy.write_text(FLEET_POLICY.format(limit=1.0, scope="class", chunk=0.1))
+    monkeypatch.setenv("M99_DATA_DIR", str(tmp_path / "data-open"))
+    m99.init("open-bot", url=embedded.url, policy=policy, prices=PRICES, exclude=["crewai", "autogen"])
+    try:
+        with pytest.raises(ModelCallRefused, match=r"fleet budget \(class, \$1.00 a UTC day\).*enrolment token"):
+            model("ok", usage=1000).invoke("spend")
+    finally:
+        m99.shutdown()
+
+
 def _raw(link: ControlLink, fields: dict[str, Any]) -> dict[str, Any]:
     return link._signed("budget", fields)
 

@@ -321,6 +321,12 @@ class PolicyEngine(OperatorActs):
                 f"this model call (worst case ${amount:.4f}) would pass {budget.name} ${budget.allowance:.2f} "
                 f"(spent ${budget.spent:.4f}, ${budget.reserved:.4f} in flight)"
             )
+            fleet = self.spend.fleet
+            if fleet is not None and budget is self.spend.daily:
+                reason += (
+                    f": what the fleet budget ({fleet.scope}, ${fleet.limit:.2f} a UTC day) granted this agent"
+                    + (f"; no lease: {fleet.last_error}" if fleet.last_error else "")
+                )
             return self._refuse(now, budget.name, reason, f"TRIGGERS.{budget.name}", tool=False)
 
     def _refuse(self, now: float, trigger: str, reason: str, rule: str, *, tool: bool) -> Decision:
