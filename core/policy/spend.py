@@ -72,7 +72,6 @@ class Spend:
                 "their cost are counted, and a model call's worst case cannot be reserved before it is sent"
             )
 
-
     def budgets(self) -> tuple[Budget, ...]:
         return tuple(b for b in (self.session, self.daily) if b is not None)
 
