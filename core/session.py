@@ -168,10 +168,10 @@ class Session:
         def send(fields: dict[str, Any], timeout: float) -> dict[str, Any]:
             return link.verify_state(link.send_signed_once("budget", "budget", fields, timeout=timeout))
 
+        spend.reopen()
         fleet.bind(send)
         self._fleet = spend
-        fleet.sync()  # a restart takes up this agent's grant and spend of the day
-        spend.synced()
+        fleet.sync()  # a restart takes up this agent's grant and spend of the day (Spend.synced)
 
     async def _start_tasks(self) -> None:
         if _proxied(self.link.url):

@@ -149,6 +149,8 @@ def test_the_smallest_limit_declared_today_binds_and_a_larger_one_cannot_raise_i
     assert answer["leased_usd"] == 0.0 and answer["limit_usd"] == pytest.approx(5.0)
     # and spends reported past the limit free nothing
     assert lease(small, 1.0, limit=5.0, spent=0.5)["leased_usd"] == 0.0
+    # nor may the agent that declared the smallest limit raise it afterwards
+    assert lease(small, 1.0, limit=50.0)["limit_usd"] == pytest.approx(5.0)
 
 
 def test_crumbs_are_leased_at_least_a_thousandth_of_the_limit(
@@ -318,8 +320,82 @@ def test_a_closing_process_stops_reserving_and_counts_what_is_in_flight_as_spent
     (share,) = group["agents"]
     assert share["spent_usd"] == pytest.approx(0.23) and share["granted_usd"] == pytest.approx(0.23)
     assert spend.daily.reserve(0.01) is None  # closed: nothing new is admitted, no lease is asked for
+    spend.fleet.request_more(0.25)  # a call that was waiting for a lease as the process closed
+    assert budgets(admin)[0]["agents"][0]["granted_usd"] == pytest.approx(0.23)  # nothing granted after
     spend.daily.settle(in_flight, 0.2)  # the call in flight still ends
+    from m99.session import Session
+
+    again = Session(runtime.guard, embedded.url).start()  # the same Guard in a new session: admitted again
+    try:
+        assert spend.daily.reserve(0.01) is not None
+    finally:
+        again.close()
     m99.shutdown()
+
+
+def test_one_failed_lease_refuses_the_call_without_stopping_the_agent(
+    embedded: EmbeddedControlPlane, tmp_path: Path, enrol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import m99
+    from m99.errors import ModelCallRefused
+    from m99.policy import Stage
+    from tests.adapters.lc_fakes import model
+
+    policy = tmp_path / "KILLSWITCH.md"
+    policy.write_text(FLEET_POLICY.format(limit=1.0, scope="global", chunk=0.1))
+    monkeypatch.setenv("M99_ENROL_TOKEN", enrol)
+    monkeypatch.setenv("M99_DATA_DIR", str(tmp_path / "data-blip"))
+    runtime = m99.init("blip", url=embedded.url, policy=policy, prices=PRICES, exclude=["crewai", "autogen"])
+    try:
+        engine = runtime.guard.policy.engine  # type: ignore[union-attr]
+        fleet = engine.spend.fleet
+        real = fleet._send
+        failures = [ConnectionError("a dropped connection")]
+
+        def blip(fields: dict[str, Any], timeout: float) -> dict[str, Any]:
+            if failures:
+                raise failures.pop()
+            return real(fields, timeout)
+
+        fleet.bind(blip)
+        chat = model("ok", usage=1000)
+        with pytest.raises(ModelCallRefused, match="no lease: a dropped connection"):
+            chat.invoke("spend")
+        assert engine.stage == Stage.NONE  # refused, not a breach of the day's limit
+        fleet.bind(blip)  # (the retry delay, over)
+        chat.invoke("spend")
+        assert engine.stage == Stage.NONE and engine.spend.daily.spent == pytest.approx(0.01)
+    finally:
+        m99.shutdown()
+
+
+def test_a_restart_whose_first_answer_failed_adopts_the_spend_at_its_next_lease(
+    embedded: EmbeddedControlPlane, tmp_path: Path, enrol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import m99
+    from tests.adapters.lc_fakes import model
+
+    policy = tmp_path / "KILLSWITCH.md"
+    policy.write_text(FLEET_POLICY.format(limit=1.0, scope="global", chunk=0.1))
+    monkeypatch.setenv("M99_ENROL_TOKEN", enrol)
+    monkeypatch.setenv("M99_DATA_DIR", str(tmp_path / "one"))
+    runtime = m99.init("phoenix", url=embedded.url, policy=policy, prices=PRICES, exclude=["crewai", "autogen"])
+    chat = model("ok", usage=1000)
+    for _ in range(7):
+        chat.invoke("spend")  # the 7th needs a second lease: the control plane learns $0.06 spent
+    runtime.session.close(deregister=False)
+    m99.shutdown()
+    monkeypatch.setenv("M99_DATA_DIR", str(tmp_path / "two"))  # another machine, and its first sync fails
+    monkeypatch.setattr(FleetAllowance, "sync", lambda self: 0.0)
+    runtime = m99.init("phoenix", url=embedded.url, policy=policy, prices=PRICES, exclude=["crewai", "autogen"])
+    try:
+        spend = runtime.guard.policy.engine.spend  # type: ignore[union-attr]
+        assert spend.daily.spent == 0.0
+        for _ in range(7):
+            chat.invoke("spend")  # the first lease's answer carries the spend the control plane holds
+        assert spend.daily.spent == pytest.approx(0.06 + 0.07)
+    finally:
+        m99.shutdown()
 
 
 CHILD = textwrap.dedent(

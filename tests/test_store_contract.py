@@ -326,7 +326,36 @@ def test_a_database_of_the_previous_schema_is_brought_forward(tmp_path: Path) ->
             assert [b.agent for b in tx.budget_shares("global", "2026-03-10", lock=True)] == ["a"]
     finally:
         store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+
+
+def test_a_database_with_the_first_fleet_budget_table_gains_its_new_columns(tmp_path: Path) -> None:
+    """Schema 5 made ``budget_leases`` without the lease count and sequence: opening it adds them."""
+    import sqlite3
+
+    from m99.store.sql import statements
+    from m99.store.sqlite import SQLITE_TABLES
+
+    path = tmp_path / "v5.db"
+    conn = sqlite3.connect(path)
+    for statement in statements(SQLITE_TABLES):
+        if not statement.startswith("ALTER TABLE budget_leases"):
+            conn.execute(statement)
+    conn.execute("INSERT INTO budget_leases VALUES ('global', '2026-03-10', 'a', 'agt_a', 5.0, 0.25, 0.0, 1.0, 0)")
+    conn.execute("PRAGMA user_version=5")
+    conn.commit()
+    conn.close()
+    store = open_store(str(path))
+    try:
+        with store.transaction() as tx:
+            (old,) = tx.budget_shares("global", "2026-03-10", lock=True)
+            assert (old.granted_usd, old.leases, old.seq) == (0.25, 0, 0)
+            old.seq, old.leases = 7, 1
+            tx.put_budget_share(old)
+        with store.snapshot() as tx:
+            assert tx.budget_shares("global", "2026-03-10")[0].seq == 7
+    finally:
+        store.close()
 
 
 def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
@@ -335,9 +364,10 @@ def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
     from m99.store.postgres import MIGRATIONS, SCHEMA_VERSION
     from m99.store.sql import statements
 
-    assert len(MIGRATIONS) == SCHEMA_VERSION == 4
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 5
     assert "CREATE TABLE evidence" not in MIGRATIONS[0] and "evidence" in MIGRATIONS[2]
     assert "budget_leases" not in MIGRATIONS[0] and "budget_leases" in MIGRATIONS[3]
+    assert "ADD COLUMN IF NOT EXISTS seq" in MIGRATIONS[4]
     with fresh_database() as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:  # a database m99 made before evidence was kept
             for statement in statements(MIGRATIONS[0]):
@@ -353,7 +383,7 @@ def test_postgres_migrations_add_evidence_to_a_first_schema_database() -> None:
         finally:
             store.close()
         with psycopg.connect(dsn) as conn:
-            assert conn.execute("SELECT version FROM m99_schema").fetchone() == (4,)
+            assert conn.execute("SELECT version FROM m99_schema").fetchone() == (5,)
 
 
 def test_budget_shares_are_one_row_per_agent_and_day_and_replaced_in_place(store: Store) -> None:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadRequest, Conflict, NotAuthorised, RateLimited
+from ..policy.lease import MAX_LEASE_SHARE
 from ..protocol import sign_document
 from ..store import Store
 from ..store.records import BudgetRecord
@@ -39,7 +40,6 @@ from .liveness import Liveness
 __all__ = ["MAX_LEASES", "MAX_LEASE_SHARE", "MIN_LEASE_SHARE", "Budgets", "utc_day"]
 
 MIN_LEASE_SHARE = 0.001  # the smallest grant, as a share of the limit (unless less is left)
-MAX_LEASE_SHARE = 0.25  # the largest grant of one lease, as a share of the limit
 # Lease requests answered per share and day: a thousand minimal grants, and room for restarts.  Past it
 # the agent is refused (429) with nothing recorded, so it cannot fill the audit chain.
 MAX_LEASES = 1200
@@ -100,7 +100,8 @@ class Budgets:
             others = sum(_used(s) for s in shares if s.agent != agent.name)
             mine.seq, mine.leases = int(body["seq"]), mine.leases + 1
             mine.spent_usd = max(mine.spent_usd, spent)
-            mine.limit_usd, mine.updated_at, mine.agent_id = declared, now, agent.agent_id
+            # a share's limit only goes down: an agent cannot raise the limit it declared earlier today
+            mine.limit_usd, mine.updated_at, mine.agent_id = min(mine.limit_usd, declared), now, agent.agent_id
             granted = 0.0
             details: dict[str, Any] = {"agent_id": agent.agent_id, "scope": scope, "day": day, "limit_usd": limit}
             if final:

@@ -123,6 +123,8 @@ class Budget:
                 return None
         with self._more:
             with self._lock:  # a lease another caller made while this one waited may cover it now
+                if self._held:  # the process closed while this call waited: nothing more
+                    return None
                 if self._fits(amount):
                     self._reserved += amount
                     return Reservation(self, amount)
@@ -171,11 +173,16 @@ class Budget:
             self._allowance = self._spent + self._reserved
             self._held = True
 
+    def release_hold(self) -> None:
+        """Admit calls again after ``hold()`` (a new session leases for the budget)."""
+        with self._lock:
+            self._held = False
+
     def refresh(self) -> None:
         """Adopt the source's allowance now (a lease learnt outside ``reserve``), if larger."""
         total = float(self._source.allowance())
         with self._lock:
-            if math.isfinite(total) and total > self._allowance:
+            if math.isfinite(total) and total > self._allowance and not self._held:
                 self._allowance = total
 
     def restart(self, spent: float) -> None:

@@ -316,16 +316,20 @@ class PolicyEngine(OperatorActs):
             now = self._clock()
             if budget is None:
                 return self._refuse(now, "unpriced", f"no price for model {ticket.model!r}", "prices", tool=False)
-            self._breach(now, budget.name, budget.spent + budget.reserved + amount, budget.allowance)
             reason = (
                 f"this model call (worst case ${amount:.4f}) would pass {budget.name} ${budget.allowance:.2f} "
                 f"(spent ${budget.spent:.4f}, ${budget.reserved:.4f} in flight)"
             )
             fleet = self.spend.fleet
-            if fleet is not None and budget is self.spend.daily:
+            if fleet is None or budget is not self.spend.daily:
+                self._breach(now, budget.name, budget.spent + budget.reserved + amount, budget.allowance)
+            elif fleet.exhausted:  # the control plane said the fleet's day is used up: the limit is reached
+                self._breach(now, budget.name, fleet.fleet_used + amount, fleet.limit)
+                reason += f": what the fleet budget ({fleet.scope}, ${fleet.limit:.2f} a UTC day) granted this agent"
+            else:  # no lease (the control plane out of reach, a call larger than a lease): refused, no breach
                 reason += (
                     f": what the fleet budget ({fleet.scope}, ${fleet.limit:.2f} a UTC day) granted this agent"
-                    + (f"; no lease: {fleet.last_error}" if fleet.last_error else "")
+                    + (f"; no lease: {fleet.last_error}" if fleet.last_error else "; a lease is at most 1/4 of it")
                 )
             return self._refuse(now, budget.name, reason, f"TRIGGERS.{budget.name}", tool=False)
 

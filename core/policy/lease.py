@@ -21,11 +21,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["RETRY_SECONDS", "FleetAllowance", "utc_day"]
+__all__ = ["MAX_LEASE_SHARE", "RETRY_SECONDS", "FleetAllowance", "utc_day"]
 
 logger = logging.getLogger("m99.policy")
 
 RETRY_SECONDS = 5.0
+MAX_LEASE_SHARE = 0.25  # the largest lease the control plane grants, as a share of the limit
 LEASE_TIMEOUT = 5.0  # seconds one lease request may take (a model call waits on it)
 
 # ``send(fields, timeout)``: POST the signed request, return the server's verified document (raises on
@@ -50,8 +51,12 @@ class FleetAllowance:
         self.spent_of: Callable[[], float] = lambda: 0.0  # the daily budget's spend (set by ``Spend``)
         self.committed_of: Callable[[], float] = lambda: 0.0  # its spend and what calls in flight hold
         self.last_error = ""
+        self.exhausted = False  # the last lease found the fleet's day used up
+        self.closed = False  # gave back (the session closed): no more leases until bound again
+        self.on_answer: Callable[[], None] = lambda: None  # after each answer (set by ``Spend``)
         self._send: Send | None = None
         self._lock = threading.Lock()
+        self._asking = threading.Lock()
         self._retry_at = 0.0
 
     @property
@@ -63,12 +68,15 @@ class FleetAllowance:
         with self._lock:
             self._send = send
             self._retry_at = 0.0
+            if send is not None:
+                self.closed = False
 
     def new_day(self, day: str) -> None:
         """The UTC day turned: yesterday's grant is not today's."""
         with self._lock:
             if day != self.day:
                 self.day, self.granted, self.server_spent, self._retry_at = day, 0.0, 0.0, 0.0
+                self.exhausted = False
 
     # -- AllowanceSource ----------------------------------------------------------------------------------
     def allowance(self) -> float:
@@ -92,7 +100,13 @@ class FleetAllowance:
         self._ask(0.0, final=True, force=True, timeout=timeout)
 
     def _ask(self, want: float, *, final: bool = False, force: bool = False, timeout: float = LEASE_TIMEOUT) -> None:
-        # The lock guards the fields, never the network: a day's turn or a status read does not wait on it.
+        # One lease at a time, so their sequence numbers reach the control plane in order (a later one
+        # overtaking would make the earlier a refused replay).  ``_lock`` guards the fields, never the
+        # network: a day's turn or a status read does not wait on a lease.
+        with self._asking:
+            self._ask_once(want, final=final, force=force, timeout=timeout)
+
+    def _ask_once(self, want: float, *, final: bool, force: bool, timeout: float) -> None:
         with self._lock:
             send = self._send
             if send is None:
@@ -100,6 +114,8 @@ class FleetAllowance:
                 return
             now = self.clock()
             if not force and now < self._retry_at:
+                return
+            if self.closed and not final:  # gave back: a lease now would be granted and never spent
                 return
             day = self.day
             nonce = secrets.token_hex(16)
@@ -127,7 +143,7 @@ class FleetAllowance:
             error = str(exc) or type(exc).__name__
         with self._lock:
             if error:
-                self.last_error = error
+                self.last_error, self.exhausted = error, False
                 self._retry_at = self.clock() + RETRY_SECONDS
                 logger.warning("m99: fleet budget %s: no lease from the control plane: %s", self.scope, error)
                 return
@@ -139,6 +155,18 @@ class FleetAllowance:
             self.granted = granted if final else max(self.granted, granted)
             self.server_spent = max(self.server_spent, spent)
             self.fleet_used = float(doc.get("fleet_used_usd") or 0.0)
+            limit = float(doc.get("limit_usd") or self.limit)
+            # Used up: the control plane answered with less than was asked within one lease's cap, so
+            # what is left of the fleet's day is less than what a call needs (a breach of the limit).
+            # A failed request, or a call larger than one lease, is not: a plain refusal.
+            leased = float(doc.get("leased_usd") or 0.0)
+            self.exhausted = want > 0 and leased < min(want, limit * MAX_LEASE_SHARE) - 1e-12
+            if final:
+                self.closed = True
+        try:
+            self.on_answer()  # the daily budget adopts the grant and the spend the control plane holds
+        except Exception:
+            logger.exception("m99: fleet budget %s: could not adopt the control plane's answer", self.scope)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -61,6 +61,7 @@ class Spend:
                 budget = self.daily
                 self.fleet.spent_of = lambda: budget.spent
                 self.fleet.committed_of = lambda: budget.spent + budget.reserved
+                self.fleet.on_answer = self.synced
             if self.ledger is None:
                 self.notices.append(
                     "cost_limit_daily_usd: no state file given; the day's spend starts from 0 with each process"
@@ -158,9 +159,14 @@ class Spend:
             self.daily.hold()
             self.fleet.give_back(timeout)
 
+    def reopen(self) -> None:
+        """A session binds the fleet budget (again): calls are admitted again after a close's hold."""
+        if self.fleet is not None and self.daily is not None:
+            self.daily.release_hold()
+
     def synced(self) -> None:
-        """The fleet budget learnt this agent's share of today from the control plane (a restart):
-        adopt its grant, and its spend if larger than the local ledger's."""
+        """The control plane answered a lease (the first at a restart): adopt this agent's grant, and its
+        spend if larger than the local ledger's (a restart whose first answer failed adopts it later)."""
         if self.fleet is not None and self.daily is not None:
             self.daily.raise_spent(self.fleet.server_spent)
             self.daily.refresh()

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import ChangeBus, Store, StoreError
-from .sql import BUDGET_TABLE, POSTGRES, TABLES, SqlTx, statements
+from .sql import BUDGET_COLUMNS, BUDGET_TABLE, POSTGRES, TABLES, SqlTx, statements
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("m99.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CHANNEL = "m99_changes"
 _MIGRATION_LOCK = 990_001  # pg_advisory_xact_lock key: one replica migrates at a time
 _EVIDENCE_TABLE = """CREATE TABLE evidence (
@@ -43,6 +43,8 @@ MIGRATIONS = [
     _EVIDENCE_TABLE.replace("CREATE TABLE evidence", "CREATE TABLE IF NOT EXISTS evidence"),
     # 3 -> 4: fleet budgets (cost_limit_daily_scope)
     BUDGET_TABLE.format(int="BIGINT", real="DOUBLE PRECISION"),
+    # 4 -> 5: a fleet budget share's lease count and newest sequence number
+    BUDGET_COLUMNS.format(int="BIGINT", if_not_exists="IF NOT EXISTS "),
 ]
 
 

@@ -500,15 +500,19 @@ INSERT INTO meta (key, value) VALUES ('registry_seq', '0');
 INSERT INTO meta (key, value) VALUES ('audit_lock', '0');
 """
 
-# Fleet budgets (schema 5 in SQLite, 4 in PostgreSQL): made by the upgrade on every database, new or old.
+# Fleet budgets (schema 5 in SQLite, 4 in PostgreSQL): made by the upgrade on every database, new or old;
+# then (schema 6 / 5) each share's lease count and newest sequence number.
 BUDGET_TABLE = """
 CREATE TABLE IF NOT EXISTS budget_leases (
     scope TEXT NOT NULL, day TEXT NOT NULL, agent TEXT NOT NULL, agent_id TEXT NOT NULL,
     limit_usd {real} NOT NULL, granted_usd {real} NOT NULL, spent_usd {real} NOT NULL,
-    updated_at {real} NOT NULL, refused {int} NOT NULL DEFAULT 0, leases {int} NOT NULL DEFAULT 0,
-    seq {int} NOT NULL DEFAULT 0, PRIMARY KEY (scope, day, agent)
+    updated_at {real} NOT NULL, refused {int} NOT NULL DEFAULT 0, PRIMARY KEY (scope, day, agent)
 );
 INSERT INTO meta (key, value) SELECT 'budget_lock', '0' WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'budget_lock');
+"""
+BUDGET_COLUMNS = """
+ALTER TABLE budget_leases ADD COLUMN {if_not_exists}leases {int} NOT NULL DEFAULT 0;
+ALTER TABLE budget_leases ADD COLUMN {if_not_exists}seq {int} NOT NULL DEFAULT 0;
 """
 
 

@@ -18,14 +18,15 @@ from typing import Any
 from .. import audit
 from ..audit import Checkpoint, VerifyResult
 from .base import ChangeBus, Store, StoreError
-from .sql import BUDGET_TABLE, SQLITE, TABLES, SqlTx, statements
+from .sql import BUDGET_COLUMNS, BUDGET_TABLE, SQLITE, TABLES, SqlTx, statements
 
 __all__ = ["SQLiteStore", "verify_sqlite"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # How to bring a database of each earlier schema version forward (1: the first released one; 2: before
-# agents' policies were recorded; 3: before evidence was kept; 4: before fleet budgets).
+# agents' policies were recorded; 3: before evidence was kept; 4: before fleet budgets;
+# 5: before their lease counts and sequence numbers).
 UPGRADES: dict[int, str] = {
     1: """
     ALTER TABLE agents ADD COLUMN frameworks TEXT NOT NULL DEFAULT '["custom"]';
@@ -65,9 +66,10 @@ UPGRADES: dict[int, str] = {
     );
     """,
     4: BUDGET_TABLE.format(int="INTEGER", real="REAL"),
+    5: BUDGET_COLUMNS.format(int="INTEGER", if_not_exists=""),
 }
 
-SQLITE_TABLES = TABLES.format(int="INTEGER", real="REAL", blob="BLOB") + UPGRADES[4]
+SQLITE_TABLES = TABLES.format(int="INTEGER", real="REAL", blob="BLOB") + UPGRADES[4] + UPGRADES[5]
 
 
 class SQLiteStore(Store):
@@ -119,7 +121,11 @@ class SQLiteStore(Store):
                 script = SQLITE_TABLES if current == 0 else "".join(UPGRADES[v] for v in range(current, SCHEMA_VERSION))
                 if current < SCHEMA_VERSION:
                     for statement in statements(script):
-                        conn.execute(statement)
+                        try:
+                            conn.execute(statement)
+                        except sqlite3.OperationalError as exc:  # SQLite has no ADD COLUMN IF NOT EXISTS
+                            if "ADD COLUMN" not in statement or "duplicate column" not in str(exc):
+                                raise
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             except BaseException:
                 conn.execute("ROLLBACK")
