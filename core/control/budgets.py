@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadRequest, Conflict, NotAuthorised, RateLimited
-from ..policy.lease import MAX_LEASE_SHARE
+from ..policy.lease import MAX_LEASE_SHARE, utc_day
 from ..protocol import sign_document
 from ..store import Store
 from ..store.records import BudgetRecord
@@ -43,10 +42,6 @@ MIN_LEASE_SHARE = 0.001  # the smallest grant, as a share of the limit (unless l
 # Lease requests answered per share and day: a thousand minimal grants, and room for restarts.  Past it
 # the agent is refused (429) with nothing recorded, so it cannot fill the audit chain.
 MAX_LEASES = 1200
-
-
-def utc_day(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).date().isoformat()
 
 
 def _used(share: BudgetRecord) -> float:
