@@ -90,6 +90,7 @@ class Guard(GuardRecords):
     __slots__ = (
         "__weakref__",
         "_callbacks",
+        "_clear_tool",
         "_creds",
         "_fail_open",
         "_failures",
@@ -181,6 +182,7 @@ class Guard(GuardRecords):
         self._policy: Any = None  # a KILLSWITCH.md gate (m99.policy.gate.PolicyGate), asked while its gates are set
         # Precomputed answers for the hot path; only ``_update_gates`` writes them.
         self._tool_gate = False
+        self._clear_tool: Callable[[Any], bool] | None = None  # the policy's quick yes, when it is the only rule
         self._halt_gate = False
         self._msg_gate = False
         self._redact_gate = False
@@ -259,6 +261,9 @@ class Guard(GuardRecords):
     def check_tool(self, tool: str, args: Any = None) -> None:
         """None when ``tool`` may run now with ``args``; raises ``ToolCallRefused`` otherwise."""
         if self._tool_gate:
+            clear = self._clear_tool  # set only at level 0 without a lost lease: the policy alone decides
+            if clear is not None and clear(args):
+                return None  # no policy rule in force but the protected files, and no argument names one
             self._refuse_tool(tool)
             if self._policy is not None and self._policy.tool_gate:
                 self._policy.admit_tool(self, tool, args)
@@ -500,12 +505,17 @@ class Guard(GuardRecords):
         # A policy's model rule (a budget) leaves ``quiet``: adapters ask ``check_model`` of every
         # Guard whatever ``quiet`` says, and tool calls then pay nothing for the budget.
         quiet = level == 0 and not lease and not tool_rule
+        clear = policy.clear_tool if level == 0 and not lease and tool_rule else None
         if not quiet:
             self.quiet = False  # first, so no reader skips a gate about to be set
+        if clear is None:
+            self._clear_tool = None
         self._redact_gate = level >= Level.CREDENTIAL_REVOCATION
         self._msg_gate = level >= Level.SAAS_DISCONNECTION or lease
         self._tool_gate = level >= Level.TOOL_CALL_FREEZE or lease or tool_rule
         self._halt_gate = level == Level.TOOL_CALL_FREEZE or level >= Level.TARGETED_TERMINATION or lease or model_rule
+        if clear is not None:
+            self._clear_tool = clear  # last, like ``quiet``
         if quiet:
             self.quiet = True  # last, once every gate is clear
         set_redacting(self, self._redact_gate)  # after the gates: a watcher must not delay a freeze

@@ -297,13 +297,16 @@ def test_a_decision_error_fails_closed_and_observation_never_raises(
     def broken(*a: object, **k: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine.paths, "_mentions", broken)  # the lock-free path of an ordinary call
-    assert engine.admit_tool("t", {"q": "x"}).verdict == "refuse"
+    monkeypatch.setattr(engine.paths, "_mentions", broken)  # the lock-free look at nested arguments
+    assert not engine.quick_tool({"q": ["x"]})  # the Guard's quick yes is a no: it asks admit_tool
+    monkeypatch.setattr(engine.paths, "scan", broken)  # which scans them, and fails
+    assert engine.admit_tool("t", {"q": ["x"]}).verdict == "refuse"
     monkeypatch.setattr(engine.paths, "_mentions", lambda args: True)
     monkeypatch.setattr(engine._ladder, "pace", broken)
-    assert engine.admit_tool("t").verdict == "refuse"
-    monkeypatch.setattr(engine._meter, "note", broken)
+    assert engine.admit_tool("t", {"q": ["x"]}).verdict == "refuse"
+    monkeypatch.setattr(engine._meter, "note_tool", broken)
     engine.record_tool("t")  # logged, not raised
+    engine.record_tool("t", ok=False)
     engine.settle_model(None, tokens=1)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from m99.errors import ToolCallRefused
 from m99.guard import Guard
 from m99.policy import PolicyEngine, PriceTable, Stage, parse_text
 from m99.policy import gate as gate_module
@@ -226,3 +227,68 @@ def test_a_tool_calls_end_is_one_moment_for_the_usage_and_the_ledger() -> None:
     assert [r["ts"] for r in recent] == [c[3] for c in completed[1:]]
     usage = snapshot["usage"]
     assert usage["tool_calls"] == 3 and usage["tool_errors"] == 1
+
+
+# -- a tool call's short path ------------------------------------------------------------------------------
+
+
+def test_the_guards_quick_yes_still_refuses_the_policy_file_and_is_withdrawn_by_a_level_or_a_stage(
+    tmp_path: Path,
+) -> None:
+    policy_file = tmp_path / "KILLSWITCH.md"
+    policy_file.write_text("# KILLSWITCH\n\n## TRIGGERS\nconsecutive_failures: 5\n")
+    result = parse_text(policy_file.read_text(), source=policy_file)
+    assert result.policy is not None, result.problems
+    gate = PolicyGate(PolicyEngine(result.policy, clock=Clock(), prices=PRICES, audit=None), tick_seconds=60)
+    guard = Guard("agent", kind="autonomous", terminate=lambda grace: None)
+    guard.attach_policy(gate)
+    try:
+        assert not guard.quiet and guard._clear_tool is not None  # only the protected file: the quick yes
+        guard.check_tool("search", {"query": "m99"})
+        guard.check_tool("shell", "echo hi")
+        with pytest.raises(ToolCallRefused, match=r"protected: .*KILLSWITCH\.md"):
+            guard.check_tool("write_file", {"path": str(policy_file), "text": "x"})
+        with pytest.raises(ToolCallRefused, match=r"protected: .*KILLSWITCH\.md"):
+            guard.check_tool("shell", {"cmd": ["rm", str(policy_file)]})  # nested: the full scan
+        guard.apply_state(3, reason="ops")
+        assert guard._clear_tool is None
+        with pytest.raises(ToolCallRefused):
+            guard.check_tool("search", {"query": "m99"})  # the freeze, not the quick yes
+        guard.apply_state(0)
+        assert guard._clear_tool is not None
+        gate.engine.escalate("ops")
+        gate.engine.escalate("ops")  # throttle, then pause: the engine decides every call again
+        assert not gate.engine.quick_tool({"query": "m99"})
+    finally:
+        guard.attach_policy(None)
+
+
+def test_successes_noted_without_the_lock_from_many_threads_are_all_counted_and_still_breach() -> None:
+    def hammer(engine: PolicyEngine) -> None:
+        barrier = threading.Barrier(4)
+
+        def agent() -> None:
+            barrier.wait()
+            for _ in range(500):
+                engine.record_tool("search", ok=True)
+
+        threads = [threading.Thread(target=agent) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    roomy = engine_for("api_calls_per_minute: 2000\n")
+    hammer(roomy)
+    assert roomy.measured()["api_calls_per_minute"] == 2000 and roomy.stage == Stage.NONE  # none lost
+    tight = engine_for("api_calls_per_minute: 1500\n")
+    events: list[str] = []
+    tight.on_event(lambda event: events.append(event.reason))
+    hammer(tight)
+    assert tight.stage != Stage.NONE and any("1501 over 1500" in reason for reason in events)  # at the 1,501st
+    calm = engine_for("consecutive_failures: 3\n")
+    for ok in (False, False, True, False, False):
+        calm.record_tool("t", ok=ok)
+    assert calm.stage == Stage.NONE and calm.measured()["consecutive_failures"] == 2  # a success ended the run
+    calm.record_tool("t", ok=False)
+    assert calm.stage != Stage.NONE

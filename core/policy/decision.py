@@ -48,7 +48,7 @@ class PolicyEvent:
     record: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ModelTicket:
     """What an admitted model call holds until ``settle_model`` or ``release_model``."""
 

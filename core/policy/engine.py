@@ -113,6 +113,9 @@ class PolicyEngine(OperatorActs):
         self._limits = t.configured()  # asked after every call: computed once
         # Every trigger set is one ``_clear_of_limits`` knows: a model call's end may then skip evaluating.
         self._limits_known = set(self._limits) <= _CLEAR_CHECKS
+        # The budgets, each with the limit ``_clear_of_limits`` compares its spend to.
+        self._budget_limits = tuple((b, self._limits[b.name]) for b in self.spend.budgets() if b.name in self._limits)
+        self._limits_known &= len(self._budget_limits) == len(self.spend.budgets())
         self._ceiling = WindowCeiling(t.tokens_per_minute) if t.tokens_per_minute else None
         self._triggers = t
         # rules
@@ -182,6 +185,12 @@ class PolicyEngine(OperatorActs):
 
     # -- decisions before a call ----------------------------------------------------------------------
 
+    def quick_tool(self, args: Any) -> bool:
+        """True when a tool call with ``args`` may run with nothing to decide: nothing in force, no
+        FORBIDDEN rule, and no argument names a protected file (the Guard asks it before every tool
+        call).  False: ask ``admit_tool``.  Never raises."""
+        return self.tools_clear and self.paths.clear_fast(args)
+
     def admit_tool(self, name: str, args: Any = None, *, read_only: bool = False) -> Decision:
         """May tool ``name`` run with ``args`` now?  ``read_only`` tools may name the protected files."""
         if self.tools_clear and self.paths.clear_fast(args):
@@ -242,47 +251,45 @@ class PolicyEngine(OperatorActs):
         (no Decision is built for the usual answer), else the Decision (a throttle's delay, a wait, a
         refusal).  Never raises: an error inside refuses (fail closed)."""
         try:
-            return self._admit_model(model, max_tokens, prompt_tokens)
+            out_tokens = int(max_tokens) if max_tokens and max_tokens > 0 else self.default_max_tokens
+            prompt_tokens = max(0, int(prompt_tokens))
+            worst_tokens = prompt_tokens + out_tokens
+            ticket = ModelTicket(model, None, worst_tokens)
+            ladder = self._ladder
+            with self._lock:
+                now = self._clock()
+                if ladder.deadline is not None:
+                    self._due(now)
+                if ladder.stage >= Stage.PAUSE:
+                    held = ladder.held(now)
+                    if held is not None:
+                        return held
+                ceiling = self._ceiling
+                if ceiling is not None and not (self._overrides.until and self._overrides.active("tokens_per_minute")):
+                    slot = ceiling.reserve(now, worst_tokens) if worst_tokens <= ceiling.limit else None
+                    if slot is not None:
+                        ticket.slot = slot  # the usual case: it fits under the ceiling
+                    else:
+                        held = self._hold_for_tokens(now, ticket)
+                        if held is not None:
+                            return held
+                if self.spend.daily is not None:  # a new calendar day restarts the daily budget
+                    self.spend.rollover(now)
+            if self.spend.active:
+                refused = self.spend.reserve(ticket, prompt_tokens, out_tokens)
+                if refused is not None and not (refused[1] is not None and self._overrides.active(refused[1].name)):
+                    return self._refuse_cost(ticket, *refused)
+            if ladder.stage is not Stage.THROTTLE:
+                return ticket
+            with self._lock:
+                decision = self._ladder.pace(self._clock())
+            return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
         except Exception as exc:
             logger.exception("m99: policy engine error on a model call")
             return Decision("refuse", reason=f"policy engine error ({type(exc).__name__}): refused", rule="engine")
         finally:
             if self._pending:
                 self._flush()
-
-    def _admit_model(self, model: str | None, max_tokens: int | None, prompt_tokens: int) -> ModelTicket | Decision:
-        out_tokens = int(max_tokens) if max_tokens and max_tokens > 0 else self.default_max_tokens
-        prompt_tokens = max(0, int(prompt_tokens))
-        worst_tokens = prompt_tokens + out_tokens
-        ticket = ModelTicket(model, None, worst_tokens)
-        ladder = self._ladder
-        with self._lock:
-            now = self._clock()
-            if ladder.deadline is not None:
-                self._due(now)
-            if ladder.stage >= Stage.PAUSE:
-                held = ladder.held(now)
-                if held is not None:
-                    return held
-            ceiling = self._ceiling
-            if ceiling is not None and not (self._overrides and self._overrides.active("tokens_per_minute")):
-                slot = ceiling.reserve(now, worst_tokens) if worst_tokens <= ceiling.limit else None
-                if slot is not None:
-                    ticket.slot = slot  # the usual case: it fits under the ceiling
-                else:
-                    held = self._hold_for_tokens(now, ticket)
-                    if held is not None:
-                        return held
-            self.spend.rollover(now)
-        if self.spend.active:
-            refused = self.spend.reserve(ticket, prompt_tokens, out_tokens)
-            if refused is not None and not (refused[1] is not None and self._overrides.active(refused[1].name)):
-                return self._refuse_cost(ticket, *refused)
-        if ladder.stage is not Stage.THROTTLE:
-            return ticket
-        with self._lock:
-            decision = self._ladder.pace(self._clock())
-        return Decision("allow", delay=decision.delay, stage=decision.stage, ticket=ticket)
 
     def _hold_for_tokens(self, now: float, ticket: ModelTicket) -> Decision | None:
         """Reserve the call's worst case under the tokens-per-minute ceiling; a Decision when it does not fit."""
@@ -352,15 +359,19 @@ class PolicyEngine(OperatorActs):
     # -- what happened after a call -----------------------------------------------------------------
 
     def record_tool(self, name: str, ok: bool = True) -> None:
-        """A tool call ended (``ok`` False: with an error)."""
+        """A tool call ended (``ok`` False: with an error).  The usual one, a success with nothing in
+        force, is noted without the lock (``Meter.note_tool``) and, far from every limit, ends there."""
         try:
-            with self._lock:
-                now = self._clock()
-                meter = self._meter
-                meter.note(now, ok)
-                if ok and self._ladder.stage is Stage.NONE and not meter.success_may_breach(now, self._triggers):
-                    return  # a success far from every limit: nothing to evaluate, nothing to flush
-                self._evaluate(now)
+            now = self._clock()
+            if ok and self._ladder.stage is Stage.NONE:
+                if not self._meter.note_tool(now, True, self._triggers):
+                    return  # nothing to evaluate, nothing to flush
+                with self._lock:
+                    self._evaluate(now)
+            else:
+                with self._lock:
+                    self._meter.note_tool(now, ok, self._triggers)
+                    self._evaluate(now)
         except Exception:
             logger.exception("m99: policy engine failed to record tool %r", name)
         self._flush()
@@ -379,39 +390,27 @@ class PolicyEngine(OperatorActs):
         """A model call came back: its tokens and cost (the provider's, else the price table's) are
         counted and its reservations freed.  ``ticket`` None: a call the gate did not see."""
         try:
-            self._settle(ticket, model, input_tokens, output_tokens, tokens, cost_usd, ok)
+            if ticket is not None:
+                if ticket.done:
+                    return
+                ticket.done = True
+                model = model or ticket.model
+            used = int(tokens) if tokens is not None else max(0, int(input_tokens)) + max(0, int(output_tokens))
+            self.spend.settle(ticket, model, input_tokens, output_tokens, used, cost_usd, tokens is None, ok)
+            with self._lock:
+                now = self._clock()
+                if self._ceiling is not None:
+                    if ticket is not None and ticket.slot is not None:
+                        self._ceiling.settle(ticket.slot, used)
+                    else:
+                        self._ceiling.add(now, used)
+                self._meter.note(now, ok, used, breaks_run=False)
+                if not self._clear_of_limits(now):
+                    self._evaluate(now)
         except Exception:
             logger.exception("m99: policy engine failed to settle a model call")
         if self._pending:
             self._flush()
-
-    def _settle(
-        self,
-        ticket: ModelTicket | None,
-        model: str | None,
-        input_tokens: int,
-        output_tokens: int,
-        tokens: int | None,
-        cost_usd: float | None,
-        ok: bool,
-    ) -> None:
-        if ticket is not None:
-            if ticket.done:
-                return
-            ticket.done = True
-            model = model or ticket.model
-        used = int(tokens) if tokens is not None else max(0, int(input_tokens)) + max(0, int(output_tokens))
-        self.spend.settle(ticket, model, input_tokens, output_tokens, used, cost_usd, tokens is None, ok)
-        with self._lock:
-            now = self._clock()
-            if self._ceiling is not None:
-                if ticket is not None and ticket.slot is not None:
-                    self._ceiling.settle(ticket.slot, used)
-                else:
-                    self._ceiling.add(now, used)
-            self._meter.note(now, ok, used, breaks_run=False)
-            if not self._clear_of_limits(now):
-                self._evaluate(now)
 
     def _clear_of_limits(self, now: float) -> bool:
         """A cheap and conservative ``not self._breached(self._measure(now))``, under the lock: True
@@ -419,12 +418,9 @@ class PolicyEngine(OperatorActs):
         only take breaches away, so they need not be asked)."""
         if not self._limits_known or self._meter.may_breach(self._triggers):
             return False
-        limits = self._limits
-        spent: dict[str, float] = {}
-        self.spend.measure(spent)
-        for key, value in spent.items():
-            limit = limits.get(key)
-            if limit is None or (value >= limit and value > 0):
+        for budget, limit in self._budget_limits:
+            spent = budget.spent
+            if spent >= limit and spent > 0:
                 return False
         runtime = self._triggers.runtime_limit_minutes
         return not (runtime and (now - self._run_started) / 60.0 >= runtime)

@@ -280,7 +280,7 @@ class PathGuard:
         path, or None.  Arguments too many or too deep to look at are refused as a hit."""
         if not self:
             return None
-        if not self._rules and not self._mentions(args):
+        if not self._rules and self.clear_fast(args):
             return None
         here = cwd or os.getcwd()
         budget = [_MAX_REALPATH]
@@ -299,11 +299,38 @@ class PathGuard:
     def clear(self, args: Any) -> bool:
         """True when ``args`` certainly names nothing of this guard: there are only protected files
         and no string mentions one.  False means: ``scan`` them."""
-        return not self._rules and not self._mentions(args)
+        return not self._rules and self.clear_fast(args)
 
     def clear_fast(self, args: Any) -> bool:
         """``clear`` for a caller that already knows there are no FORBIDDEN rules; never raises
-        (False, so the caller scans and fails closed there)."""
+        (False, so the caller scans and fails closed there).  Asked before every allowed tool call:
+        the usual input, a flat mapping of scalars or a string, is looked at here in one frame."""
+        names = self._names
+        kind = type(args)
+        if kind is dict and len(args) <= 64:
+            for key, value in args.items():
+                if type(value) is str:
+                    text = value.lower()
+                    for name in names:
+                        if name in text:
+                            return False
+                elif not isinstance(value, _SCALARS):
+                    break  # nested: the general walk below
+                if type(key) is str:
+                    text = key.lower()
+                    for name in names:
+                        if name in text:
+                            return False
+            else:
+                return True
+        elif kind is str:
+            text = args.lower()
+            for name in names:
+                if name in text:
+                    return False
+            return True
+        elif args is None:
+            return True
         try:
             return not self._mentions(args)
         except Exception:
@@ -318,23 +345,8 @@ class PathGuard:
         return False
 
     def _mentions(self, args: Any) -> bool:
-        """Whether any string of ``args`` contains a protected file's name (or is too much to look at).
-        The usual tool input, a string or a flat mapping of scalars, is looked at without a generator."""
-        if type(args) is str:
-            return self._named(args)
-        if args is None:
-            return False
-        if type(args) is dict and len(args) <= 64:
-            for key, value in args.items():
-                if type(value) is str:
-                    if self._named(value):
-                        return True
-                elif not isinstance(value, _SCALARS):
-                    break  # nested: every string below, keys included, by the general walk
-                if type(key) is str and self._named(key):
-                    return True
-            else:
-                return False
+        """Whether any string of ``args``, at any depth, contains a protected file's name (or there is
+        too much to look at)."""
         for count, text in enumerate(_strings(args, 0)):
             if text is None or count >= _MAX_STRINGS:
                 return True

@@ -84,6 +84,8 @@ class PolicyGate:
         self._timer: threading.Thread | None = None
         self.tool_gate = engine.tool_gate
         self.model_gate = engine.model_gate
+        # Before a tool call, the Guard's first question (``PolicyEngine.quick_tool``): True lets it run.
+        self.clear_tool: Callable[[Any], bool] = engine.quick_tool
         # A tool call ended: straight to the engine (the Guard calls it after every tool call).
         self.record_tool: Callable[[str, bool], None] = engine.record_tool
         self.stopped = False
@@ -180,7 +182,7 @@ class PolicyGate:
     def admit_tool(self, guard: Guard, tool: str, args: Any) -> None:
         """Return when ``tool`` may run (after a throttle's delay or a pause), raise when refused."""
         engine = self.engine
-        if engine.tools_clear and engine.paths.clear_fast(args):
+        if engine.quick_tool(args):
             return  # the allowed call of a policy with nothing in force: no lock, no decision object
         read_only = tool in guard.read_only_tools
         decision = engine.admit_tool(tool, args, read_only=read_only)

@@ -1,5 +1,6 @@
 """What the engine measures from completed calls: calls and tokens over a sliding minute, the outcome of
-the last calls, the current run of failures.  Not locked: the engine calls it under its own lock."""
+the last calls, the current run of failures.  Not locked: the engine calls it under its own lock, but
+for the successes ``note_tool`` sees (see there)."""
 
 from __future__ import annotations
 
@@ -59,14 +60,22 @@ class Meter:
         while self._tokens and self._tokens[0][0] <= edge:
             self._token_sum -= self._tokens.popleft()[1]
 
-    def success_may_breach(self, now: float, triggers: Triggers) -> bool:
-        """After a success: whether a trigger could now be breached (the calls of the minute, or an
-        error rate that just reached its sample size).  Cheap: the common call asks nothing more."""
-        if triggers.api_calls_per_minute and len(self._calls) > triggers.api_calls_per_minute:
-            self._prune(now)
-            if len(self._calls) > triggers.api_calls_per_minute:
-                return True
-        # A success lowers the error rate, or keeps it; only reaching the sample size makes a new one.
+    def note_tool(self, now: float, ok: bool, triggers: Triggers) -> bool:
+        """A tool call ended: ``note`` it, and say whether a trigger could now be breached (False for the
+        usual success: the calls of the minute under their limit, no error rate just reaching its
+        sample size; a success lowers the error rate, or keeps it).  Asked after every tool call.
+        Safe without the engine's lock for a success, as the engine notes one: only atomic appends and
+        one store, never a prune (True instead: the engine prunes and measures under its lock)."""
+        self._calls.append(now)
+        self._trail.append(now)
+        self._outcomes.append(ok)
+        if not ok:
+            self.failed_run += 1
+            return True
+        self.failed_run = 0
+        limit = triggers.api_calls_per_minute
+        if limit and len(self._calls) > limit:
+            return True
         return bool(triggers.error_rate_threshold) and len(self._outcomes) == self.error_min_calls
 
     def may_breach(self, triggers: Triggers) -> bool:

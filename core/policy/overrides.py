@@ -16,28 +16,29 @@ logger = logging.getLogger("m99.policy")
 class Overrides:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._until: dict[str, float] = {}
+        # trigger -> until when; replaced, never changed in place: empty (falsy) is the usual case.
+        self.until: dict[str, float] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._until)
+        return bool(self.until)
 
     def set(self, trigger: str, until: float) -> None:
-        self._until = {**self._until, trigger: until}
+        self.until = {**self.until, trigger: until}
 
     def active(self, trigger: str) -> bool:
-        until = self._until.get(trigger)
+        until = self.until.get(trigger)
         return until is not None and self._clock() < until
 
     def expire(self, now: float) -> None:
         """Drop the overrides whose expiry has come: their triggers are enforced again."""
-        gone = [t for t, until in self._until.items() if now >= until]
+        gone = [t for t, until in self.until.items() if now >= until]
         if gone:
-            self._until = {t: u for t, u in self._until.items() if t not in gone}
+            self.until = {t: u for t, u in self.until.items() if t not in gone}
             for trigger in gone:
                 logger.warning("m99: policy override of %s expired: enforced again", trigger)
 
     def deadlines(self) -> list[float]:
-        return list(self._until.values())
+        return list(self.until.values())
 
     def as_dict(self) -> dict[str, float]:
-        return dict(self._until)
+        return dict(self.until)

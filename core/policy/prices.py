@@ -37,9 +37,6 @@ class Price:
     input_per_million: float
     output_per_million: float
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (max(0, input_tokens) * self.input_per_million + max(0, output_tokens) * self.output_per_million) / 1e6
-
 
 def _price(name: str, value: Any) -> Price:
     if isinstance(value, Price):
@@ -116,8 +113,14 @@ class PriceTable:
         return None
 
     def cost(self, model: str | None, input_tokens: int, output_tokens: int) -> float | None:
-        price = self.price(model)
-        return None if price is None else price.cost(input_tokens, output_tokens)
+        """What ``input_tokens`` and ``output_tokens`` of ``model`` cost in US dollars, None when it has
+        no price.  Asked twice per model call: a remembered price is used in this one frame."""
+        found: object = self._found.get(model, _UNKNOWN) if model else None
+        price = self.price(model) if found is _UNKNOWN else found
+        if not isinstance(price, Price):
+            return None
+        spent_in = input_tokens * price.input_per_million if input_tokens > 0 else 0.0
+        return (spent_in + (output_tokens * price.output_per_million if output_tokens > 0 else 0.0)) / 1e6
 
     def worst_case(self, model: str | None, prompt_tokens: int, max_tokens: int) -> float | None:
         """The most a call can cost: its prompt at the input price, ``max_tokens`` at the output price."""

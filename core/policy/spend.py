@@ -89,7 +89,8 @@ class Spend:
     ) -> tuple[str, Budget | None, float] | None:
         """Reserve the call's worst case in every budget; None when it fits, else (why, the budget
         that refused or None for an unpriced model, the amount) with nothing left reserved."""
-        worst = self.prices.worst_case(ticket.model, prompt_tokens, out_tokens) if self.prices is not None else None
+        # The worst case: the prompt at the input price, ``max_tokens`` at the output price.
+        worst = self.prices.cost(ticket.model, prompt_tokens, out_tokens) if self.prices is not None else None
         if worst is None:
             if self.unpriced == "refuse":
                 return ("unpriced", None, 0.0)
