@@ -116,7 +116,8 @@ class Budget:
         if not math.isfinite(amount) or amount < 0:
             return None  # fail closed on a nonsensical worst case
         with self._lock:
-            if self._fits(amount):
+            committed = self._spent + self._reserved  # ``_fits``, in this frame: asked before every model call
+            if committed + amount <= self._allowance and (amount > 0 or committed < self._allowance):
                 self._reserved += amount
                 return Reservation(self, amount)
             if self._held:
@@ -240,7 +241,9 @@ class WindowCeiling:
         return sum(s.amount for s in self._slots if s.at >= since)
 
     def reserve(self, now: float, amount: float) -> Slot | None:
-        self._prune(now)
+        slots = self._slots
+        if slots and slots[0].at <= now - self.window:  # asked before every model call: prune only when due
+            self._prune(now)
         if self.total + amount > self.limit:
             return None
         slot = Slot(now, amount)
